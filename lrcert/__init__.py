@@ -1,0 +1,46 @@
+"""lrcert: exact linear-region radii for piecewise-linear (ReLU) networks.
+
+For an input x, a ReLU network is affine on the set of inputs that share x's activation pattern
+(its linear region). lrcert computes, exactly, the radius of the largest l1, l2 and linf ball
+around x inside that region, and names the face that binds (Lee, Alvarez-Melis & Jaakkola,
+"Towards Robust, Locally Linear Deep Networks", ICLR 2019).
+
+>>> import torch, lrcert
+>>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+>>> results = lrcert.certify(model, torch.randn(5, 4))
+>>> len(results), sorted(results[0].radius)
+(5, ['l1', 'l2', 'linf'])
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+__version__ = "0.1.0"
+
+from .engine import NORMS, Constraint, Engine, InputResult  # noqa: E402
+from .errors import LrcertError  # noqa: E402
+from .ir import Network  # noqa: E402
+from .load import from_module, load  # noqa: E402
+
+
+def certify(model, x, *, norms: Sequence[str] = NORMS, directions=None, device: str = "cpu", dtype=None, batch_size=None):
+    """Certify the rows of ``x`` for ``model``: a :class:`Network`, an ``nn.Module`` or a model file path.
+
+    Returns one :class:`InputResult` per row (radius per norm, binding constraint, prediction).
+    """
+    import torch
+
+    from . import engine
+
+    x = torch.as_tensor(x)
+    if isinstance(model, torch.nn.Module):
+        model = from_module(model, tuple(x.shape[1:]))
+    elif not isinstance(model, Network):
+        model = load(model, sample_shape=tuple(x.shape[1:]))
+    return engine.certify(
+        model, x, norms=norms, directions=directions, device=device, dtype=dtype or torch.float32, batch_size=batch_size
+    )
+
+
+__all__ = ["certify", "load", "from_module", "Engine", "Network", "InputResult", "Constraint", "LrcertError", "NORMS"]

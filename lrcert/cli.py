@@ -1,0 +1,454 @@
+"""The ``lrcert`` command: thin Typer commands over load → engine → report.
+
+Exit codes: 0 all good; 1 a ``--min-radius`` check failed; 2 usage or input error; 3 internal
+error. Data goes to stdout (or ``--output``, written atomically); notes, progress and errors go
+to stderr. Set ``LRCERT_DEBUG=1`` to see tracebacks of internal errors.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import os
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Iterator, Optional, TextIO
+
+import typer
+
+from . import __version__
+from .errors import LrcertError, first_line
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+NORM_NAMES = {"1": "l1", "l1": "l1", "2": "l2", "l2": "l2", "inf": "linf", "linf": "linf", "∞": "linf"}
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Exact linear-region radii for piecewise-linear (ReLU) networks: how far each input can move "
+    "in l1, l2 or linf before the network stops being linear around it.",
+)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    csv = "csv"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    float64 = "float64"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lrcert {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = None,
+) -> None:
+    """Exact linear-region radii for piecewise-linear (ReLU) networks."""
+
+
+def _say(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def reports_errors(command):
+    """Wrap a command body so every failure becomes one line on stderr and a documented exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            code = command(*args, **kwargs)
+        except LrcertError as error:
+            _say(f"lrcert: {'internal error: ' if error.internal else 'error: '}{error}")
+            raise typer.Exit(EXIT_INTERNAL if error.internal else EXIT_INPUT) from None
+        except KeyboardInterrupt:
+            _say("lrcert: interrupted; no partial --output file was left behind")
+            raise typer.Exit(130) from None
+        except BrokenPipeError:  # the reader went away (| head): stop quietly, as Unix tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(141) from None
+        except Exception as exc:  # a bug in lrcert: one line, exit 3
+            if os.environ.get("LRCERT_DEBUG"):
+                raise
+            _say(
+                f"lrcert: internal error: {type(exc).__name__}: {first_line(exc)}. Fix: rerun with LRCERT_DEBUG=1 "
+                "for the traceback and report it."
+            )
+            raise typer.Exit(EXIT_INTERNAL) from None
+        raise typer.Exit(code or EXIT_OK)
+
+    return wrapper
+
+
+# ---------------------------------------------------------------------------------------------- options
+
+
+def parse_norms(values: list[str] | None) -> tuple[str, ...]:
+    if not values:
+        return ("l1", "l2", "linf")
+    norms = []
+    for value in values:
+        for part in value.split(","):
+            key = part.strip().lower()
+            if key not in NORM_NAMES:
+                raise LrcertError(f"unknown norm --p {part!r}", fix="use --p 1, --p 2 or --p inf (repeatable)")
+            norms.append(NORM_NAMES[key])
+    return tuple(p for p in ("l1", "l2", "linf") if p in norms)
+
+
+def parse_thresholds(values: list[str] | None, norms: tuple[str, ...]) -> dict[str, float]:
+    """``R`` applies to every selected norm; ``l2=R`` (or ``2=R``, ``inf=R``) to one."""
+    thresholds: dict[str, float] = {}
+    for value in values or []:
+        name, _, number = value.rpartition("=")
+        targets = norms if not name else (NORM_NAMES.get(name.strip().lower()),)
+        if None in targets:
+            raise LrcertError(f"--min-radius {value!r} names an unknown norm", fix="write R, l1=R, l2=R or linf=R")
+        try:
+            radius = float(number)
+        except ValueError:
+            raise LrcertError(f"--min-radius {value!r} is not a number", fix="write R, l1=R, l2=R or linf=R") from None
+        if not radius >= 0 or math.isinf(radius):
+            raise LrcertError(f"--min-radius {value!r} must be a finite number ≥ 0", fix="give a radius like 0.01")
+        for p in targets:
+            if p not in norms:
+                raise LrcertError(f"--min-radius {value!r} checks {p}, which --p did not select", fix=f"add --p {p}")
+            thresholds[p] = radius
+    return thresholds
+
+
+def parse_shape(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in value.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise LrcertError(f"--input-shape {value!r} is not a list of sizes", fix="write e.g. --input-shape 1,28,28") from None
+    if not shape or any(d <= 0 for d in shape):
+        raise LrcertError(f"--input-shape {value!r} has no or non-positive sizes", fix="write e.g. --input-shape 1,28,28")
+    return shape
+
+
+def pick_device(device: Device) -> str:
+    import torch
+
+    if device == Device.cpu:
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == Device.cuda:
+        raise LrcertError("--device cuda was asked for, but PyTorch sees no CUDA GPU", fix="use --device cpu or auto")
+    return "cpu"
+
+
+def check_output_path(path: Path | None) -> None:
+    if path is None:
+        return
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise LrcertError(f"cannot write --output {str(path)!r}: folder {str(folder)!r} does not exist", fix="create it first")
+    if path.is_dir():
+        raise LrcertError(f"--output {str(path)!r} is a folder", fix="give a file name")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise LrcertError(f"cannot write --output {str(path)!r}: permission denied", fix="choose a writable place")
+
+
+@contextmanager
+def open_output(path: Path | None) -> Iterator[TextIO]:
+    """stdout, or a temporary file beside ``path`` renamed over it only once everything is written."""
+    if path is None:
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent if str(path.parent) else ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def file_sha256(path: str) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- certify
+
+
+@app.command()
+@reports_errors
+def certify(
+    model: Annotated[str, typer.Argument(help="ONNX model, TorchScript file, torch.export .pt2 program, or pickled nn.Module (needs --trust-pickle).")],
+    data: Annotated[str, typer.Argument(help="Inputs: .npy or .npz whose first axis indexes inputs, or - for standard input.")],
+    p: Annotated[Optional[list[str]], typer.Option("--p", help="Norm of the ball: 1, 2 or inf. Repeatable. Default: all three.")] = None,
+    output_format: Annotated[Format, typer.Option("--format", "-f", help="table (for people), json, jsonl or csv (for pipelines).")] = Format.table,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the results to this file (atomically) instead of stdout.")] = None,
+    min_radius: Annotated[Optional[list[str]], typer.Option("--min-radius", help="CI check: exit 1 if any radius is below R. 'R' applies to every selected norm, 'l2=R' to one. Repeatable.")] = None,
+    direction: Annotated[Optional[str], typer.Option("--direction", help=".npy of directions d (one per input, or one for all): also report the largest t with x + t·d in the region.")] = None,
+    key: Annotated[Optional[str], typer.Option("--key", help="Array to read from an .npz file with several.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Inputs per batch. Default: as many as fit the memory bound.")] = None,
+    device: Annotated[Device, typer.Option("--device", help="auto picks CUDA when available.")] = Device.auto,
+    dtype: Annotated[DType, typer.Option("--dtype", help="float64 for reference-grade radii; float32 is faster.")] = DType.float32,
+    input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Shape of one input, e.g. 1,28,28 (only for models that do not record it).")] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model: this runs code stored in the file.")] = False,
+) -> int:
+    """Certify every input of DATA: the exact l1/l2/linf radius of its linear region and the face that binds."""
+    import numpy as np
+    import torch
+
+    from . import data as data_io
+    from . import report
+    from .engine import Engine
+    from .load import load
+
+    norms = parse_norms(p)
+    thresholds = parse_thresholds(min_radius, norms)
+    if batch_size is not None and batch_size < 1:
+        raise LrcertError(f"--batch-size {batch_size} is not positive", fix="use 1 or more, or leave it out (automatic)")
+    shape_hint = parse_shape(input_shape)
+    check_output_path(output)
+    device_name = pick_device(device)
+    torch_dtype = torch.float64 if dtype == DType.float64 else torch.float32
+
+    source = sys.stdin.buffer.read() if data == "-" else data
+    if shape_hint is None:
+        shape_hint = _peek_row_shape(source)
+    network = load(model, trust_pickle=trust_pickle, sample_shape=shape_hint)
+    rows, notes = data_io.read_rows(source, network.sample_shape, key=key, name="stdin" if data == "-" else data)
+    directions = None
+    if direction is not None:
+        directions, more = data_io.read_rows(direction, network.sample_shape, name=direction, what="directions")
+        notes += more
+        if len(directions) not in (1, len(rows)):
+            raise LrcertError(
+                f"{direction} holds {len(directions)} directions for {len(rows)} inputs",
+                fix="give one direction per input, or a single direction for all",
+            )
+        directions = torch.from_numpy(np.asarray(directions, dtype=np.float64))
+    for note in (*network.notes, *notes):
+        _say(f"note: {note}")
+
+    engine = Engine(network, norms=norms, device=device_name, dtype=torch_dtype, batch_size=batch_size)
+    plan = engine.plan(len(rows))
+    model_info = {
+        "path": model,
+        "sha256": file_sha256(model),
+        "layers": len(network.layers) - 1,
+        "units": network.units,
+        "input_shape": list(network.sample_shape),
+        "output_shape": list(network.output_shape),
+        "notes": list(network.notes),
+    }
+    options = {
+        "data": "-" if data == "-" else data,
+        "key": key,
+        "norms": list(norms),
+        "dtype": dtype.value,
+        "device": device_name,
+        "batch_size": plan.batch_size,
+        "direction": direction,
+        "min_radius": thresholds,
+    }
+    results = []
+    started = time.perf_counter()
+    with open_output(output) as out, _progress(len(rows)) as advance:
+        if output_format == Format.csv:
+            out.write(report.csv_header(norms, directions is not None))
+        for batch in engine.certify(data_io.batches(rows, plan.batch_size), n_inputs=len(rows), directions=directions):
+            results.extend(batch)
+            if output_format == Format.jsonl:
+                out.writelines(report.jsonl_lines(batch, norms))
+            elif output_format == Format.csv:
+                out.writelines(report.csv_lines(batch, norms, directions is not None))
+            out.flush()
+            advance(len(batch))
+        if output_format == Format.json:
+            out.write(report.json_document(model_info, options, results, norms))
+        elif output_format == Format.table:
+            report.print_table(
+                out, results, norms, Path(model).name, directions is not None, color=out.isatty() and output is None
+            )
+    elapsed = time.perf_counter() - started
+    _say(f"certified {len(results)} inputs in {elapsed:.2f} s ({len(results) / max(elapsed, 1e-9):.1f} inputs/s) on {device_name}, {dtype.value}")
+    _explain_zeros(results, norms)
+    return _check_thresholds(results, thresholds)
+
+
+def _peek_row_shape(source) -> tuple[int, ...] | None:
+    """The row shape of a data file, without checks (for models that do not record their input shape)."""
+    import io
+
+    import numpy as np
+
+    try:
+        if isinstance(source, bytes):
+            if source[:2] == b"PK":
+                return None
+            array = np.load(io.BytesIO(source), allow_pickle=False)
+        elif str(source).endswith(".npz"):
+            return None
+        else:
+            array = np.load(source, mmap_mode="r", allow_pickle=False)
+        return tuple(array.shape[1:])
+    except Exception:
+        return None
+
+
+@contextmanager
+def _progress(total: int):
+    """A progress bar with inputs/s on stderr, only when stderr is a terminal."""
+    if not sys.stderr.isatty() or total < 2:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = [TextColumn("certifying"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn()]
+    with Progress(*columns, console=Console(file=sys.stderr), transient=True) as bar:
+        task = bar.add_task("certify", total=total, rate="")
+        started = time.perf_counter()
+        done = 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            bar.update(task, advance=n, rate=f"{done / max(time.perf_counter() - started, 1e-9):.1f} inputs/s")
+
+        yield advance
+
+
+def _explain_zeros(results, norms) -> None:
+    on_boundary = [r for r in results if any(r.radius[p] == 0 for p in norms)]
+    if not on_boundary:
+        return
+    ties = sum(1 for r in on_boundary if any(b and b.kind == "maxpool" for b in r.binding.values()))
+    why = []
+    if ties:
+        why.append(f"{ties} at a tied max-pool window (equal values, e.g. over a constant background)")
+    if len(on_boundary) - ties:
+        why.append(f"{len(on_boundary) - ties} at a unit whose pre-activation is exactly 0")
+    _say(f"note: ε̂ = 0 for {len(on_boundary)} inputs: they lie on a region boundary ({'; '.join(why)})")
+
+
+def _check_thresholds(results, thresholds: dict[str, float]) -> int:
+    failed = False
+    for p, radius in thresholds.items():
+        below = [r.index for r in results if r.radius[p] < radius]
+        if below:
+            failed = True
+            shown = ", ".join(map(str, below[:20])) + (f", … ({len(below) - 20} more)" if len(below) > 20 else "")
+            _say(f"FAILED: {len(below)} of {len(results)} inputs have {p} radius below {radius:g}: inputs {shown}")
+        else:
+            _say(f"passed: all {len(results)} inputs have {p} radius ≥ {radius:g}")
+    return EXIT_CHECK_FAILED if failed else EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------- inspect
+
+
+@app.command()
+@reports_errors
+def inspect(
+    model: Annotated[str, typer.Argument(help="Model file (ONNX, TorchScript, .pt2, or pickled with --trust-pickle).")],
+    input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Shape of one input, for models that do not record it, e.g. 1,28,28.")] = None,
+    output_format: Annotated[Format, typer.Option("--format", "-f", help="table or json.")] = Format.table,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model (runs code from the file).")] = False,
+) -> int:
+    """Show the layer list lrcert built from MODEL, its input shape, and anything unsupported."""
+    import json
+
+    from .load import load
+
+    try:
+        network = load(model, trust_pickle=trust_pickle, sample_shape=parse_shape(input_shape))
+    except LrcertError as error:
+        if not error.details:
+            raise
+        _say(f"lrcert: {Path(model).name} cannot be certified; {len(error.details)} unsupported operation(s):")
+        for detail in error.details:
+            _say(f"  - {detail}")
+        _say(f"Fix: {error.fix}.")
+        return EXIT_INPUT
+    layers = []
+    for i, layer in enumerate(network.layers):
+        layers.append(
+            {
+                "index": i,
+                "name": layer.name,
+                "kind": layer.kind,
+                "inputs": list(layer.inputs),
+                "shape": list(layer.shape),
+                "units": layer.size if i in network.nonlinear else 0,
+                "details": layer.describe(),
+            }
+        )
+    if output_format == Format.json:
+        doc = {
+            "model": model,
+            "input_shape": list(network.sample_shape),
+            "output_shape": list(network.output_shape),
+            "units": network.units,
+            "layers": layers,
+            "notes": list(network.notes),
+        }
+        typer.echo(json.dumps(doc, indent=2))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=sys.stdout, highlight=False, width=140 if not sys.stdout.isatty() else None)
+    table = Table(title=f"{Path(model).name}: {len(layers) - 1} layers, {network.units} nonlinear units", title_justify="left")
+    for column in ("#", "name", "kind", "reads", "output shape", "units", "details"):
+        table.add_column(column, justify="right" if column in ("#", "units") else "left")
+    for row in layers:
+        table.add_row(
+            str(row["index"]), row["name"], row["kind"], ",".join(map(str, row["inputs"])) or "-",
+            "×".join(map(str, row["shape"])) or "scalar", str(row["units"] or ""), row["details"],
+        )
+    console.print(table)
+    console.print(f"input: one row of shape {network.sample_shape} (data files: shape (N, {', '.join(map(str, network.sample_shape))}))")
+    console.print(f"output: shape {network.output_shape}")
+    for note in network.notes:
+        console.print(f"note: {note}")
+    return EXIT_OK
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Input files → arrays of shape ``(N, *sample_shape)``, checked before any work is done.
+
+``.npy`` files are memory-mapped (a large test set is streamed, never loaded whole); ``.npz``
+archives take ``key`` or their only array; ``-`` reads either from standard input.
+
+>>> import numpy as np, io
+>>> buffer = io.BytesIO(); np.save(buffer, np.zeros((3, 4), dtype=np.float32))
+>>> rows, notes = read_rows(buffer.getvalue(), (2, 2), name="stdin")
+>>> rows.shape, notes
+((3, 2, 2), ['reshaped each row of stdin from (4,) to (2, 2) (same number of elements)'])
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import sys
+import zipfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import LrcertError
+
+#: Rows scanned at once when looking for NaN/Inf (keeps memory flat on memory-mapped files).
+SCAN_ROWS = 4096
+
+
+def read_rows(
+    source: str | bytes,
+    sample_shape: Sequence[int],
+    *,
+    key: str | None = None,
+    name: str | None = None,
+    what: str = "data",
+) -> tuple[np.ndarray, list[str]]:
+    """Read, check and shape the rows of ``source`` (a path, ``-`` for stdin, or raw bytes)."""
+    array, name = _open(source, key, name)
+    rows, notes = _shape_rows(array, tuple(sample_shape), name, what)
+    _check_finite(rows, name)
+    return rows, notes
+
+
+def _open(source: str | bytes, key: str | None, name: str | None) -> tuple[np.ndarray, str]:
+    if isinstance(source, bytes) or source == "-":
+        raw = source if isinstance(source, bytes) else sys.stdin.buffer.read()
+        name = name or "stdin"
+        if not raw:
+            raise LrcertError(f"{name} is empty", fix="pipe a .npy or .npz file into lrcert")
+        if raw[:2] == b"PK":
+            return _from_npz(np.load(io.BytesIO(raw), allow_pickle=False), key, name), name
+        return _load_npy(io.BytesIO(raw), name), name
+    path = Path(source)
+    name = name or str(path)
+    if not path.exists():
+        raise LrcertError(f"data file {name!r} does not exist", fix="check the path")
+    if path.is_dir():
+        raise LrcertError(f"data path {name!r} is a folder", fix="give a .npy or .npz file")
+    if zipfile.is_zipfile(path):
+        try:
+            archive = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise _unreadable(name, exc) from None
+        return _from_npz(archive, key, name), name
+    return _load_npy(path, name), name
+
+
+def _load_npy(source, name: str) -> np.ndarray:
+    try:
+        if isinstance(source, Path):
+            return np.load(source, mmap_mode="r", allow_pickle=False)
+        return np.load(source, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+            raise LrcertError(
+                f"{name} holds Python objects (an object array)",
+                fix="save a numeric float array, e.g. np.save(path, x.astype('float32'))",
+            ) from None
+        raise _unreadable(name, exc) from None
+    except Exception as exc:
+        raise _unreadable(name, exc) from None
+
+
+def _unreadable(name: str, exc: Exception) -> LrcertError:
+    return LrcertError(
+        f"{name} is not a readable .npy/.npz file ({type(exc).__name__}: truncated or corrupted?)",
+        fix="re-save it with numpy.save or numpy.savez",
+    )
+
+
+def _from_npz(archive, key: str | None, name: str) -> np.ndarray:
+    keys = list(archive.keys())
+    if key is None:
+        if len(keys) != 1:
+            raise LrcertError(
+                f"{name} holds {len(keys)} arrays ({', '.join(keys) or 'none'})", fix="choose one with --key NAME"
+            )
+        key = keys[0]
+    if key not in keys:
+        raise LrcertError(f"{name} has no array {key!r} (it has {', '.join(keys) or 'none'})", fix="choose one with --key")
+    try:
+        return archive[key]
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+            raise LrcertError(
+                f"array {key!r} of {name} holds Python objects", fix="save a numeric float array"
+            ) from None
+        raise _unreadable(name, exc) from None
+    except Exception as exc:
+        raise _unreadable(name, exc) from None
+
+
+def _shape_rows(array: np.ndarray, sample: tuple[int, ...], name: str, what: str) -> tuple[np.ndarray, list[str]]:
+    if array.dtype.kind != "f":
+        kinds = {"i": "integers", "u": "unsigned integers", "b": "booleans", "c": "complex numbers", "O": "objects"}
+        raise LrcertError(
+            f"{name} holds {kinds.get(array.dtype.kind, str(array.dtype))} ({array.dtype}), not floating-point {what}",
+            fix="convert it, e.g. np.save(path, x.astype('float32')) (scale images to the model's input range)",
+        )
+    if array.ndim == 0:
+        raise LrcertError(f"{name} holds a single number, not rows of {what}", fix=f"save an array of shape (N, {_dims(sample)})")
+    if len(array) == 0:
+        raise LrcertError(f"{name} holds no inputs (0 rows)", fix="give at least one row")
+    row = tuple(array.shape[1:])
+    notes: list[str] = []
+    if row != sample:
+        if math.prod(row) != math.prod(sample):
+            raise LrcertError(
+                f"{name} has rows of shape {row} (array {tuple(array.shape)}), but the model takes rows of shape "
+                f"{sample}",
+                fix=f"save the {what} as an array of shape (N, {_dims(sample)})",
+            )
+        array = array.reshape(len(array), *sample)
+        notes.append(f"reshaped each row of {name} from {row} to {sample} (same number of elements)")
+    return array, notes
+
+
+def _check_finite(rows: np.ndarray, name: str) -> None:
+    for start in range(0, len(rows), SCAN_ROWS):
+        chunk = np.asarray(rows[start : start + SCAN_ROWS])
+        finite = np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
+        if not finite.all():
+            bad = start + int(np.argmin(finite))
+            kind = "NaN" if np.isnan(chunk[bad - start]).any() else "Inf"
+            raise LrcertError(f"{name} holds {kind} in row {bad}", fix="remove or repair the rows that are not finite")
+
+
+def _dims(shape: Sequence[int]) -> str:
+    return ", ".join(map(str, shape)) if shape else ""
+
+
+def batches(rows: np.ndarray, size: int):
+    """Float tensors of at most ``size`` rows each, read lazily from a (memory-mapped) array."""
+    import torch
+
+    for start in range(0, len(rows), size):
+        yield torch.from_numpy(np.array(rows[start : start + size], dtype=np.float64 if rows.dtype == np.float64 else np.float32))

@@ -1,0 +1,494 @@
+"""The layer list: a piecewise-linear network as an immutable list of layers in topological order.
+
+Every layer works on *one model call* as the model was traced: ``shape`` is the exact shape the
+model produced for that layer when given one input (batch axis included when the model has one).
+lrcert prepends its own leading axes to that shape: ``(batch,)`` when evaluating values and
+``(batch, directions)`` when pushing tangents, so each layer's ``apply`` accepts any number of
+leading axes and broadcasts over them.
+
+Affine layers compute ``y = A(x) + c``; ``apply(xs, offset=False)`` drops ``c``, which turns the
+layer into its Jacobian-vector product. Nonlinear layers (ReLU, LeakyReLU, max-pool) are the
+only places where the activation pattern, and so the linear region, is decided.
+
+>>> import torch
+>>> net = Network((Input("input", (), (2,), ()),
+...                Dense("fc", (0,), (2,), ((2,),), torch.eye(2), torch.tensor([1., -1.])),
+...                ReLU("relu", (1,), (2,), ((2,),))), output=2, sample_shape=(2,))
+>>> net.run(torch.tensor([[0.5, 0.5]]))
+tensor([[1.5000, 0.0000]])
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Callable, ClassVar, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import LrcertError
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class Layer:
+    """One node: ``inputs`` index earlier layers (0 is the model input)."""
+
+    name: str
+    inputs: tuple[int, ...]
+    shape: Shape
+    in_shapes: tuple[Shape, ...]
+    kind: ClassVar[str] = "layer"
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def lead(self, x: Tensor, i: int = 0) -> Shape:
+        """The leading axes lrcert added in front of input ``i``'s traced shape."""
+        return tuple(x.shape[: x.dim() - len(self.in_shapes[i])])
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> "Layer":
+        """A copy with floating-point tensors in ``dtype`` and all tensors on ``device``."""
+        changes = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Tensor):
+                changes[f.name] = value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
+        return replace(self, **changes)
+
+    def describe(self) -> str:
+        """Short human description of the layer's parameters (for ``lrcert inspect``)."""
+        return ""
+
+
+def _on_core(x: Tensor, core_rank: int, fn: Callable[[Tensor], Tensor]) -> Tensor:
+    """Apply ``fn`` (which wants one batch axis) to the trailing ``core_rank`` axes of ``x``."""
+    outer = x.shape[: x.dim() - core_rank]
+    y = fn(x.reshape(-1, *x.shape[x.dim() - core_rank :]))
+    return y.reshape(*outer, *y.shape[1:])
+
+
+def _align(x: Tensor, in_rank: int, out_rank: int) -> Tensor:
+    """Insert singleton axes after the leading axes so a rank-``in_rank`` sample broadcasts like the trace."""
+    if in_rank >= out_rank:
+        return x
+    n_lead = x.dim() - in_rank
+    return x.reshape(*x.shape[:n_lead], *([1] * (out_rank - in_rank)), *x.shape[n_lead:])
+
+
+class Affine(Layer):
+    """``y = A(x) + c`` for a linear map ``A`` and a constant ``c``."""
+
+    def apply(self, xs: Sequence[Tensor], offset: bool = True) -> Tensor:
+        raise NotImplementedError
+
+
+class Nonlinearity(Layer):
+    """A piecewise-linear nonlinearity whose pieces define the linear region."""
+
+    def apply(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, eq=False)
+class Input(Layer):
+    kind: ClassVar[str] = "input"
+
+
+@dataclass(frozen=True, eq=False)
+class Dense(Affine):
+    """``y = x Wᵀ + b`` over the last axis (Gemm, MatMul with a constant, nn.Linear)."""
+
+    weight: Tensor = field(repr=False, default=None)
+    bias: Tensor | None = field(repr=False, default=None)
+    kind: ClassVar[str] = "dense"
+
+    def apply(self, xs, offset=True):
+        return F.linear(xs[0], self.weight, self.bias if offset else None)
+
+    def describe(self):
+        return f"{self.weight.shape[1]} → {self.weight.shape[0]}"
+
+
+@dataclass(frozen=True, eq=False)
+class Convolution(Affine):
+    """N-d convolution or transposed convolution (``torch.convolution`` semantics)."""
+
+    weight: Tensor = field(repr=False, default=None)
+    bias: Tensor | None = field(repr=False, default=None)
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] = ()
+    dilation: tuple[int, ...] = ()
+    transposed: bool = False
+    output_padding: tuple[int, ...] = ()
+    groups: int = 1
+    kind: ClassVar[str] = "conv"
+
+    def apply(self, xs, offset=True):
+        bias = self.bias if offset else None
+        return _on_core(
+            xs[0],
+            self.weight.dim() - 1,
+            lambda x: torch.convolution(
+                x, self.weight, bias, list(self.stride), list(self.padding), list(self.dilation),
+                self.transposed, list(self.output_padding), self.groups,
+            ),
+        )
+
+    def describe(self):
+        kind = "transposed " if self.transposed else ""
+        k = "×".join(map(str, self.weight.shape[2:]))
+        return f"{kind}{k} stride {list(self.stride)} padding {list(self.padding)} groups {self.groups}"
+
+
+@dataclass(frozen=True, eq=False)
+class LinearPool(Affine):
+    """Average pooling and adaptive average pooling: a fixed linear map over the trailing axes."""
+
+    op: Callable = field(repr=False, default=None)
+    args: tuple = ()
+    core_rank: int = 3
+    kind: ClassVar[str] = "avgpool"
+
+    def apply(self, xs, offset=True):
+        return _on_core(xs[0], self.core_rank, lambda x: self.op(x, *self.args))
+
+    def describe(self):
+        return f"{self.op.__name__} {list(self.args)}"
+
+
+@dataclass(frozen=True, eq=False)
+class Pad(Affine):
+    """Padding of the trailing axes; the constant fill value is the layer's offset."""
+
+    pads: tuple[int, ...] = ()
+    mode: str = "constant"
+    value: float = 0.0
+    kind: ClassVar[str] = "pad"
+
+    def apply(self, xs, offset=True):
+        if self.mode == "constant":
+            return F.pad(xs[0], list(self.pads), value=self.value if offset else 0.0)
+        return _on_core(xs[0], len(self.pads) // 2 + 1, lambda x: F.pad(x, list(self.pads), mode=self.mode))
+
+    def describe(self):
+        return f"{self.mode} {list(self.pads)}"
+
+
+@dataclass(frozen=True, eq=False)
+class ElementwiseAffine(Affine):
+    """``y = x · scale + shift`` with constants broadcast over the sample (Mul/Div/Add/Sub, batch-norm)."""
+
+    scale: Tensor | None = field(repr=False, default=None)
+    shift: Tensor | None = field(repr=False, default=None)
+    kind: ClassVar[str] = "scale-shift"
+
+    def apply(self, xs, offset=True):
+        y = _align(xs[0], len(self.in_shapes[0]), len(self.shape))
+        if self.scale is not None:
+            y = y * self.scale
+        if offset and self.shift is not None:
+            y = y + self.shift
+        if y.shape[y.dim() - len(self.shape) :] != self.shape:  # an offset-free tangent must still broadcast
+            y = y.expand(*y.shape[: y.dim() - len(self.shape)], *self.shape)
+        return y
+
+
+@dataclass(frozen=True, eq=False)
+class Sum(Affine):
+    """``y = Σ cᵢ xᵢ`` of input-dependent tensors (residual adds, Sub of two branches)."""
+
+    coefficients: tuple[float, ...] = ()
+    kind: ClassVar[str] = "add"
+
+    def apply(self, xs, offset=True):
+        total = None
+        for x, shape, c in zip(xs, self.in_shapes, self.coefficients):
+            term = _align(x, len(shape), len(self.shape))
+            term = term if c == 1 else term * c
+            total = term if total is None else total + term
+        return total
+
+
+@dataclass(frozen=True, eq=False)
+class Concat(Affine):
+    axis: int = 0
+    kind: ClassVar[str] = "concat"
+
+    def apply(self, xs, offset=True):
+        leads = torch.broadcast_shapes(*(self.lead(x, i) for i, x in enumerate(xs)))
+        parts = [x.expand(*leads, *shape) for x, shape in zip(xs, self.in_shapes)]
+        return torch.cat(parts, dim=len(leads) + self.axis)
+
+
+@dataclass(frozen=True, eq=False)
+class Reshape(Affine):
+    kind: ClassVar[str] = "reshape"
+
+    def apply(self, xs, offset=True):
+        return xs[0].reshape(*self.lead(xs[0]), *self.shape)
+
+
+@dataclass(frozen=True, eq=False)
+class Expand(Affine):
+    kind: ClassVar[str] = "expand"
+
+    def apply(self, xs, offset=True):
+        x = _align(xs[0], len(self.in_shapes[0]), len(self.shape))
+        return x.expand(*x.shape[: x.dim() - len(self.shape)], *self.shape)
+
+
+@dataclass(frozen=True, eq=False)
+class Permute(Affine):
+    perm: tuple[int, ...] = ()
+    kind: ClassVar[str] = "permute"
+
+    def apply(self, xs, offset=True):
+        n = len(self.lead(xs[0]))
+        return xs[0].permute(*range(n), *(n + p for p in self.perm))
+
+    def describe(self):
+        return f"{list(self.perm)}"
+
+
+@dataclass(frozen=True, eq=False)
+class Slice(Affine):
+    axis: int = 0
+    start: int = 0
+    stop: int = 0
+    step: int = 1
+    kind: ClassVar[str] = "slice"
+
+    def apply(self, xs, offset=True):
+        n = len(self.lead(xs[0]))
+        index = (slice(None),) * (n + self.axis) + (slice(self.start, self.stop, self.step),)
+        return xs[0][index]
+
+    def describe(self):
+        return f"axis {self.axis} [{self.start}:{self.stop}:{self.step}]"
+
+
+@dataclass(frozen=True, eq=False)
+class Gather(Affine):
+    """Selects entries along ``axis`` with a constant integer index tensor (ONNX Gather)."""
+
+    axis: int = 0
+    index: Tensor = field(repr=False, default=None)
+    kind: ClassVar[str] = "gather"
+
+    def apply(self, xs, offset=True):
+        x = xs[0]
+        axis = len(self.lead(x)) + self.axis
+        y = torch.index_select(x, axis, self.index.reshape(-1))
+        return y.reshape(*x.shape[:axis], *self.index.shape, *x.shape[axis + 1 :])
+
+
+@dataclass(frozen=True, eq=False)
+class Reduce(Affine):
+    """Sum or mean over sample axes (GlobalAveragePool, ReduceMean, ReduceSum)."""
+
+    mean: bool = True
+    axes: tuple[int, ...] = ()
+    keepdim: bool = False
+    kind: ClassVar[str] = "reduce"
+
+    def apply(self, xs, offset=True):
+        n = len(self.lead(xs[0]))
+        axes = [n + a for a in self.axes]
+        reduce = torch.mean if self.mean else torch.sum
+        return reduce(xs[0], dim=axes, keepdim=self.keepdim)
+
+    def describe(self):
+        return f"{'mean' if self.mean else 'sum'} over axes {list(self.axes)}"
+
+
+@dataclass(frozen=True, eq=False)
+class ReLU(Nonlinearity):
+    """``y = x`` if ``x > 0`` else ``negative_slope · x``; each unit is the face ``z = 0``."""
+
+    negative_slope: float = 0.0
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return "relu" if self.negative_slope == 0 else "leaky_relu"
+
+    def apply(self, x):
+        return torch.relu(x) if self.negative_slope == 0 else F.leaky_relu(x, self.negative_slope)
+
+    def gain(self, z: Tensor) -> Tensor:
+        """The frozen slope of each unit in the region of ``z``."""
+        if self.negative_slope == 0:
+            return (z > 0).to(z.dtype)
+        return torch.where(z > 0, 1.0, self.negative_slope).to(z.dtype)
+
+    def describe(self):
+        return "" if self.negative_slope == 0 else f"slope {self.negative_slope:g}"
+
+
+@dataclass(frozen=True, eq=False)
+class MaxPool2d(Nonlinearity):
+    """2-d max pooling; each window's arg-max defines faces ``z_win − z_l = 0`` (paper, appendix E)."""
+
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    ceil_mode: bool = False
+    kind: ClassVar[str] = "maxpool"
+
+    def apply(self, x):
+        return _on_core(
+            x, 3, lambda t: F.max_pool2d(t, self.kernel, self.stride, self.padding, self.dilation, self.ceil_mode)
+        )
+
+    @property
+    def window_size(self) -> int:
+        return self.kernel[0] * self.kernel[1]
+
+    def windows(self, x: Tensor, fill: float) -> Tensor:
+        """``(..., C, kh·kw, out_h·out_w)``: every window's elements, padding filled with ``fill``.
+
+        Values use ``fill=-inf`` (padding never wins), tangents ``fill=0``.
+        """
+        (ph, pw), (oh, ow) = self.padding, self.shape[-2:]
+        h, w = self.in_shapes[0][-2:]
+        extra_h = max(0, (oh - 1) * self.stride[0] + self.dilation[0] * (self.kernel[0] - 1) + 1 - (h + 2 * ph))
+        extra_w = max(0, (ow - 1) * self.stride[1] + self.dilation[1] * (self.kernel[1] - 1) + 1 - (w + 2 * pw))
+
+        def unfold(t: Tensor) -> Tensor:
+            channels = t.shape[1]
+            t = F.pad(t, [pw, pw + extra_w, ph, ph + extra_h], value=fill)
+            cols = F.unfold(t, self.kernel, dilation=self.dilation, stride=self.stride)
+            return cols.reshape(t.shape[0], channels, self.window_size, -1)[..., : oh * ow]
+
+        outer = x.shape[:-3]
+        cols = unfold(x.reshape(-1, *x.shape[-3:]))
+        return cols.reshape(*outer, *cols.shape[1:])
+
+    def describe(self):
+        return f"{self.kernel[0]}×{self.kernel[1]} stride {list(self.stride)} padding {list(self.padding)}"
+
+
+@dataclass(frozen=True, eq=False)
+class Network:
+    """The layer list. ``layers[0]`` is the :class:`Input`; ``output`` indexes the output layer.
+
+    ``sample_shape`` is the shape of one data row (the input shape without its batch axis);
+    rows are reshaped to ``layers[0].shape`` before the first layer. ``notes`` records what the
+    loader changed (for instance a dropped trailing softmax).
+    """
+
+    layers: tuple[Layer, ...]
+    output: int
+    sample_shape: Shape
+    notes: tuple[str, ...] = ()
+    source: str = ""
+
+    def __post_init__(self):
+        if not self.layers or not isinstance(self.layers[0], Input):
+            raise LrcertError("a layer list must start with its Input layer", internal=True)
+        for i, layer in enumerate(self.layers[1:], 1):
+            if any(not 0 <= j < i for j in layer.inputs):
+                raise LrcertError(f"layer {layer.name!r} reads a later layer", internal=True)
+            declared = tuple(self.layers[j].shape for j in layer.inputs)
+            if declared != layer.in_shapes:
+                raise LrcertError(
+                    f"layer {layer.name!r} expects inputs {layer.in_shapes} but gets {declared}", internal=True
+                )
+        if math.prod(self.sample_shape) != math.prod(self.input_shape):
+            raise LrcertError(f"sample shape {self.sample_shape} does not fit input {self.input_shape}", internal=True)
+        self._check_shapes()
+
+    @property
+    def input_shape(self) -> Shape:
+        return self.layers[0].shape
+
+    @property
+    def has_batch_axis(self) -> bool:
+        """Whether the traced model call carries a leading batch axis (of size 1)."""
+        return len(self.input_shape) == len(self.sample_shape) + 1
+
+    @property
+    def output_shape(self) -> Shape:
+        """The shape of one input's output (batch axis dropped when the model has one)."""
+        shape = self.layers[self.output].shape
+        return shape[1:] if self.has_batch_axis and shape[:1] == (1,) else shape
+
+    @property
+    def input_size(self) -> int:
+        return math.prod(self.input_shape)
+
+    @property
+    def nonlinear(self) -> list[int]:
+        return [i for i, layer in enumerate(self.layers) if isinstance(layer, Nonlinearity)]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for layer in self.layers:
+            for f in fields(layer):
+                value = getattr(layer, f.name)
+                if isinstance(value, Tensor) and value.is_floating_point():
+                    return value.dtype
+        return torch.float32
+
+    @property
+    def units(self) -> int:
+        """Nonlinear units: ReLU/LeakyReLU units plus max-pool outputs."""
+        return sum(self.layers[i].size for i in self.nonlinear)
+
+    def constraint_count(self, i: int) -> int:
+        """How many faces nonlinear layer ``i`` contributes: one per ReLU unit, (k−1) per max-pool window."""
+        layer = self.layers[i]
+        if isinstance(layer, MaxPool2d):
+            return layer.size * (layer.window_size - 1)
+        return layer.size
+
+    def last_uses(self, needed: Sequence[int] | None = None) -> dict[int, int]:
+        """For each layer, the index of the last layer (among ``needed``) that reads it."""
+        last: dict[int, int] = {}
+        for i in needed if needed is not None else range(len(self.layers)):
+            for j in self.layers[i].inputs:
+                last[j] = i
+        return last
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> "Network":
+        return replace(self, layers=tuple(layer.to(device, dtype) for layer in self.layers))
+
+    def run(
+        self,
+        x: Tensor,
+        nonlinear: Callable[[int, Nonlinearity, Tensor], Tensor] | None = None,
+        check_shapes: bool = False,
+    ) -> Tensor:
+        """Evaluate on a batch ``x`` of shape ``(B, *sample_shape)``; returns ``(B, *output_shape)``.
+
+        ``nonlinear(i, layer, z)``, when given, evaluates nonlinear layer ``i`` on its input ``z``
+        (the engine uses it to record the activation pattern on the way).
+        """
+        values = {0: x.reshape(x.shape[0], *self.input_shape)}
+        last = self.last_uses()
+        for i, layer in enumerate(self.layers[1:], 1):
+            ins = [values[j] for j in layer.inputs]
+            if isinstance(layer, Affine):
+                values[i] = layer.apply(ins)
+            elif nonlinear is not None:
+                values[i] = nonlinear(i, layer, ins[0])
+            else:
+                values[i] = layer.apply(ins[0])
+            if check_shapes and tuple(values[i].shape[1:]) != layer.shape:
+                raise LrcertError(
+                    f"layer {layer.name!r} produces {tuple(values[i].shape[1:])}, declared {layer.shape}",
+                    internal=True,
+                )
+            for j in set(layer.inputs):
+                if last.get(j) == i and j != self.output:
+                    del values[j]
+        return values[self.output]
+
+    def _check_shapes(self) -> None:
+        with torch.no_grad():
+            self.run(torch.zeros(1, *self.sample_shape, dtype=self.dtype), check_shapes=True)

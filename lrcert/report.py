@@ -1,0 +1,167 @@
+"""Rendering only: results → rich table, JSON, JSON lines or CSV, and the per-norm summary.
+
+JSON never holds ``Infinity``: an unbounded radius (no face at all) is ``null`` with
+``"unbounded": true``.
+
+>>> summarize([0.0, 1.0, 2.0, 3.0, 4.0])
+{'min': 0.0, 'p25': 1.0, 'p50': 2.0, 'p75': 3.0, 'max': 4.0, 'zero': 1, 'unbounded': 0}
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from typing import Iterable, Sequence, TextIO
+
+import numpy as np
+
+from .engine import InputResult
+
+NORM_LABELS = {"l1": "ε̂₁", "l2": "ε̂₂", "linf": "ε̂∞"}
+PERCENTILES = (("min", 0), ("p25", 25), ("p50", 50), ("p75", 75), ("max", 100))
+
+
+def finite_or_none(value: float | None) -> float | None:
+    return None if value is None or math.isinf(value) else value
+
+
+def summarize(radii: Sequence[float]) -> dict:
+    """min, P25, P50, P75, max (paper's tables), plus how many radii are 0 and how many unbounded."""
+    values = np.sort(np.asarray(radii, dtype=np.float64))
+    out: dict = {}
+    for label, q in PERCENTILES:
+        with np.errstate(invalid="ignore"):
+            v = float(np.percentile(values, q)) if len(values) else math.nan
+        out[label] = math.inf if math.isnan(v) and len(values) else v
+    out["zero"] = int((values == 0).sum())
+    out["unbounded"] = int(np.isinf(values).sum())
+    return out
+
+
+def summary(results: Sequence[InputResult], norms: Sequence[str]) -> dict:
+    return {p: summarize([r.radius[p] for r in results]) for p in norms}
+
+
+def result_record(result: InputResult, norms: Sequence[str]) -> dict:
+    """One input as a JSON-ready dict."""
+    record = {
+        "index": result.index,
+        "prediction": result.prediction,
+        "radius": {p: finite_or_none(result.radius[p]) for p in norms},
+        "unbounded": any(math.isinf(result.radius[p]) for p in norms),
+        "binding": {p: (b.as_dict() if b else None) for p, b in result.binding.items()},
+        "pattern": result.pattern,
+    }
+    if result.direction is not None:
+        record["direction"] = {
+            "radius": finite_or_none(result.direction),
+            "unbounded": math.isinf(result.direction),
+            "binding": result.direction_binding.as_dict() if result.direction_binding else None,
+        }
+    return record
+
+
+def json_document(model: dict, options: dict, results: Sequence[InputResult], norms: Sequence[str]) -> str:
+    doc = {
+        "model": model,
+        "options": options,
+        "results": [result_record(r, norms) for r in results],
+        "summary": _json_summary(summary(results, norms)),
+    }
+    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+
+
+def _json_summary(stats: dict) -> dict:
+    return {p: {k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in s.items()} for p, s in stats.items()}
+
+
+def jsonl_lines(results: Iterable[InputResult], norms: Sequence[str]) -> Iterable[str]:
+    for r in results:
+        yield json.dumps(result_record(r, norms), allow_nan=False) + "\n"
+
+
+def csv_header(norms: Sequence[str], directional: bool) -> str:
+    columns = ["index", "prediction", *norms, *(f"binding_{p}" for p in norms), "pattern"]
+    if directional:
+        columns += ["direction", "binding_direction"]
+    return _csv_row(columns)
+
+
+def csv_lines(results: Iterable[InputResult], norms: Sequence[str], directional: bool) -> Iterable[str]:
+    for r in results:
+        row = [r.index, "" if r.prediction is None else r.prediction]
+        row += [_number(r.radius[p]) for p in norms]
+        row += [r.binding[p].describe() if r.binding[p] else "" for p in norms]
+        row.append(r.pattern)
+        if directional:
+            row += [_number(r.direction), r.direction_binding.describe() if r.direction_binding else ""]
+        yield _csv_row(row)
+
+
+def _csv_row(values: Sequence) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(values)
+    return buffer.getvalue()
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return ""
+    return "inf" if math.isinf(value) else repr(float(value))
+
+
+def _short(value: float) -> str:
+    return "∞" if math.isinf(value) else f"{value:.4g}"
+
+
+def print_table(
+    out: TextIO,
+    results: Sequence[InputResult],
+    norms: Sequence[str],
+    model_name: str,
+    directional: bool,
+    color: bool,
+) -> None:
+    """The terminal view: one row per input, then the per-norm summary (paper's table layout)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=out, no_color=not color, highlight=False, soft_wrap=False, width=max(100, _width(out)))
+    shown = "l2" if "l2" in norms else norms[0]
+    table = Table(title=f"linear-region radii — {model_name}", title_justify="left")
+    table.add_column("input", justify="right")
+    table.add_column("class", justify="right")
+    for p in norms:
+        table.add_column(NORM_LABELS[p], justify="right")
+    if directional:
+        table.add_column("t (direction)", justify="right")
+    table.add_column(f"binding constraint ({NORM_LABELS[shown]})")
+    for r in results:
+        cells = [str(r.index), "-" if r.prediction is None else str(r.prediction)]
+        cells += [_short(r.radius[p]) for p in norms]
+        if directional:
+            cells.append(_short(r.direction))
+        binding = r.binding[shown]
+        cells.append(binding.describe() if binding else "none (no face: unbounded)")
+        table.add_row(*cells)
+    console.print(table)
+
+    stats = summary(results, norms)
+    totals = Table(title=f"summary over {len(results)} inputs", title_justify="left")
+    totals.add_column("norm")
+    for label, _ in PERCENTILES:
+        totals.add_column(label.upper() if label.startswith("p") else label, justify="right")
+    totals.add_column("ε̂ = 0", justify="right")
+    totals.add_column("unbounded", justify="right")
+    for p in norms:
+        s = stats[p]
+        totals.add_row(NORM_LABELS[p], *(_short(s[label]) for label, _ in PERCENTILES), str(s["zero"]), str(s["unbounded"]))
+    console.print(totals)
+
+
+def _width(out: TextIO) -> int:
+    import shutil
+
+    return shutil.get_terminal_size((120, 24)).columns if getattr(out, "isatty", lambda: False)() else 140

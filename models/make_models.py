@@ -1,0 +1,107 @@
+"""Make the small models shipped in models/ (deterministic: rerunning reproduces them).
+
+    python models/make_models.py
+
+- moons_mlp.onnx: a 2-32-32-2 ReLU MLP trained on two interleaved half-moons (generated here),
+  with 16 held-out points in moons_mlp.inputs.npy.
+- bars_cnn.onnx: a small CNN (conv + batch-norm + ReLU + max-pool + residual add + average pool)
+  that tells horizontal from vertical bars in noisy 12x12 images (generated here), with 8
+  held-out images in bars_cnn.inputs.npy.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+HERE = Path(__file__).resolve().parent
+
+
+def moons(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two interleaved half circles with a little noise (labels 0 and 1)."""
+    t = rng.uniform(0, np.pi, n)
+    label = rng.integers(0, 2, n)
+    x = np.where(label == 0, np.cos(t), 1 - np.cos(t))
+    y = np.where(label == 0, np.sin(t), 0.5 - np.sin(t))
+    points = np.stack([x, y], axis=1) + rng.normal(0, 0.1, (n, 2))
+    return points.astype(np.float32), label
+
+
+def bars(n: int, rng: np.random.Generator, size: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy images holding one horizontal (label 0) or vertical (label 1) bar."""
+    images = rng.normal(0, 0.15, (n, 1, size, size)).astype(np.float32)
+    label = rng.integers(0, 2, n)
+    where = rng.integers(1, size - 1, n)
+    for k in range(n):
+        if label[k] == 0:
+            images[k, 0, where[k], :] += 1.0
+        else:
+            images[k, 0, :, where[k]] += 1.0
+    return images, label
+
+
+class BarsCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.bn1(self.conv1(x))))
+        x = x + torch.relu(self.conv2(x))
+        x = nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.head(x)
+
+
+def train(model: nn.Module, x: np.ndarray, y: np.ndarray, steps: int, lr: float = 1e-2) -> float:
+    inputs, labels = torch.from_numpy(x), torch.from_numpy(y).long()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(inputs), labels)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        return float((model(inputs).argmax(1) == labels).float().mean())
+
+
+def export(model: nn.Module, example: torch.Tensor, name: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (example,), str(HERE / f"{name}.onnx"), dynamo=False, input_names=["input"],
+            output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=13,
+        )
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+
+    x, y = moons(600, rng)
+    mlp = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+    accuracy = train(mlp, x, y, steps=400)
+    held_out, _ = moons(16, rng)
+    export(mlp, torch.from_numpy(held_out[:1]), "moons_mlp")
+    np.save(HERE / "moons_mlp.inputs.npy", held_out)
+    print(f"moons_mlp: training accuracy {accuracy:.3f}")
+
+    x, y = bars(512, rng)
+    cnn = BarsCNN()
+    accuracy = train(cnn, x, y, steps=150)
+    held_out, _ = bars(8, rng)
+    export(cnn, torch.from_numpy(held_out[:1]), "bars_cnn")
+    np.save(HERE / "bars_cnn.inputs.npy", held_out)
+    print(f"bars_cnn: training accuracy {accuracy:.3f}")
+
+
+if __name__ == "__main__":
+    main()

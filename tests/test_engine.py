@@ -1,0 +1,275 @@
+"""The engine's radii: exact on hand-computed networks, equal to an independent float64
+computation on random networks, and sound and tight by sampling."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import lrcert
+from lrcert.engine import Engine
+from reference import pattern_of, reference_radii, relative_error
+
+
+def _set(layer: nn.Linear, weight, bias) -> nn.Linear:
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(weight, dtype=torch.float64))
+        layer.bias.copy_(torch.tensor(bias, dtype=torch.float64))
+    return layer
+
+
+def _certify(model, x, **kw):
+    return lrcert.certify(model.double(), torch.tensor(x, dtype=torch.float64), dtype=torch.float64, **kw)
+
+
+# ------------------------------------------------------------------------------------ by hand
+
+
+def test_single_relu_unit_radii_by_hand():
+    # z = 3 x1 + 4 x2 - 5 at x = 0: |z| = 5, ‖g‖∞ = 4, ‖g‖₂ = 5, ‖g‖₁ = 7
+    model = nn.Sequential(_set(nn.Linear(2, 1), [[3.0, 4.0]], [-5.0]), nn.ReLU())
+    (result,) = _certify(model, [[0.0, 0.0]])
+    assert result.radius["l1"] == pytest.approx(5 / 4, rel=1e-12)
+    assert result.radius["l2"] == pytest.approx(1.0, rel=1e-12)
+    assert result.radius["linf"] == pytest.approx(5 / 7, rel=1e-12)
+    binding = result.binding["l2"]
+    assert (binding.layer, binding.kind, binding.unit, binding.value) == ("1", "relu", 0, -5.0)
+
+
+def test_leaky_relu_two_layers_by_hand():
+    # z1 = x1 (slope 0.1 below 0); z2 = a1 + x2 + 0.3. At x = (-1, 0): z1 = -1, g1 = (1, 0);
+    # a1 = -0.1, z2 = 0.2, g2 = (0.1, 1).
+    model = nn.Sequential(
+        _set(nn.Linear(2, 2), [[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0]),
+        nn.LeakyReLU(0.1),
+        _set(nn.Linear(2, 1), [[1.0, 1.0]], [0.3]),
+        nn.LeakyReLU(0.1),
+    )
+    (result,) = _certify(model, [[-1.0, 0.0]])
+    # unit 2 of the first layer is x2 = 0: on a boundary with a nonzero gradient
+    assert result.radius == {"l1": 0.0, "l2": 0.0, "linf": 0.0}
+    assert result.binding["l2"].unit == 1 and result.binding["l2"].kind == "leaky_relu"
+
+    (result,) = _certify(model, [[-1.0, 0.05]])  # now z = (-1, 0.05), a = (-0.1, 0.05), z2 = 0.25
+    g2 = torch.tensor([0.1, 1.0], dtype=torch.float64)
+    expected_l2 = min(1.0, 0.05, 0.25 / float(g2.norm()))
+    assert result.radius["l2"] == pytest.approx(expected_l2, rel=1e-12)
+    assert result.radius["linf"] == pytest.approx(min(1.0, 0.05, 0.25 / 1.1), rel=1e-12)
+
+
+def test_zero_gradient_units_are_not_faces():
+    # unit 0 is constant (zero weights): z = 0 and g = 0 everywhere, so it never changes
+    model = nn.Sequential(_set(nn.Linear(2, 2), [[0.0, 0.0], [1.0, 0.0]], [0.0, -2.0]), nn.ReLU())
+    (result,) = _certify(model, [[0.0, 0.0]])
+    assert result.radius["l2"] == pytest.approx(2.0, rel=1e-12)
+    assert result.binding["l2"].unit == 1
+
+
+def test_point_on_a_boundary_has_radius_zero():
+    model = nn.Sequential(_set(nn.Linear(2, 1), [[1.0, 1.0]], [0.0]), nn.ReLU())
+    (result,) = _certify(model, [[0.5, -0.5]])
+    assert result.radius == {"l1": 0.0, "l2": 0.0, "linf": 0.0}
+
+
+def test_affine_model_is_unbounded():
+    (result,) = _certify(nn.Sequential(nn.Linear(3, 2)), [[0.1, 0.2, 0.3]])
+    assert all(math.isinf(r) for r in result.radius.values())
+    assert result.binding == {"l1": None, "l2": None, "linf": None}
+
+
+def test_max_pool_window_faces_by_hand():
+    model = nn.Sequential(nn.MaxPool2d(2))
+    # window (3, 1, 0, 0): faces 3-1 (g = e0 - e1) and 3-0 twice (g = e0 - e2, e0 - e3)
+    (result,) = _certify(model, [[[[3.0, 1.0], [0.0, 0.0]]]])
+    assert result.radius["l2"] == pytest.approx(2 / math.sqrt(2), rel=1e-12)
+    assert result.radius["l1"] == pytest.approx(2.0, rel=1e-12)
+    assert result.radius["linf"] == pytest.approx(1.0, rel=1e-12)
+    binding = result.binding["l2"]
+    assert binding.kind == "maxpool" and binding.winner == (0, 0, 0) and binding.competitor == (0, 0, 1)
+    # a tie inside the window: the input sits on a boundary
+    (result,) = _certify(model, [[[[1.0, 1.0], [0.0, 0.0]]]])
+    assert result.radius["l2"] == 0.0 and result.binding["l2"].value == 0.0
+
+
+def test_directional_radius_by_hand():
+    model = nn.Sequential(_set(nn.Linear(2, 2), [[1.0, 0.0], [0.0, 1.0]], [-1.0, 2.0]), nn.ReLU())
+    x = [[0.0, 0.0]]
+    forward, backward = _certify(model, x * 2, directions=torch.tensor([[1.0, 0.0], [0.0, -1.0]], dtype=torch.float64))
+    assert forward.direction == pytest.approx(1.0) and forward.direction_binding.unit == 0
+    assert backward.direction == pytest.approx(2.0) and backward.direction_binding.unit == 1
+    (away,) = _certify(model, x, directions=torch.tensor([[-1.0, 1.0]], dtype=torch.float64))
+    assert math.isinf(away.direction)
+
+
+# ------------------------------------------------------------------------------------ random networks
+
+
+def _mlp(seed: int, leaky: bool = False) -> nn.Module:
+    torch.manual_seed(seed)
+    act = (lambda: nn.LeakyReLU(0.05)) if leaky else nn.ReLU
+    return nn.Sequential(nn.Linear(6, 20), act(), nn.Linear(20, 16), act(), nn.Linear(16, 12), act(), nn.Linear(12, 3))
+
+
+class _ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 6, 3, stride=1, padding=1)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.relu1 = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=2, dilation=2, groups=2)
+        self.relu2 = nn.ReLU()
+        self.avg = nn.AvgPool2d(2)
+        self.fc = nn.Linear(6 * 2 * 2, 4)
+
+    def forward(self, x):
+        x = self.pool(self.relu1(self.bn1(self.conv1(x))))
+        x = x + self.relu2(self.conv2(x))  # residual add
+        return self.fc(self.avg(x).flatten(1))
+
+
+class _Decoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 16)
+        self.relu = nn.ReLU()
+        self.up = nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1)
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu2(self.up(self.relu(self.fc(x)).reshape(-1, 4, 2, 2))).sum(dim=(1, 2, 3))
+
+
+def _randomize_batchnorm(model: nn.Module) -> nn.Module:
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            with torch.no_grad():
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+NETWORKS = {
+    "mlp": (lambda: _mlp(0), (6,)),
+    "leaky_mlp": (lambda: _mlp(1, leaky=True), (6,)),
+    "convnet": (lambda: (torch.manual_seed(2), _randomize_batchnorm(_ConvNet()))[1], (2, 8, 8)),
+    "decoder": (lambda: (torch.manual_seed(3), _Decoder())[1], (3,)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_radii_equal_an_independent_float64_computation(name):
+    make, shape = NETWORKS[name]
+    model = make().double().eval()
+    x = torch.randn(6, *shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    results = lrcert.certify(model, x, dtype=torch.float64)
+    for k, result in enumerate(results):
+        expected = reference_radii(model, x[k : k + 1])
+        for p in ("l1", "l2", "linf"):
+            assert relative_error(result.radius[p], expected[p]) < 1e-9, (name, k, p, result.radius[p], expected[p])
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_float32_radii_are_close(name):
+    make, shape = NETWORKS[name]
+    model = make().eval()
+    x = torch.randn(6, *shape, generator=torch.Generator().manual_seed(7))
+    exact = lrcert.certify(model, x.double(), dtype=torch.float64)
+    fast = lrcert.certify(model, x, dtype=torch.float32)
+    for a, b in zip(fast, exact):
+        assert a.radius["l2"] == pytest.approx(b.radius["l2"], rel=1e-2, abs=1e-6)
+
+
+def _worst_direction(g: torch.Tensor, z: float, p: str) -> torch.Tensor:
+    """The unit-``p``-norm direction that moves face value ``z`` towards 0 fastest."""
+    sign = -1.0 if z > 0 else 1.0
+    if p == "l2":
+        return sign * g / g.norm()
+    if p == "linf":
+        return sign * torch.sign(g)
+    d = torch.zeros_like(g)
+    k = int(g.abs().argmax())
+    d[k] = sign * torch.sign(g[k])
+    return d
+
+
+def _face_gradient(model: nn.Module, x: torch.Tensor, layer_name: str, unit: int) -> torch.Tensor:
+    module = dict(model.named_modules())[layer_name]
+    captured = []
+    hook = module.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+    x = x.clone().requires_grad_(True)
+    try:
+        model(x)
+    finally:
+        hook.remove()
+    (g,) = torch.autograd.grad(captured[0].reshape(-1)[unit], x)
+    return g.reshape(-1)
+
+
+@pytest.mark.parametrize("name", ["mlp", "leaky_mlp", "convnet"])
+@pytest.mark.parametrize("p", ["l1", "l2", "linf"])
+def test_radius_is_sound_and_tight_by_sampling(name, p):
+    make, shape = NETWORKS[name]
+    model = make().double().eval()
+    generator = torch.Generator().manual_seed(11)
+    x = torch.randn(4, *shape, generator=generator, dtype=torch.float64)
+    results = lrcert.certify(model, x, dtype=torch.float64, norms=(p,))
+    checked_tightness = 0
+    for k, result in enumerate(results):
+        radius = result.radius[p]
+        center = x[k : k + 1]
+        base = pattern_of(model, center)
+        d = center.numel()
+        # inside: points on the sphere of radius ε̂(1 − 1e-3), the hardest place to stay inside
+        for _ in range(200):
+            v = torch.randn(d, generator=generator, dtype=torch.float64)
+            if p == "l2":
+                v = v / v.norm()
+            elif p == "linf":
+                v = torch.sign(v)
+            else:
+                v = torch.zeros(d, dtype=torch.float64).index_fill_(0, torch.randint(d, (1,), generator=generator), 1.0)
+                v = v * (1 if torch.rand(1, generator=generator) < 0.5 else -1)
+            inside = center + radius * (1 - 1e-3) * v.reshape(center.shape)
+            assert pattern_of(model, inside) == base
+        # just outside, along the binding face's worst direction: the pattern changes
+        binding = result.binding[p]
+        if binding.kind == "maxpool":
+            continue
+        g = _face_gradient(model, center, binding.layer, binding.unit)
+        outside = center + radius * (1 + 1e-3) * _worst_direction(g, binding.value, p).reshape(center.shape)
+        assert pattern_of(model, outside) != base
+        checked_tightness += 1
+    assert checked_tightness > 0
+
+
+def test_chunking_over_inputs_and_directions_gives_identical_radii():
+    make, shape = NETWORKS["convnet"]
+    model = make().double()
+    network = lrcert.from_module(model, shape)
+    x = torch.randn(5, *shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    whole = Engine(network, dtype=torch.float64).run(x)
+    tiny = Engine(network, dtype=torch.float64, batch_size=2, memory_bytes=200_000)
+    plan = tiny.plan(len(x))
+    assert plan.directions_per_pass < network.input_size  # really chunks the directions
+    pieces = [r for batch in tiny.certify([x], n_inputs=len(x)) for r in batch]
+    assert [r.index for r in pieces] == list(range(5))
+    for a, b in zip(whole, pieces):
+        assert a.radius == pytest.approx(b.radius, rel=1e-12)
+        assert a.pattern == b.pattern
+
+
+def test_pattern_digest_tells_regions_apart():
+    model = _mlp(0).double()
+    x = torch.randn(1, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    (result,) = lrcert.certify(model, x, dtype=torch.float64, norms=("l2",))
+    nudged = x + 0.5 * result.radius["l2"] * torch.ones_like(x) / math.sqrt(6)
+    far = x + 50 * result.radius["l2"]
+    same, other = lrcert.certify(model, torch.cat([nudged, far]), dtype=torch.float64, norms=("l2",))
+    assert same.pattern == result.pattern
+    assert other.pattern != result.pattern
