@@ -123,6 +123,15 @@ class _Trace(TorchDispatchMode):
                 self.poison[id(t)] = poison
                 self.alive.append(t)
 
+    def stand_in(self, out: Any) -> None:
+        """After a refusal, let the trace go on (to find every problem) with placeholder layers."""
+        for t in tree_leaves(out):
+            if isinstance(t, Tensor) and t.is_floating_point():
+                self.layers.append(ir.Input(name="(refused)", inputs=(), shape=tuple(t.shape), in_shapes=()))
+                self.bind(t, len(self.layers) - 1)
+            elif isinstance(t, Tensor):
+                self.mark(t, _Poison(None))
+
     def where(self) -> str:
         scope = next((s for s in reversed(self.scope) if s), None)
         return f"{scope!r}" if scope else "the model's top level"
@@ -158,12 +167,14 @@ class _Trace(TorchDispatchMode):
             converter(call)
         except _Refused as refusal:
             self.problems.append(f"{self.where()} ({op}) {refusal}")
-            self.mark(out, _Poison(None))
+            self.stand_in(out)
         except _Softmax as softmax:
             self.mark(out, _Poison("a softmax output, which is not piecewise linear", softmax_of=softmax.source))
         return out
 
 
+_DATA_DEPENDENT = {"_local_scalar_dense", "is_nonzero", "equal", "item", "gt", "lt", "ge", "le", "eq", "ne", "argmax",
+                   "argmin", "sort", "topk", "where", "sign", "any", "all", "nonzero", "masked_fill", "heaviside"}
 _SHAPE_OPS = {"view", "_unsafe_view", "reshape", "squeeze", "unsqueeze", "flatten", "clone", "alias", "detach",
               "contiguous", "_to_copy"}
 
@@ -180,8 +191,8 @@ class _Softmax(Exception):
 def _refusal(op: str) -> str:
     if op in NOT_PIECEWISE_LINEAR:
         return "is not piecewise linear"
-    if op in ("_local_scalar_dense", "is_nonzero", "equal", "item"):
-        return "reads the value of an input-dependent tensor (data-dependent control flow)"
+    if op in _DATA_DEPENDENT:
+        return "reads or compares input-dependent values (data-dependent control flow or masking)"
     return "is an operation lrcert has no converter for"
 
 
@@ -567,7 +578,10 @@ def to_network(
     The layer list is checked to reproduce the model's output on that input.
     """
     if isinstance(model, torch.nn.Module):
-        model = model.eval()
+        try:
+            model.eval()
+        except NotImplementedError:  # exported programs: the mode was fixed when they were exported
+            pass
         names = {id(m): name for name, m in model.named_modules()}
         parameters = list(model.parameters())
         dtype = dtype or (parameters[0].dtype if parameters and parameters[0].is_floating_point() else torch.float32)

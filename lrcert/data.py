@@ -72,7 +72,7 @@ def _load_npy(source, name: str) -> np.ndarray:
             return np.load(source, mmap_mode="r", allow_pickle=False)
         return np.load(source, allow_pickle=False)
     except ValueError as exc:
-        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+        if any(text in str(exc) for text in ("allow_pickle", "Object arrays", "Python objects")):
             raise LrcertError(
                 f"{name} holds Python objects (an object array)",
                 fix="save a numeric float array, e.g. np.save(path, x.astype('float32'))",
@@ -102,7 +102,7 @@ def _from_npz(archive, key: str | None, name: str) -> np.ndarray:
     try:
         return archive[key]
     except ValueError as exc:
-        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+        if any(text in str(exc) for text in ("allow_pickle", "Object arrays", "Python objects")):
             raise LrcertError(
                 f"array {key!r} of {name} holds Python objects", fix="save a numeric float array"
             ) from None

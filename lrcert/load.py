@@ -8,7 +8,7 @@ Gemm) needs one constant side. All offending nodes are reported at once, by ONNX
 >>> import torch
 >>> net = from_module(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)), (2, 2))
 >>> net.sample_shape, net.output_shape
-((2, 2), (1, 2))
+((2, 2), (2,))
 """
 
 from __future__ import annotations

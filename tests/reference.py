@@ -97,7 +97,11 @@ def reference_radii(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     x = x.double()
     z = faces_of(model, x).detach()
     transform = torch.func.jacfwd if x.numel() < len(z) else torch.func.jacrev
-    jacobian = transform(lambda v: faces_of(model, v))(x).detach().reshape(len(z), -1)
+    try:
+        jacobian = transform(lambda v: faces_of(model, v))(x)
+    except RuntimeError:  # some onnx2torch modules resist torch.func: plain autograd, one face at a time
+        jacobian = torch.autograd.functional.jacobian(lambda v: faces_of(model, v), x)
+    jacobian = jacobian.detach().reshape(len(z), -1)
     out = {}
     for p, q in DUAL.items():
         norms = jacobian.norm(p=q, dim=1)

@@ -1,0 +1,285 @@
+"""The command line: every exit code, every input error as one line, and the output formats."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lrcert.cli import app
+from onnx_models import REFUSED, SUPPORTED
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+runner = CliRunner()
+
+
+def invoke(*args, stdin: bytes | None = None):
+    return runner.invoke(app, [str(a) for a in args], input=stdin)
+
+
+def assert_error(result, code: int, *fragments: str) -> None:
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr  # one line, no traceback
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert "Fix:" in lines[0]
+
+
+@pytest.fixture
+def mlp(tmp_path):
+    """An ONNX MLP (5 inputs) and 6 inputs for it."""
+    onnx.save(SUPPORTED["gemm"](), str(tmp_path / "mlp.onnx"))
+    x = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    return tmp_path / "mlp.onnx", tmp_path / "x.npy"
+
+
+def test_quick_start_from_readme():
+    result = invoke("certify", MODELS / "moons_mlp.onnx", MODELS / "moons_mlp.inputs.npy")
+    assert result.exit_code == 0, result.stderr
+    assert "ε̂₂" in result.stdout and "summary over 16 inputs" in result.stdout
+    assert "certified 16 inputs" in result.stderr
+
+
+def test_json_schema(mlp):
+    model, data = mlp
+    result = invoke("certify", model, data, "--format", "json", "--dtype", "float64")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert set(doc) == {"model", "options", "results", "summary"}
+    assert doc["model"]["units"] == 8 and len(doc["model"]["sha256"]) == 64
+    assert doc["options"]["norms"] == ["l1", "l2", "linf"] and doc["options"]["dtype"] == "float64"
+    first = doc["results"][0]
+    assert set(first) >= {"index", "prediction", "radius", "unbounded", "binding", "pattern"}
+    assert set(first["radius"]) == {"l1", "l2", "linf"}
+    assert set(first["binding"]["l2"]) >= {"layer", "kind", "unit", "position", "z"}
+    assert set(doc["summary"]["l2"]) == {"min", "p25", "p50", "p75", "max", "zero", "unbounded"}
+    radii = sorted(r["radius"]["l2"] for r in doc["results"])
+    assert doc["summary"]["l2"]["min"] == radii[0] and doc["summary"]["l2"]["max"] == radii[-1]
+
+
+def test_unbounded_radius_is_null_in_json(tmp_path):
+    affine = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("MatMul", ["x", "W"], ["y"])], "affine",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 2])],
+            [onnx.numpy_helper.from_array(np.ones((3, 2), dtype=np.float32), "W")],
+        ),
+        opset_imports=[onnx.helper.make_opsetid("", 13)],
+    )
+    onnx.save(affine, str(tmp_path / "affine.onnx"))
+    np.save(tmp_path / "x.npy", np.zeros((2, 3), dtype=np.float32))
+    result = invoke("certify", tmp_path / "affine.onnx", tmp_path / "x.npy", "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)["results"][0]
+    assert record["radius"] == {"l1": None, "l2": None, "linf": None} and record["unbounded"] is True
+
+
+def test_jsonl_csv_and_norm_selection(mlp):
+    model, data = mlp
+    lines = invoke("certify", model, data, "-f", "jsonl", "--p", "2", "--p", "inf").stdout.splitlines()
+    assert len(lines) == 6
+    assert set(json.loads(lines[0])["radius"]) == {"l2", "linf"}
+    rows = list(csv.DictReader(io.StringIO(invoke("certify", model, data, "-f", "csv", "--p", "1").stdout)))
+    assert len(rows) == 6 and float(rows[0]["l1"]) > 0 and "binding_l1" in rows[0]
+
+
+def test_output_file_is_written_atomically(mlp, tmp_path):
+    model, data = mlp
+    out = tmp_path / "out.json"
+    result = invoke("certify", model, data, "-f", "json", "-o", out)
+    assert result.exit_code == 0 and result.stdout == ""
+    assert len(json.loads(out.read_text())["results"]) == 6
+    assert not list(tmp_path.glob(".out.json.*"))  # no temporary file left
+
+
+def test_min_radius_check_exit_codes(mlp):
+    model, data = mlp
+    doc = json.loads(invoke("certify", model, data, "-f", "json", "--p", "2").stdout)
+    radii = [r["radius"]["l2"] for r in doc["results"]]
+    below = sorted(radii)[2]
+    failed = invoke("certify", model, data, "--p", "2", "--min-radius", f"l2={below}", "-f", "json")
+    assert failed.exit_code == 1
+    assert "FAILED: 2 of 6 inputs" in failed.stderr
+    expected = [str(i) for i, r in enumerate(radii) if r < below]
+    assert failed.stderr.split("inputs ")[-1].strip().split(", ") == expected
+    passed = invoke("certify", model, data, "--min-radius", "0", "-f", "json")
+    assert passed.exit_code == 0 and "passed" in passed.stderr
+
+
+def test_directional_radius(mlp, tmp_path):
+    model, data = mlp
+    np.save(tmp_path / "d.npy", np.ones((1, 5), dtype=np.float32))
+    result = invoke("certify", model, data, "--direction", tmp_path / "d.npy", "-f", "json", "--dtype", "float64")
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)["results"][0]
+    t = record["direction"]["radius"]
+    assert t is None or t >= record["radius"]["l2"] / math.sqrt(5) * (1 - 1e-9)  # ‖d‖₂ = √5
+
+
+def test_npz_key_and_stdin(mlp, tmp_path):
+    model, data = mlp
+    x = np.load(data)
+    np.savez(tmp_path / "both.npz", a=x, b=x[:2])
+    assert_error(invoke("certify", model, tmp_path / "both.npz"), 2, "holds 2 arrays (a, b)", "--key")
+    result = invoke("certify", model, tmp_path / "both.npz", "--key", "b", "-f", "jsonl")
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 2
+    buffer = io.BytesIO()
+    np.save(buffer, x[:3])
+    piped = invoke("certify", model, "-", "-f", "jsonl", stdin=buffer.getvalue())
+    assert piped.exit_code == 0 and len(piped.stdout.splitlines()) == 3
+
+
+def test_same_size_rows_are_reshaped_with_a_note(tmp_path):
+    onnx.save(SUPPORTED["conv"](), str(tmp_path / "conv.onnx"))
+    np.save(tmp_path / "flat.npy", np.random.default_rng(0).standard_normal((2, 144)).astype(np.float32))
+    result = invoke("certify", tmp_path / "conv.onnx", tmp_path / "flat.npy", "-f", "jsonl")
+    assert result.exit_code == 0, result.stderr
+    assert "reshaped each row" in result.stderr and "(144,) to (2, 9, 8)" in result.stderr
+
+
+def test_inspect(mlp, tmp_path):
+    model, _ = mlp
+    result = invoke("inspect", model)
+    assert result.exit_code == 0 and "Gemm_h" in result.stdout and "input: one row of shape (5,)" in result.stdout
+    doc = json.loads(invoke("inspect", model, "-f", "json").stdout)
+    assert doc["units"] == 8 and [layer["kind"] for layer in doc["layers"]] == ["input", "dense", "relu", "dense"]
+    onnx.save(REFUSED["products"][0](), str(tmp_path / "bad.onnx"))
+    refused = invoke("inspect", tmp_path / "bad.onnx")
+    assert refused.exit_code == 2 and "'gram' (MatMul) multiplies two input-dependent tensors" in refused.stderr
+
+
+# ------------------------------------------------------------------------------------ input errors: exit 2
+
+
+def test_missing_files(mlp):
+    model, data = mlp
+    assert_error(invoke("certify", "nope.onnx", data), 2, "model file 'nope.onnx' does not exist")
+    assert_error(invoke("certify", model, "nope.npy"), 2, "data file 'nope.npy' does not exist")
+
+
+def test_wrong_shape_names_both_shapes(mlp, tmp_path):
+    model, _ = mlp
+    np.save(tmp_path / "bad.npy", np.zeros((3, 7), dtype=np.float32))
+    assert_error(invoke("certify", model, tmp_path / "bad.npy"), 2, "rows of shape (7,)", "rows of shape (5,)")
+
+
+@pytest.mark.parametrize(
+    "array, fragment",
+    [
+        (np.zeros((2, 5), dtype=np.int64), "holds integers"),
+        (np.zeros((2, 5), dtype=bool), "holds booleans"),
+        (np.zeros((2, 5), dtype=np.complex64), "holds complex numbers"),
+        (np.zeros((0, 5), dtype=np.float32), "holds no inputs"),
+    ],
+)
+def test_bad_data_arrays(mlp, tmp_path, array, fragment):
+    model, _ = mlp
+    np.save(tmp_path / "bad.npy", array)
+    assert_error(invoke("certify", model, tmp_path / "bad.npy"), 2, fragment)
+
+
+@pytest.mark.parametrize("value, kind", [(np.nan, "NaN"), (np.inf, "Inf")])
+def test_non_finite_rows_name_the_first_bad_row(mlp, tmp_path, value, kind):
+    model, data = mlp
+    x = np.load(data)
+    x[4, 2] = value
+    x[5, 0] = value
+    np.save(tmp_path / "bad.npy", x)
+    assert_error(invoke("certify", model, tmp_path / "bad.npy"), 2, f"holds {kind} in row 4")
+
+
+def test_object_and_truncated_data(mlp, tmp_path):
+    model, data = mlp
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    assert_error(invoke("certify", model, tmp_path / "obj.npy"), 2, "holds Python objects")
+    raw = data.read_bytes()
+    (tmp_path / "cut.npy").write_bytes(raw[: len(raw) // 2])
+    assert_error(invoke("certify", model, tmp_path / "cut.npy"), 2, "not a readable .npy/.npz file")
+
+
+def test_unsupported_model_names_the_nodes(tmp_path, mlp):
+    _, data = mlp
+    onnx.save(REFUSED["sigmoid"][0](), str(tmp_path / "sig.onnx"))
+    np.save(tmp_path / "x4.npy", np.zeros((2, 4), dtype=np.float32))
+    assert_error(invoke("certify", tmp_path / "sig.onnx", tmp_path / "x4.npy"), 2, "'squash' (Sigmoid) is not piecewise linear")
+
+
+def test_truncated_onnx(mlp, tmp_path):
+    model, data = mlp
+    raw = model.read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(raw[: len(raw) // 3])
+    result = invoke("certify", tmp_path / "cut.onnx", data)
+    assert_error(result, 2, "cut.onnx")
+
+
+def test_pickle_without_consent(tmp_path, mlp):
+    _, data = mlp
+    torch.save(torch.nn.Sequential(torch.nn.Linear(5, 2)), tmp_path / "model.pt")
+    assert_error(invoke("certify", tmp_path / "model.pt", data), 2, "pickled model", "--trust-pickle")
+    trusted = invoke("certify", tmp_path / "model.pt", data, "--trust-pickle", "-f", "jsonl")
+    assert trusted.exit_code == 0, trusted.stderr
+
+
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        (["--p", "3"], "unknown norm --p '3'"),
+        (["--batch-size", "0"], "--batch-size 0 is not positive"),
+        (["--min-radius", "-1"], "must be a finite number ≥ 0"),
+        (["--min-radius", "l7=1"], "names an unknown norm"),
+        (["--min-radius", "l1=0.1", "--p", "2"], "which --p did not select"),
+        (["--output", "/nonexistent-folder/out.json"], "does not exist"),
+        (["--device", "cuda"] if not torch.cuda.is_available() else ["--p", "0"], "CUDA" if not torch.cuda.is_available() else "unknown norm"),
+    ],
+)
+def test_bad_options(mlp, options, fragment):
+    model, data = mlp
+    assert_error(invoke("certify", model, data, *options), 2, fragment)
+
+
+def test_read_only_output(mlp, tmp_path):
+    model, data = mlp
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        result = invoke("certify", model, data, "-o", locked / "out.json")
+        if result.exit_code == 0:  # running as root: permissions do not bind
+            pytest.skip("permissions are not enforced for this user")
+        assert_error(result, 2, "permission denied")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_internal_error_is_one_line_exit_3(mlp, monkeypatch):
+    model, data = mlp
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug\nwith a second line")
+
+    monkeypatch.setattr("lrcert.engine.Engine.run", broken)
+    result = invoke("certify", model, data)
+    assert result.exit_code == 3
+    assert result.stderr.strip() == (
+        "lrcert: internal error: RuntimeError: simulated bug. Fix: rerun with LRCERT_DEBUG=1 for the traceback and "
+        "report it."
+    )
+
+
+def test_usage_errors_exit_2(mlp):
+    model, data = mlp
+    result = invoke("certify", model, data, "--dtype", "float16")
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert invoke("certify").exit_code == 2

@@ -1,0 +1,120 @@
+"""ONNX loading: every supported op family reproduces onnxruntime and gives radii equal to an
+independent float64 computation; non-piecewise-linear graphs are refused, every node named."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from onnx2torch import convert
+
+import lrcert
+from lrcert.errors import LrcertError
+from onnx_models import REFUSED, SUPPORTED
+from reference import reference_radii, relative_error
+
+
+def _save(model, tmp_path, name="model.onnx"):
+    path = tmp_path / name
+    onnx.save(model, str(path))
+    return path
+
+
+def _onnxruntime(model, x: np.ndarray) -> np.ndarray:
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("name", sorted(SUPPORTED))
+def test_supported_graph_reproduces_onnxruntime(name, tmp_path):
+    model = SUPPORTED[name]()
+    network = lrcert.load(_save(model, tmp_path))
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        x = rng.standard_normal((1, *network.sample_shape)).astype(np.float32)
+        expected = _onnxruntime(model, x.reshape(network.input_shape))
+        if name == "plumbing":  # lrcert certifies the logits before the final softmax
+            assert any("softmax" in note for note in network.notes)
+            expected = np.log(expected)
+            got = torch.log_softmax(network.run(torch.from_numpy(x).double()), dim=-1).numpy()
+        else:
+            got = network.run(torch.from_numpy(x).double()).numpy()
+        np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(SUPPORTED))
+def test_supported_graph_radii_match_independent_computation(name, tmp_path):
+    model = SUPPORTED[name]()
+    network = lrcert.load(_save(model, tmp_path))
+    reference_model = convert(model).eval().double()
+    x = np.random.default_rng(1).standard_normal((4, *network.sample_shape))
+    results = lrcert.certify(network, x, dtype=torch.float64)
+    for k, result in enumerate(results):
+        expected = reference_radii(reference_model, torch.from_numpy(x[k]).reshape(network.input_shape))
+        for p in ("l1", "l2", "linf"):
+            assert relative_error(result.radius[p], expected[p]) < 1e-9, (name, k, p)
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_not_piecewise_linear_graphs_are_refused_with_every_node_named(name, tmp_path):
+    make, expected = REFUSED[name]
+    with pytest.raises(LrcertError) as error:
+        lrcert.load(_save(make(), tmp_path))
+    assert error.value.details == expected
+    for detail in expected:
+        assert detail in str(error.value)
+
+
+def test_old_opset_is_upgraded_for_onnx2torch(tmp_path):
+    # Flatten-1 has no onnx2torch converter; lrcert upgrades the opset and goes on
+    model = SUPPORTED["gemm"]()
+    nodes = [onnx.helper.make_node("Flatten", ["x"], ["f"], name="flat")] + list(model.graph.node)
+    nodes[1].input[0] = "f"
+    graph = onnx.helper.make_graph(nodes, "old", model.graph.input, model.graph.output, model.graph.initializer)
+    old = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 8)])
+    old.ir_version = 3
+    network = lrcert.load(_save(old, tmp_path))
+    x = np.random.default_rng(2).standard_normal((1, 5)).astype(np.float32)
+    expected = _onnxruntime(old, x)
+    got = network.run(torch.from_numpy(x).double()).numpy().reshape(expected.shape)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_external_weights_outside_the_model_folder_are_refused(tmp_path):
+    model = SUPPORTED["gemm"]()
+    folder = tmp_path / "model"
+    folder.mkdir()
+    onnx.save(model, str(folder / "m.onnx"), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    assert lrcert.load(folder / "m.onnx").units == 8  # beside the model: fine
+    loaded = onnx.load(str(folder / "m.onnx"), load_external_data=False)
+    for tensor in loaded.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../elsewhere.bin"
+    onnx.save(loaded, str(folder / "escape.onnx"))
+    with pytest.raises(LrcertError, match="outside the model's folder"):
+        lrcert.load(folder / "escape.onnx")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "holds no ONNX graph"),
+        (b"\x08\x07\x12\x04junk\xff\xff\xff", "not a readable ONNX model"),
+    ],
+)
+def test_unreadable_onnx_files(tmp_path, content, message):
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(content)
+    with pytest.raises(LrcertError, match=message):
+        lrcert.load(path)
+
+
+def test_truncated_onnx_file(tmp_path):
+    data = SUPPORTED["conv"]().SerializeToString()
+    path = tmp_path / "cut.onnx"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(LrcertError, match="not a readable ONNX model|not a valid ONNX model|holds no ONNX graph"):
+        lrcert.load(path)
