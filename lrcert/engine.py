@@ -41,6 +41,9 @@ from .errors import LrcertError
 NORMS = ("l1", "l2", "linf")
 #: The dual-norm statistic each p needs: p = 1 → ‖g‖∞, p = 2 → ‖g‖₂, p = ∞ → ‖g‖₁.
 DUAL_STATISTIC = {"l1": "max_abs", "l2": "sum_sq", "linf": "sum_abs"}
+#: Inputs per batch when the caller does not say (value pass, results and Python overhead).
+DEFAULT_BATCH = 256
+CPU_PASS_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -86,9 +89,15 @@ class InputResult:
 
 @dataclass(frozen=True)
 class Plan:
-    """How a run is cut to fit memory: inputs per batch and input directions per tangent pass."""
+    """How a run is cut to fit memory.
+
+    ``batch_size`` inputs share one value pass and one set of results; their tangents are pushed
+    ``group`` inputs at a time, over ``directions_per_pass`` input directions at a time, so that
+    one tangent pass holds about ``group · directions_per_pass · bytes_per_row`` bytes.
+    """
 
     batch_size: int
+    group: int
     directions_per_pass: int
     bytes_per_row: int
 
@@ -105,6 +114,7 @@ class Engine:
         dtype: torch.dtype = torch.float32,
         batch_size: int | None = None,
         memory_bytes: int | None = None,
+        skip_inactive: bool = True,
     ):
         unknown = [p for p in norms if p not in NORMS]
         if unknown or not norms:
@@ -120,6 +130,18 @@ class Engine:
         self.nonlinear = network.nonlinear
         self.order = self._tangent_order()
         self.last_use = network.last_uses(self.order)
+        self.prefix = self._prefix()
+        self.suffix = [i for i in self.order if i not in self.prefix]
+        self.sparse = {i for i in self.nonlinear if skip_inactive and self._feeds_only_dense(i)}
+        self.transposed = {  # Wᵀ of the dense layers fed by those ReLUs: rows gather fast
+            j: layer.weight.t().contiguous()
+            for j, layer in enumerate(self.network.layers)
+            if isinstance(layer, ir.Dense) and set(layer.inputs) & self._sparse_reach()
+        }
+        self.entries = [
+            i for i in self.nonlinear
+            if isinstance(network.layers[i], ir.ReLU) and set(network.layers[i].inputs) <= {0, *self.prefix}
+        ]
         self.memory_bytes = memory_bytes or default_memory_bytes(self.device)
         self.requested_batch = batch_size
 
@@ -137,17 +159,49 @@ class Engine:
                 stack.extend(layers[j].inputs)
         return sorted((needed | set(self.nonlinear)) - {0})
 
+    def _prefix(self) -> list[int]:
+        """Affine layers before any nonlinearity: their tangents do not depend on the input."""
+        prefix: set[int] = set()
+        for i in self.order:
+            layer = self.network.layers[i]
+            if isinstance(layer, ir.Affine) and set(layer.inputs) <= {0} | prefix:
+                prefix.add(i)
+        return sorted(prefix)
+
+    def _sparse_reach(self) -> set[int]:
+        """The sparse ReLUs and the reshapes between them and their dense readers."""
+        reach = set(self.sparse)
+        for i in self.order:
+            layer = self.network.layers[i]
+            if isinstance(layer, ir.Reshape) and set(layer.inputs) & reach:
+                reach.add(i)
+        return reach
+
+    def _feeds_only_dense(self, i: int) -> bool:
+        """Whether ReLU ``i`` reaches the rest of the network only through dense layers (maybe via a
+        flattening reshape). Then, one input at a time, its inactive units can be skipped entirely."""
+        layers = self.network.layers
+        if not (isinstance(layers[i], ir.ReLU) and layers[i].negative_slope == 0) or i == self.network.output:
+            return False
+        readers = [j for j in self.order if i in layers[j].inputs]
+        while len(readers) == 1 and isinstance(layers[readers[0]], ir.Reshape):
+            reshape = readers[0]
+            if reshape == self.network.output or math.prod(layers[reshape].shape[:-1]) != 1:
+                return False
+            readers = [j for j in self.order if reshape in layers[j].inputs]
+        return bool(readers) and all(
+            isinstance(layers[j], ir.Dense) and math.prod(layers[j].in_shapes[0][:-1]) == 1 for j in readers
+        )
+
     def plan(self, n_inputs: int) -> Plan:
-        """Choose inputs per batch and directions per pass so one tangent pass fits in memory."""
-        itemsize = torch.finfo(self.dtype).bits // 8
-        rows = max(1, self.memory_bytes // (self.peak_elements_per_row() * itemsize))
-        d = self.network.input_size
-        if self.requested_batch is not None:
-            batch = self.requested_batch
-        else:
-            batch = max(1, min(n_inputs, 1024, rows // d))
-        directions = max(1, min(d, rows // batch))
-        return Plan(batch, directions, self.peak_elements_per_row() * itemsize)
+        """Choose the batch, the group and the directions per pass so one tangent pass fits in memory."""
+        bytes_per_row = self.peak_elements_per_row() * (torch.finfo(self.dtype).bits // 8)
+        rows = max(1, self.memory_bytes // bytes_per_row)  # (input, direction) rows per pass
+        directions = min(self.network.input_size, rows)
+        # one input at a time lets dense layers skip inactive units (worth more than bigger passes on a CPU)
+        group = 1 if self.sparse and self.device.type == "cpu" else max(1, rows // directions)
+        batch = self.requested_batch or max(1, min(n_inputs, max(group, DEFAULT_BATCH)))
+        return Plan(batch, min(group, batch), directions, bytes_per_row)
 
     def peak_elements_per_row(self) -> int:
         """Largest number of tangent elements alive at once, per (input, direction) row."""
@@ -182,15 +236,15 @@ class Engine:
         with torch.no_grad():
             state = _Region(self, x)
             d = self.network.input_size
-            eye = torch.eye(d, device=self.device, dtype=self.dtype)
             for start in range(0, d, plan.directions_per_pass):
-                rows = eye[start : start + plan.directions_per_pass]
-                state.push(rows.reshape(1, len(rows), *self.network.input_shape), accumulate=True)
-            del eye
+                stop = min(d, start + plan.directions_per_pass)
+                identity = torch.zeros(stop - start, d, device=self.device, dtype=self.dtype)
+                identity[torch.arange(stop - start), torch.arange(start, stop)] = 1
+                state.push(identity.reshape(1, stop - start, *self.network.input_shape), True, plan.group)
             results = state.results(first_index)
             if directions is not None:
                 seeds = directions.to(self.device, self.dtype).reshape(-1, 1, *self.network.input_shape)
-                state.push(seeds, accumulate=False)
+                state.push(seeds.expand(len(x), *seeds.shape[1:]), False, plan.group)
                 state.directional(results)
         return results
 
@@ -211,6 +265,25 @@ class Engine:
                     d = directions if len(directions) == 1 else directions[index : index + len(chunk)]
                 yield self.run(chunk, first_index=index, directions=d, plan=plan)
                 index += len(chunk)
+
+
+@dataclass(frozen=True)
+class _ActiveColumns:
+    """One input's tangent after a ReLU, kept only on its active units (the rest are exactly 0).
+
+    A dense layer then multiplies by the matching columns of its weight only: the work shrinks
+    by the fraction of inactive units.
+    """
+
+    values: Tensor  # (1, K, active)
+    columns: Tensor  # (active,) flat unit indices
+
+    def through(self, layer: ir.Layer, transposed_weight: Tensor | None) -> "_ActiveColumns | Tensor":
+        """Apply a reshape (keeps the flat indices) or a dense layer (``transposed_weight`` = Wᵀ)."""
+        if transposed_weight is None:
+            return self
+        out = torch.matmul(self.values, torch.index_select(transposed_weight, 0, self.columns))
+        return out.reshape(*out.shape[:2], *layer.shape)
 
 
 class _Region:
@@ -238,48 +311,69 @@ class _Region:
         self.faces[i] = z.reshape(self.batch, -1)
         return layer.apply(z)
 
-    def push(self, seeds: Tensor, accumulate: bool) -> None:
-        """Push tangents ``seeds`` (shape ``(1 or B, K, *input_shape)``) through the frozen network."""
-        layers = self.network.layers
-        tangents = {0: seeds}
-        for i in self.engine.order:
-            layer = layers[i]
-            ins = [tangents[j] for j in layer.inputs]
-            if isinstance(layer, ir.Affine):
-                tangents[i] = layer.apply(ins, offset=False)
-            elif isinstance(layer, ir.MaxPool2d):
-                windows = layer.windows(ins[0], 0.0)
-                lead = (self.batch, windows.shape[1])
-                index = self.argmax[i].unsqueeze(1).expand(*lead, *self.argmax[i].shape[1:])
-                winner = torch.gather(windows.expand(*lead, *windows.shape[2:]), -2, index)
-                self._face_gradients(i, (winner - windows).reshape(*winner.shape[:2], -1), accumulate)
-                tangents[i] = winner.reshape(*lead, *layer.shape)
-            else:
-                self._face_gradients(i, ins[0].reshape(*ins[0].shape[:2], -1), accumulate)
-                tangents[i] = self.gain[i].unsqueeze(1) * ins[0]
-            for j in set(layer.inputs):
-                if self.engine.last_use.get(j) == i:
-                    del tangents[j]
+    def push(self, seeds: Tensor, accumulate: bool, group: int) -> None:
+        """Push tangents ``seeds`` (shape ``(1 or B, K, *input_shape)``) through the frozen network.
 
-    def _face_gradients(self, i: int, g: Tensor, accumulate: bool) -> None:
-        """Fold one pass's face gradients ``g`` (shape ``(1 or B, K, faces)``) into the statistics."""
+        Shared seeds (the identity) make every layer before the first nonlinearity the same for
+        all inputs: that prefix is computed once, the rest in groups of ``group`` inputs, small
+        enough to stay in cache.
+        """
+        engine, layers = self.engine, self.network.layers
+        shared = seeds.shape[0] == 1
+        base = {0: seeds}
+        if shared:
+            for i in engine.prefix:
+                base[i] = layers[i].apply([base[j] for j in layers[i].inputs], offset=False)
+            for i in engine.entries:  # ReLUs reading the prefix: their face gradients are shared too
+                self._face_gradients(i, slice(None), base[layers[i].inputs[0]].flatten(2), accumulate)
+        for start in range(0, self.batch, group):
+            rows = slice(start, min(start + group, self.batch))
+            tangents = dict(base) if shared else {0: seeds[rows]}
+            for i in engine.suffix if shared else engine.order:
+                layer = layers[i]
+                ins = [tangents[j] for j in layer.inputs]
+                if isinstance(ins[0], _ActiveColumns):
+                    tangents[i] = ins[0].through(layer, engine.transposed.get(i))
+                elif isinstance(layer, ir.Affine):
+                    tangents[i] = layer.apply(ins, offset=False)
+                elif isinstance(layer, ir.MaxPool2d):
+                    windows = layer.windows(ins[0], 0.0)
+                    index = self.argmax[i][rows].unsqueeze(1)
+                    index = index.expand(len(index), windows.shape[1], *index.shape[2:])
+                    winner = torch.gather(windows.expand(len(index), *windows.shape[1:]), -2, index)
+                    self._face_gradients(i, rows, (winner - windows).flatten(2), accumulate)
+                    tangents[i] = winner.reshape(*index.shape[:2], *layer.shape)
+                else:
+                    if not (shared and i in engine.entries):
+                        self._face_gradients(i, rows, ins[0].flatten(2), accumulate)
+                    if i in engine.sparse and rows.stop - rows.start == 1:
+                        active = self.gain[i][rows].reshape(-1).nonzero().squeeze(1)
+                        tangents[i] = _ActiveColumns(torch.index_select(ins[0].flatten(2), 2, active), active)
+                    else:
+                        tangents[i] = self.gain[i][rows].unsqueeze(1) * ins[0]
+                for j in set(layer.inputs):
+                    if engine.last_use.get(j) == i:
+                        tangents.pop(j, None)
+
+    def _face_gradients(self, i: int, rows: slice, g: Tensor, accumulate: bool) -> None:
+        """Fold face gradients ``g`` (shape ``(1 or b, K, faces)``) of inputs ``rows`` into the statistics."""
         if not accumulate:
-            self.rates[i] = g[:, 0, :].expand(self.batch, -1)
+            if i not in self.rates:
+                self.rates[i] = torch.zeros(self.batch, g.shape[2], dtype=g.dtype, device=g.device)
+            self.rates[i][rows] = g[:, 0, :]
             return
+        magnitude = g.abs() if ("sum_abs" in self.engine.statistics or "max_abs" in self.engine.statistics) else None
         for stat in self.engine.statistics:
-            if stat == "sum_sq":
-                part = (g * g).sum(dim=1)
-            elif stat == "sum_abs":
-                part = g.abs().sum(dim=1)
-            else:
-                part = g.abs().amax(dim=1)
             key = (i, stat)
             if key not in self.stats:
-                self.stats[key] = part.expand(self.batch, -1).clone()
-            elif stat == "max_abs":
-                torch.maximum(self.stats[key], part, out=self.stats[key])
+                self.stats[key] = torch.zeros(self.batch, g.shape[2], dtype=g.dtype, device=g.device)
+            target = self.stats[key][rows]
+            if stat == "sum_sq":
+                target += (g * g).sum(dim=1)
+            elif stat == "sum_abs":
+                target += magnitude.sum(dim=1)
             else:
-                self.stats[key] += part
+                torch.maximum(target, magnitude.amax(dim=1), out=target)
 
     # ----------------------------------------------------------------------------------- results
 
@@ -389,17 +483,16 @@ class _Region:
 
 
 def default_memory_bytes(device: torch.device) -> int:
-    """Memory one tangent pass may use: a quarter of free memory, at most 2 GiB on the CPU."""
+    """Memory one tangent pass may use.
+
+    On a GPU, 40 % of the free memory (big passes keep it busy). On the CPU, 16 MiB: passes that
+    fit in cache run fastest there, and buffers below glibc's mmap threshold are reused instead
+    of being faulted in afresh for every pass.
+    """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free * 0.5)
-    try:
-        import os
-
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        available = 8 << 30
-    return int(min(2 << 30, available // 4))
+        return int(free * 0.4)
+    return CPU_PASS_BYTES
 
 
 def certify(

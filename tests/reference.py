@@ -38,27 +38,30 @@ def _pair(value) -> tuple[int, int]:
     return tuple(int(v) for v in value) if isinstance(value, (tuple, list)) else (int(value),) * 2
 
 
-def faces_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """All face values of ``model`` at ``x`` (one input, with its batch axis) as one vector."""
-    captured: list[torch.Tensor] = []
-
-    def relu_hook(module, args):
-        captured.append(args[0].reshape(-1))
-
-    def pool_hook(module, args):
-        captured.append(_pool_faces(args[0], module).reshape(-1))
-
+def _run_with_hooks(model: nn.Module, x: torch.Tensor, on_relu, on_pool) -> None:
+    """Run ``model`` on ``x``, calling ``on_relu(module, z)`` / ``on_pool(module, z)`` with each
+    ReLU/LeakyReLU and max-pool input, in execution order."""
     hooks = []
     for module in model.modules():
         if isinstance(module, (nn.ReLU, nn.LeakyReLU)):
-            hooks.append(module.register_forward_pre_hook(relu_hook))
+            hooks.append(module.register_forward_pre_hook(lambda m, args: on_relu(m, args[0])))
         elif isinstance(module, nn.MaxPool2d):
-            hooks.append(module.register_forward_pre_hook(pool_hook))
+            hooks.append(module.register_forward_pre_hook(lambda m, args: on_pool(m, args[0])))
     try:
         model(x)
     finally:
         for hook in hooks:
             hook.remove()
+
+
+def faces_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """All face values of ``model`` at ``x`` (one input, with its batch axis) as one vector."""
+    captured: list[torch.Tensor] = []
+    _run_with_hooks(
+        model, x,
+        on_relu=lambda m, z: captured.append(z.reshape(-1)),
+        on_pool=lambda m, z: captured.append(_pool_faces(z, m).reshape(-1)),
+    )
     return torch.cat(captured) if captured else torch.zeros(0, dtype=x.dtype)
 
 
@@ -66,28 +69,12 @@ def pattern_of(model: nn.Module, x: torch.Tensor) -> tuple:
     """The activation pattern at ``x``: ReLU signs and max-pool arg-maxes, from the modules' hooks."""
     pattern: list = []
 
-    def relu_hook(module, args):
-        pattern.append(tuple((args[0] > 0).reshape(-1).tolist()))
-
-    def pool_hook(module, args):
-        _, indices = F.max_pool2d(
-            args[0], module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode,
-            return_indices=True,
-        )
+    def pool(m, z):
+        _, indices = F.max_pool2d(z, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True)
         pattern.append(tuple(indices.reshape(-1).tolist()))
 
-    hooks = []
-    for module in model.modules():
-        if isinstance(module, (nn.ReLU, nn.LeakyReLU)):
-            hooks.append(module.register_forward_pre_hook(relu_hook))
-        elif isinstance(module, nn.MaxPool2d):
-            hooks.append(module.register_forward_pre_hook(pool_hook))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with torch.no_grad():
+        _run_with_hooks(model, x, on_relu=lambda m, z: pattern.append(tuple((z > 0).reshape(-1).tolist())), on_pool=pool)
     return tuple(pattern)
 
 
