@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from . import ir
@@ -34,6 +35,7 @@ ONNX_LINEAR = {
     "AveragePool": (), "GlobalAveragePool": (), "BatchNormalization": (1, 2, 3, 4), "Slice": (1, 2, 3, 4),
     "Gather": (1,), "ReduceMean": (1,), "ReduceSum": (1,), "Expand": (1,), "Neg": (), "Cast": (),
     "Conv": (1, 2), "ConvTranspose": (1, 2), "Div": (1,), "Relu": (), "LeakyRelu": (), "MaxPool": (),
+    "Clip": (1, 2),  # only Clip(min=0) without max, a ReLU, gets through the conversion
 }
 #: Products: linear only when at most one of the listed operands depends on the input.
 ONNX_PRODUCTS = {"MatMul": (0, 1), "Mul": (0, 1), "Gemm": (0, 1)}
@@ -110,7 +112,7 @@ def load_onnx(path: str | os.PathLike, *, sample_shape: Sequence[int] | None = N
                 fix="pass data (its rows fix the shape) or --input-shape with concrete sizes",
             )
         declared = [s if d is None else d for d, s in zip(declared, sample_shape)]
-    graph_module = _onnx_to_torch(model, path)
+    graph_module = _onnx_to_torch(_explicit_padding(model, path), path)
     return to_network(graph_module, tuple(declared), batch_axis=batch_axis, source=path.name)
 
 
@@ -204,6 +206,90 @@ def _inspect_onnx_graph(model) -> tuple[list[str], str, list[int | None]]:
     return problems, entry.name, dims
 
 
+def _explicit_padding(model, path: Path):
+    """Rewrite what onnx2torch gets wrong or lacks about padding, on a copy of the model.
+
+    ``auto_pad=SAME_UPPER/SAME_LOWER`` (common in Keras exports) becomes explicit pads, computed
+    from the shapes ONNX shape inference gives; a max-pool's asymmetric pads become a Pad node
+    filling -inf before it (onnx2torch would pad with 0, which can add faces that do not exist).
+    """
+    import onnx
+    from onnx import helper
+
+    pooled = ("Conv", "MaxPool", "AveragePool")
+    nodes = [n for n in model.graph.node if n.op_type in pooled]
+    if not any(_attribute(n, "auto_pad", b"NOTSET") in (b"SAME_UPPER", b"SAME_LOWER") or _asymmetric_max_pool(n) for n in nodes):
+        return model
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {
+        info.name: [d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim]
+        for info in (*inferred.graph.value_info, *inferred.graph.input)
+    }
+    weights = {t.name: list(t.dims) for t in model.graph.initializer}
+    rewritten = []
+    for node in model.graph.node:
+        mode = _attribute(node, "auto_pad", b"NOTSET")
+        if node.op_type in pooled and mode in (b"SAME_UPPER", b"SAME_LOWER"):
+            spatial = (shapes.get(node.input[0]) or [None])[2:]
+            kernel = _attribute(node, "kernel_shape", None) or weights.get(node.input[1], [None, None])[2:]
+            if not spatial or None in spatial or not kernel:
+                raise LrcertError(
+                    f"{path.name}: node {node.name!r} uses auto_pad={mode.decode()} on an input of unknown size",
+                    fix="export the model with explicit pads or a static input shape",
+                )
+            strides = _attribute(node, "strides", None) or [1] * len(spatial)
+            dilations = _attribute(node, "dilations", None) or [1] * len(spatial)
+            begin, end = [], []
+            for size, k, s, d in zip(spatial, kernel, strides, dilations):
+                total = max(0, (-(-size // s) - 1) * s + (k - 1) * d + 1 - size)
+                small, large = total // 2, total - total // 2
+                begin.append(small if mode == b"SAME_UPPER" else large)
+                end.append(large if mode == b"SAME_UPPER" else small)
+            _set_attribute(node, "auto_pad", b"NOTSET")
+            _set_attribute(node, "pads", begin + end)
+        if _asymmetric_max_pool(node):
+            pads = list(_attribute(node, "pads", None))
+            half = len(pads) // 2
+            padded = f"{node.input[0]}__lrcert_padded"
+            value = f"{node.input[0]}__lrcert_fill"
+            amounts = f"{node.input[0]}__lrcert_pads"
+            model.graph.initializer.extend([
+                onnx.numpy_helper.from_array(np.array([0, 0, *pads[:half], 0, 0, *pads[half:]], dtype=np.int64), amounts),
+                onnx.numpy_helper.from_array(np.array(-np.inf, dtype=np.float32), value),
+            ])
+            rewritten.append(helper.make_node("Pad", [node.input[0], amounts, value], [padded], name=f"{node.name}/pad"))
+            node.input[0] = padded
+            _set_attribute(node, "pads", [0] * len(pads))
+        rewritten.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(rewritten)
+    return model
+
+
+def _asymmetric_max_pool(node) -> bool:
+    pads = _attribute(node, "pads", None)
+    return node.op_type == "MaxPool" and pads is not None and list(pads[: len(pads) // 2]) != list(pads[len(pads) // 2 :])
+
+
+def _attribute(node, name: str, default):
+    import onnx
+
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return onnx.helper.get_attribute_value(attribute)
+    return default
+
+
+def _set_attribute(node, name: str, value) -> None:
+    import onnx
+
+    for attribute in list(node.attribute):
+        if attribute.name == name:
+            node.attribute.remove(attribute)
+    node.attribute.append(onnx.helper.make_attribute(name, value))
+
+
 def _onnx_to_torch(model, path: Path) -> torch.fx.GraphModule:
     """onnx2torch, upgrading the opset first when onnx2torch lacks a converter for an old op version."""
     from onnx import version_converter
@@ -232,7 +318,7 @@ def _conversion_error(path: Path, first: Exception, second: Exception | None = N
         detail += f"; after upgrading to opset {NEWEST_OPSET_TRIED}: {first_line(second)}"
     return LrcertError(
         f"onnx2torch cannot convert {path.name}: {detail}",
-        fix=f"upgrade the model with onnx.version_converter to opset {NEWEST_OPSET_TRIED} or re-export it",
+        fix="re-export the model without that construct (for an old opset, onnx.version_converter may help)",
     )
 
 

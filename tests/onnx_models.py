@@ -142,6 +142,38 @@ SUPPORTED = {
             "axes": np.array([1], dtype=np.int64), "idx": np.array([5, 0, 2], dtype=np.int64), "W": weight(9, 4),
         },
     ),
+    # padding as exporters write it: SAME_UPPER convolutions and max-pools (asymmetric pads),
+    # ceil-mode max-pool, average pool without the padding in its count, Clip(min=0) as a ReLU,
+    # BatchNormalization-15
+    "same_padding": lambda: make(
+        [
+            n("Conv", ["x", "K"], ["h"], auto_pad="SAME_UPPER", strides=[2, 2]),
+            n("MaxPool", ["h"], ["a"], kernel_shape=[2, 2], strides=[2, 2], auto_pad="SAME_UPPER"),
+            n("Conv", ["a", "K2", "c2"], ["h2"], auto_pad="SAME_LOWER"),
+            n("Relu", ["h2"], ["y"]),
+        ],
+        ["N", 1, 9, 9],
+        {"K": weight(3, 1, 4, 4), "K2": weight(2, 3, 2, 2), "c2": weight(2)},
+        out_rank=4,
+    ),
+    "pool_modes": lambda: make(
+        [
+            n("Conv", ["x", "K"], ["h"], pads=[1, 1, 1, 1]),
+            n("BatchNormalization", ["h", "s", "t", "m", "v"], ["b"], training_mode=0),
+            n("Relu", ["b"], ["a"]),
+            n("MaxPool", ["a"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1),
+            n("AveragePool", ["p"], ["q"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=0),
+            n("Flatten", ["q"], ["f"]),
+            n("MatMul", ["f", "W"], ["g"]),
+            n("Clip", ["g", "zero"], ["y"]),
+        ],
+        ["N", 1, 7, 7],
+        {
+            "K": weight(2, 1, 3, 3), "s": weight(2) + 1, "t": weight(2), "m": weight(2), "v": np.abs(weight(2)) + 0.5,
+            "W": weight(8, 3), "zero": np.float32(0),
+        },
+        opset=15,
+    ),
 }
 
 REFUSED = {

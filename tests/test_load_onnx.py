@@ -3,6 +3,9 @@ independent float64 computation; non-piecewise-linear graphs are refused, every 
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime
@@ -12,6 +15,7 @@ from onnx2torch import convert
 
 import lrcert
 from lrcert.errors import LrcertError
+from lrcert.load import _explicit_padding
 from onnx_models import REFUSED, SUPPORTED
 from reference import reference_radii, relative_error
 
@@ -48,7 +52,7 @@ def test_supported_graph_reproduces_onnxruntime(name, tmp_path):
 def test_supported_graph_radii_match_independent_computation(name, tmp_path):
     model = SUPPORTED[name]()
     network = lrcert.load(_save(model, tmp_path))
-    reference_model = convert(model).eval().double()
+    reference_model = convert(_explicit_padding(model, Path("model.onnx"))).eval().double()
     x = np.random.default_rng(1).standard_normal((4, *network.sample_shape))
     results = lrcert.certify(network, x, dtype=torch.float64)
     for k, result in enumerate(results):
@@ -118,3 +122,32 @@ def test_truncated_onnx_file(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(LrcertError, match="not a readable ONNX model|not a valid ONNX model|holds no ONNX graph"):
         lrcert.load(path)
+
+
+def test_pytorch_export_with_dynamic_flatten(tmp_path):
+    """torch.onnx.export writes x.view(x.size(0), -1) as Shape → Gather → Concat → Reshape."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 3, 3)
+            self.relu = torch.nn.ReLU()
+            self.fc = torch.nn.Linear(3 * 6 * 6, 4)
+
+        def forward(self, x):
+            h = self.relu(self.conv(x))
+            return self.fc(h.view(h.size(0), -1))
+
+    model = Net().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (torch.randn(1, 1, 8, 8),), str(tmp_path / "net.onnx"), dynamo=False, input_names=["x"],
+            output_names=["y"], dynamic_axes={"x": {0: "batch"}}, opset_version=11,
+        )
+    assert {n.op_type for n in onnx.load(str(tmp_path / "net.onnx")).graph.node} >= {"Shape", "Gather", "Reshape"}
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    from_onnx = lrcert.certify(lrcert.load(tmp_path / "net.onnx"), x, dtype=torch.float64)
+    for k, result in enumerate(from_onnx):
+        expected = reference_radii(model, x[k : k + 1])
+        assert all(relative_error(result.radius[p], expected[p]) < 1e-9 for p in expected)
