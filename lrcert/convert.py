@@ -24,7 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from . import ir
-from .errors import LrcertError, first_line
+from .errors import SUPPORTED_NETWORKS, LrcertError, first_line
 
 aten = torch.ops.aten
 
@@ -625,15 +625,14 @@ def to_network(
     elif id(output) in trace.node:
         output_index = trace.node[id(output)]
     elif poison is not None:
-        output_index = -1
+        output_index = -1  # produced by refused operations: trace.problems says which, just below
     else:
         raise LrcertError("the model's output does not depend on its input", fix="check the model")
     if trace.problems:
-        problems = _unique(trace.problems)
+        problems = list(dict.fromkeys(trace.problems))  # each once, in order
         raise LrcertError(
             f"{source or 'the model'} is not a supported piecewise-linear network: " + "; ".join(problems),
-            fix="lrcert certifies networks built from dense/conv/pool/batch-norm/add layers and ReLU, "
-            "LeakyReLU or max-pool; replace or remove the listed operations",
+            fix=SUPPORTED_NETWORKS,
             details=problems,
         )
     layers = tuple(layer.to("cpu", torch.float64) for layer in trace.layers)  # exact parameters, one dtype
@@ -678,9 +677,5 @@ def _check_reproduces(network: ir.Network, example: Tensor, output: Tensor | Non
             fix="please report this model to the lrcert developers",
             internal=True,
         )
-
-
-def _unique(items: list[str]) -> list[str]:
-    return list(dict.fromkeys(items))
 
 

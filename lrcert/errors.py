@@ -7,6 +7,13 @@
 from __future__ import annotations
 
 
+#: The fix for a model that is not (supported) piecewise linear.
+SUPPORTED_NETWORKS = (
+    "lrcert certifies networks built from dense/conv/pool/batch-norm/add layers and ReLU, LeakyReLU or max-pool; "
+    "replace or remove the listed operations"
+)
+
+
 class LrcertError(Exception):
     """A problem the user can act on; the CLI prints it as one line and exits non-zero.
 

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from . import ir
-from .convert import NOT_PIECEWISE_LINEAR, to_network
-from .errors import LrcertError, first_line
+from .convert import to_network
+from .errors import SUPPORTED_NETWORKS, LrcertError, first_line
 
 #: ONNX ops that are linear in their input-dependent operands. The value lists the operand
 #: positions that must be constant (weights, shapes, indices).
@@ -98,8 +98,7 @@ def load_onnx(path: str | os.PathLike, *, sample_shape: Sequence[int] | None = N
     if problems:
         raise LrcertError(
             f"{path.name} is not a supported piecewise-linear network: " + "; ".join(problems),
-            fix="lrcert certifies networks built from dense/conv/pool/batch-norm/add layers and ReLU, "
-            "LeakyReLU or max-pool; replace or remove the listed nodes",
+            fix=SUPPORTED_NETWORKS,
             details=problems,
         )
     batch_axis = len(dims) > 0 and (dims[0] is None or dims[0] == 1)
