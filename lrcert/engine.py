@@ -46,6 +46,8 @@ DEFAULT_BATCH = 256
 CPU_PASS_BYTES = 16 << 20
 #: Gathering one active column costs about this many multiply-adds (measured, 2-core CPU).
 GATHER_COST = 200
+#: Below this many directions per pass, the fixed cost of gathering per pass outweighs the saving.
+MIN_SKIP_DIRECTIONS = 256
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,11 @@ class Engine:
         self.last_use = network.last_uses(self.order)
         self.prefix = self._prefix()
         self.suffix = [i for i in self.order if i not in self.prefix]
+        self.memory_bytes = memory_bytes or default_memory_bytes(self.device)
+        directions = self._directions_per_pass()
+        skip_inactive = skip_inactive and self.device.type == "cpu" and (
+            directions == self.network.input_size or directions >= MIN_SKIP_DIRECTIONS
+        )
         self.sparse = {  # ReLU → most active units at which skipping the inactive ones still pays
             i: self._skip_limit(i) for i in self.nonlinear if skip_inactive and self._feeds_only_dense(i)
         }
@@ -146,7 +153,6 @@ class Engine:
             i for i in self.nonlinear
             if isinstance(network.layers[i], ir.ReLU) and set(network.layers[i].inputs) <= {0, *self.prefix}
         ]
-        self.memory_bytes = memory_bytes or default_memory_bytes(self.device)
         self.requested_batch = batch_size
 
     # ----------------------------------------------------------------------------------- planning
@@ -206,15 +212,20 @@ class Engine:
         n_out = sum(layer.weight.shape[0] for layer in layers if isinstance(layer, ir.Dense) and set(layer.inputs) & reach)
         return int(layers[i].size * n_out / (n_out + GATHER_COST))
 
+    def _bytes_per_row(self) -> int:
+        return self.peak_elements_per_row() * (torch.finfo(self.dtype).bits // 8)
+
+    def _directions_per_pass(self) -> int:
+        return min(self.network.input_size, max(1, self.memory_bytes // self._bytes_per_row()))
+
     def plan(self, n_inputs: int) -> Plan:
         """Choose the batch, the group and the directions per pass so one tangent pass fits in memory."""
-        bytes_per_row = self.peak_elements_per_row() * (torch.finfo(self.dtype).bits // 8)
-        rows = max(1, self.memory_bytes // bytes_per_row)  # (input, direction) rows per pass
-        directions = min(self.network.input_size, rows)
+        rows = max(1, self.memory_bytes // self._bytes_per_row())  # (input, direction) rows per pass
+        directions = self._directions_per_pass()
         # one input at a time lets dense layers skip inactive units (worth more than bigger passes on a CPU)
-        group = 1 if self.sparse and self.device.type == "cpu" else max(1, rows // directions)
+        group = 1 if self.sparse else max(1, rows // directions)
         batch = self.requested_batch or max(1, min(n_inputs, max(group, DEFAULT_BATCH)))
-        return Plan(batch, min(group, batch), directions, bytes_per_row)
+        return Plan(batch, min(group, batch), directions, self._bytes_per_row())
 
     def peak_elements_per_row(self) -> int:
         """Largest number of tangent elements alive at once, per (input, direction) row."""
