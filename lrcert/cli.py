@@ -304,6 +304,7 @@ def certify(
     elapsed = time.perf_counter() - started
     _say(f"certified {len(results)} inputs in {elapsed:.2f} s ({len(results) / max(elapsed, 1e-9):.1f} inputs/s) on {device_name}, {dtype.value}")
     _explain_zeros(results, norms)
+    _explain_precision(results, dtype)
     return _check_thresholds(results, thresholds)
 
 
@@ -361,6 +362,17 @@ def _explain_zeros(results, norms) -> None:
     if len(on_boundary) - ties:
         why.append(f"{len(on_boundary) - ties} at a unit whose pre-activation is exactly 0")
     _say(f"note: ε̂ = 0 for {len(on_boundary)} inputs: they lie on a region boundary ({'; '.join(why)})")
+
+
+def _explain_precision(results, dtype: DType) -> None:
+    flagged = [r.index for r in results if r.precision_warning]
+    if flagged:
+        shown = ", ".join(map(str, flagged[:20])) + (", …" if len(flagged) > 20 else "")
+        fix = "rerun with --dtype float64" if dtype == DType.float32 else "the face is within float64 rounding of 0"
+        _say(
+            f"note: {len(flagged)} inputs (marked †, \"precision_warning\": true) have a binding face so close to 0 that "
+            f"{dtype.value} rounding may change their radius ({shown}); {fix}"
+        )
 
 
 def _check_thresholds(results, thresholds: dict[str, float]) -> int:

@@ -46,6 +46,8 @@ DEFAULT_BATCH = 256
 CPU_PASS_BYTES = 16 << 20
 #: Gathering one active column costs about this many multiply-adds (measured, 2-core CPU).
 GATHER_COST = 200
+#: Faces within PRECISION_MARGIN · u · (their terms' magnitude) of 0 get a precision warning.
+PRECISION_MARGIN = 1000
 #: Below this many directions per pass, the fixed cost of gathering per pass outweighs the saving.
 MIN_SKIP_DIRECTIONS = 256
 
@@ -86,6 +88,7 @@ class InputResult:
     radius: dict[str, float]  # +inf when no face exists
     binding: dict[str, Constraint | None]
     pattern: str  # digest of the activation pattern (equal digests: same linear region)
+    precision_warning: bool = False  # a binding face so close to 0 that rounding in this dtype may move ε̂
     direction: float | None = None  # largest t with x + t·d in the region (+inf: unbounded)
     direction_binding: Constraint | None = None
     notes: list[str] = field(default_factory=list)
@@ -149,6 +152,7 @@ class Engine:
             for j, layer in enumerate(self.network.layers)
             if isinstance(layer, ir.Dense) and set(layer.inputs) & reach
         }
+        self.magnitudes = self.network.absolute()  # |parameters|: the scale of each face's rounding error
         self.entries = [
             i for i in self.nonlinear
             if isinstance(network.layers[i], ir.ReLU) and set(network.layers[i].inputs) <= {0, *self.prefix}
@@ -323,6 +327,7 @@ class _Region:
         self.stats: dict[tuple[int, str], Tensor] = {}
         self.rates: dict[int, Tensor] = {}  # layer -> (B, faces) g·d for the directional radius
         self.output = self.network.run(x, nonlinear=self._record)
+        self.scale = self._face_scales(x)
 
     def _record(self, i: int, layer: ir.Nonlinearity, z: Tensor) -> Tensor:
         if isinstance(layer, ir.MaxPool2d):
@@ -334,6 +339,33 @@ class _Region:
         self.gain[i] = layer.gain(z)
         self.faces[i] = z.reshape(self.batch, -1)
         return layer.apply(z)
+
+    def _face_scales(self, x: Tensor) -> dict[int, Tensor]:
+        """Per face, the sum of the magnitudes of the terms that make up z (the network with
+        |parameters| on |x|, frozen like x): float rounding of z is a small multiple of it."""
+        scales: dict[int, Tensor] = {}
+
+        def nonlinear(i: int, layer: ir.Nonlinearity, magnitude: Tensor) -> Tensor:
+            if isinstance(layer, ir.MaxPool2d):
+                windows = layer.windows(magnitude, 0.0)
+                winner = torch.gather(windows, -2, self.argmax[i])
+                scales[i] = (winner + windows).reshape(self.batch, -1)
+                return winner.reshape(self.batch, *layer.shape)
+            scales[i] = magnitude.reshape(self.batch, -1)
+            return self.gain[i] * magnitude
+
+        self.engine.magnitudes.run(x.abs(), nonlinear=nonlinear)
+        return scales
+
+    def imprecise(self, k: int, i: int, unit: int) -> bool:
+        """Whether face ``unit`` of layer ``i`` is nonzero but within rounding reach of 0 for input ``k``.
+
+        Rounding in a sum of n terms of total magnitude s is at most about n·u·s (u: unit
+        roundoff); the margin covers n up to PRECISION_MARGIN. Exact zeros are structural (ties,
+        boundaries), not rounding, and are reported as ε̂ = 0.
+        """
+        z = abs(float(self.faces[i][k, unit]))
+        return 0 < z <= PRECISION_MARGIN * torch.finfo(self.engine.dtype).eps * float(self.scale[i][k, unit])
 
     def push(self, seeds: Tensor, accumulate: bool, group: int) -> None:
         """Push tangents ``seeds`` (shape ``(1 or B, K, *input_shape)``) through the frozen network.
@@ -442,6 +474,7 @@ class _Region:
                     radius={p: radius[p][k] for p in self.engine.norms},
                     binding=binding,
                     pattern=patterns[k],
+                    precision_warning=any(self.imprecise(k, *where[p][k]) for p in self.engine.norms if where[p][k][0] >= 0),
                 )
             )
         return out

@@ -64,6 +64,16 @@ class Layer:
         """Short human description of the layer's parameters (for ``lrcert inspect``)."""
         return ""
 
+    def absolute(self) -> "Layer":
+        """The layer with every parameter replaced by its absolute value.
+
+        Applied to |x|, it bounds the magnitude of the terms summed into each output: the scale
+        against which float rounding of that output is measured.
+        """
+        changes = {f.name: getattr(self, f.name).abs() for f in fields(self) if isinstance(getattr(self, f.name), Tensor)
+                   and getattr(self, f.name).is_floating_point()}
+        return replace(self, **changes)
+
 
 def _on_core(x: Tensor, core_rank: int, fn: Callable[[Tensor], Tensor]) -> Tensor:
     """Apply ``fn`` (which wants one batch axis) to the trailing ``core_rank`` axes of ``x``."""
@@ -170,6 +180,9 @@ class Pad(Affine):
     value: float = 0.0
     kind: ClassVar[str] = "pad"
 
+    def absolute(self):
+        return replace(self, value=abs(self.value))
+
     def apply(self, xs, offset=True):
         if self.mode == "constant":
             return F.pad(xs[0], list(self.pads), value=self.value if offset else 0.0)
@@ -204,6 +217,9 @@ class Sum(Affine):
 
     coefficients: tuple[float, ...] = ()
     kind: ClassVar[str] = "add"
+
+    def absolute(self):
+        return replace(self, coefficients=tuple(abs(c) for c in self.coefficients))
 
     def apply(self, xs, offset=True):
         total = None
@@ -454,6 +470,10 @@ class Network:
             for j in self.layers[i].inputs:
                 last[j] = i
         return last
+
+    def absolute(self) -> "Network":
+        """Every layer with absolute parameters (see :meth:`Layer.absolute`)."""
+        return replace(self, layers=tuple(layer.absolute() for layer in self.layers))
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> "Network":
         return replace(self, layers=tuple(layer.to(device, dtype) for layer in self.layers))

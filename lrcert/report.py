@@ -53,6 +53,7 @@ def result_record(result: InputResult, norms: Sequence[str]) -> dict:
         "unbounded": any(math.isinf(result.radius[p]) for p in norms),
         "binding": {p: (b.as_dict() if b else None) for p, b in result.binding.items()},
         "pattern": result.pattern,
+        "precision_warning": result.precision_warning,
     }
     if result.direction is not None:
         record["direction"] = {
@@ -83,7 +84,7 @@ def jsonl_lines(results: Iterable[InputResult], norms: Sequence[str]) -> Iterabl
 
 
 def csv_header(norms: Sequence[str], directional: bool) -> str:
-    columns = ["index", "prediction", *norms, *(f"binding_{p}" for p in norms), "pattern"]
+    columns = ["index", "prediction", *norms, *(f"binding_{p}" for p in norms), "pattern", "precision_warning"]
     if directional:
         columns += ["direction", "binding_direction"]
     return _csv_row(columns)
@@ -94,7 +95,7 @@ def csv_lines(results: Iterable[InputResult], norms: Sequence[str], directional:
         row = [r.index, "" if r.prediction is None else r.prediction]
         row += [_number(r.radius[p]) for p in norms]
         row += [r.binding[p].describe() if r.binding[p] else "" for p in norms]
-        row.append(r.pattern)
+        row += [r.pattern, int(r.precision_warning)]
         if directional:
             row += [_number(r.direction), r.direction_binding.describe() if r.direction_binding else ""]
         yield _csv_row(row)
@@ -140,7 +141,8 @@ def print_table(
     table.add_column(f"binding constraint ({NORM_LABELS[shown]})")
     for r in results:
         cells = [str(r.index), "-" if r.prediction is None else str(r.prediction)]
-        cells += [_short(r.radius[p]) for p in norms]
+        mark = " †" if r.precision_warning else ""
+        cells += [_short(r.radius[p]) + mark for p in norms]
         if directional:
             cells.append(_short(r.direction))
         binding = r.binding[shown]

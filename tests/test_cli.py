@@ -60,7 +60,7 @@ def test_json_schema(mlp):
     assert doc["model"]["units"] == 8 and len(doc["model"]["sha256"]) == 64
     assert doc["options"]["norms"] == ["l1", "l2", "linf"] and doc["options"]["dtype"] == "float64"
     first = doc["results"][0]
-    assert set(first) >= {"index", "prediction", "radius", "unbounded", "binding", "pattern"}
+    assert set(first) >= {"index", "prediction", "radius", "unbounded", "binding", "pattern", "precision_warning"}
     assert set(first["radius"]) == {"l1", "l2", "linf"}
     assert set(first["binding"]["l2"]) >= {"layer", "kind", "unit", "position", "z"}
     assert set(doc["summary"]["l2"]) == {"min", "p25", "p50", "p75", "max", "zero", "unbounded"}

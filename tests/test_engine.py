@@ -278,3 +278,22 @@ def test_pattern_digest_tells_regions_apart():
     same, other = lrcert.certify(model, torch.cat([nudged, far]), dtype=torch.float64, norms=("l2",))
     assert same.pattern == result.pattern
     assert other.pattern != result.pattern
+
+
+def test_precision_warning_flags_faces_within_float32_rounding_of_zero():
+    # z = x1 - x2 with x1 = 1000, x2 = 999.9999: |z| = 1e-4 against terms of size 1000.
+    # float32 stores 999.9999 as 999.99988, so its radius is 20 % off; float64 gets it right.
+    model = nn.Sequential(_set(nn.Linear(2, 1), [[1.0, -1.0]], [0.0]), nn.ReLU())
+    x = torch.tensor([[1000.0, 999.9999], [1.0, 0.5]], dtype=torch.float64)
+    fast = lrcert.certify(model.float(), x.float(), dtype=torch.float32)
+    exact = lrcert.certify(model.double(), x, dtype=torch.float64)
+    assert [r.precision_warning for r in fast] == [True, False]
+    assert [r.precision_warning for r in exact] == [False, False]
+    assert exact[0].radius["l2"] == pytest.approx((1000.0 - 999.9999) / math.sqrt(2), rel=1e-9)
+    assert abs(fast[0].radius["l2"] / exact[0].radius["l2"] - 1) > 0.1  # the flag was warranted
+    assert fast[1].radius["l2"] == pytest.approx(exact[1].radius["l2"], rel=1e-6)
+
+
+def test_exact_zero_faces_are_boundaries_not_precision_warnings():
+    (result,) = _certify(nn.Sequential(nn.MaxPool2d(2)), [[[[1.0, 1.0], [0.0, 0.0]]]])
+    assert result.radius["l2"] == 0.0 and not result.precision_warning
