@@ -86,6 +86,8 @@ def reports_errors(command):
         except KeyboardInterrupt:
             _say("lrcert: interrupted; no partial --output file was left behind")
             raise typer.Exit(130) from None
+        except typer.Exit:
+            raise
         except BrokenPipeError:  # the reader went away (| head): stop quietly, as Unix tools do
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise typer.Exit(141) from None
@@ -182,7 +184,7 @@ def open_output(path: Path | None) -> Iterator[TextIO]:
         yield sys.stdout
         sys.stdout.flush()
         return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent if str(path.parent) else ".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             yield handle
@@ -192,6 +194,60 @@ def open_output(path: Path | None) -> Iterator[TextIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def partial_path(path: Path) -> Path:
+    """Where a JSON-lines ``--output`` grows until the run completes (and where ``--resume`` looks)."""
+    return path.with_name(path.name + ".partial")
+
+
+@contextmanager
+def open_resumable(path: Path) -> Iterator[TextIO]:
+    """Append JSON lines to ``path``.partial; rename it to ``path`` when the run completes.
+
+    Interrupted, the partial file keeps every complete line and ``path`` itself is never
+    half-written; ``--resume`` continues from it.
+    """
+    partial = partial_path(path)
+    with open(partial, "a", encoding="utf-8", newline="") as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+
+
+def resume_point(path: Path, tally) -> int:
+    """How many results a previous run of this command left in ``path`` (or its .partial).
+
+    Reads them into ``tally``, drops a torn last line, and checks they are inputs 0..k-1 in order.
+    """
+    import json
+
+    partial = partial_path(path)
+    if not partial.exists() and path.exists():
+        os.replace(path, partial)
+    if not partial.exists():
+        return 0
+    raw = partial.read_bytes()
+    complete = raw[: raw.rfind(b"\n") + 1]
+    count = 0
+    for number, line in enumerate(complete.decode("utf-8", errors="replace").splitlines()):
+        try:
+            record = json.loads(line)
+            ok = record.get("index") == number
+        except (ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise LrcertError(
+                f"cannot resume: line {number + 1} of {partial} is not the result for input {number}",
+                fix="resume only the same command that wrote it, or delete the file to start over",
+            )
+        tally.add_record(record)
+        count += 1
+    if len(complete) != len(raw):
+        with open(partial, "r+b") as handle:
+            handle.truncate(len(complete))
+    return count
 
 
 def file_sha256(path: str) -> str | None:
@@ -211,7 +267,7 @@ def file_sha256(path: str) -> str | None:
 @app.command()
 @reports_errors
 def certify(
-    model: Annotated[str, typer.Argument(help="ONNX model, TorchScript file, torch.export .pt2 program, or pickled nn.Module (needs --trust-pickle).")],
+    model: Annotated[str, typer.Argument(help="ONNX model, torch.export .pt2 program, or (with --trust-pickle) a TorchScript file or pickled nn.Module.")],
     data: Annotated[str, typer.Argument(help="Inputs: .npy or .npz whose first axis indexes inputs, or - for standard input.")],
     p: Annotated[Optional[list[str]], typer.Option("--p", help="Norm of the ball: 1, 2 or inf. Repeatable. Default: all three.")] = None,
     output_format: Annotated[Format, typer.Option("--format", "-f", help="table (for people), json, jsonl or csv (for pipelines).")] = Format.table,
@@ -223,7 +279,8 @@ def certify(
     device: Annotated[Device, typer.Option("--device", help="auto picks CUDA when available.")] = Device.auto,
     dtype: Annotated[DType, typer.Option("--dtype", help="float64 for reference-grade radii; float32 is faster.")] = DType.float32,
     input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Shape of one input, e.g. 1,28,28 (only for models that do not record it).")] = None,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model: this runs code stored in the file.")] = False,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model or TorchScript file: this runs code stored in the file.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="With --format jsonl --output FILE: continue an interrupted run, keeping the rows already written.")] = False,
 ) -> int:
     """Certify every input of DATA: the exact l1/l2/linf radius of its linear region and the face that binds."""
     import numpy as np
@@ -240,6 +297,8 @@ def certify(
         raise LrcertError(f"--batch-size {batch_size} is not positive", fix="use 1 or more, or leave it out (automatic)")
     shape_hint = parse_shape(input_shape)
     check_output_path(output)
+    if resume and (output_format != Format.jsonl or output is None):
+        raise LrcertError("--resume needs --format jsonl and --output FILE", fix="add them, or drop --resume")
     device_name = pick_device(device)
     torch_dtype = torch.float64 if dtype == DType.float64 else torch.float32
 
@@ -282,30 +341,49 @@ def certify(
         "direction": direction,
         "min_radius": thresholds,
     }
-    results = []
+    tally = report.Tally(norms, thresholds)
+    done = resume_point(output, tally) if resume else 0
+    if done:
+        _say(f"note: resuming after the {done} results already in {partial_path(output)}")
+    streaming = output_format in (Format.jsonl, Format.csv)
+    results = []  # kept whole only for the formats that need them all at the end
     started = time.perf_counter()
-    with open_output(output) as out, _progress(len(rows)) as advance:
-        if output_format == Format.csv:
-            out.write(report.csv_header(norms, directions is not None))
-        for batch in engine.certify(data_io.batches(rows, plan.batch_size), n_inputs=len(rows), directions=directions):
-            results.extend(batch)
-            if output_format == Format.jsonl:
-                out.writelines(report.jsonl_lines(batch, norms))
-            elif output_format == Format.csv:
-                out.writelines(report.csv_lines(batch, norms, directions is not None))
-            out.flush()
-            advance(len(batch))
-        if output_format == Format.json:
-            out.write(report.json_document(model_info, options, results, norms))
-        elif output_format == Format.table:
-            report.print_table(
-                out, results, norms, Path(model).name, directions is not None, color=out.isatty() and output is None
+    writer = open_resumable(output) if output_format == Format.jsonl and output is not None else open_output(output)
+    try:
+        with writer as out, _progress(len(rows) - done) as advance:
+            if output_format == Format.csv:
+                out.write(report.csv_header(norms, directions is not None))
+            batches = data_io.batches(rows[done:], plan.batch_size)
+            for batch in engine.certify(batches, n_inputs=len(rows) - done, directions=directions, start=done):
+                for result in batch:
+                    tally.add_result(result)
+                if output_format == Format.jsonl:
+                    out.writelines(report.jsonl_lines(batch, norms))
+                elif output_format == Format.csv:
+                    out.writelines(report.csv_lines(batch, norms, directions is not None))
+                if not streaming:
+                    results.extend(batch)
+                out.flush()
+                advance(len(batch))
+            if output_format == Format.json:
+                out.write(report.json_document(model_info, options, results, norms))
+            elif output_format == Format.table:
+                report.print_table(
+                    out, results, norms, Path(model).name, directions is not None, color=out.isatty() and output is None
+                )
+    except KeyboardInterrupt:
+        if output_format == Format.jsonl and output is not None:
+            _say(
+                f"lrcert: interrupted after {tally.count} results; {output} was not written, the completed rows are "
+                f"in {partial_path(output)}. Fix: rerun the same command with --resume to continue."
             )
+            raise typer.Exit(130) from None
+        raise
     elapsed = time.perf_counter() - started
-    _say(f"certified {len(results)} inputs in {elapsed:.2f} s ({len(results) / max(elapsed, 1e-9):.1f} inputs/s) on {device_name}, {dtype.value}")
-    _explain_zeros(results, norms)
-    _explain_precision(results, dtype)
-    return _check_thresholds(results, thresholds)
+    fresh = tally.count - done
+    _say(f"certified {fresh} inputs in {elapsed:.2f} s ({fresh / max(elapsed, 1e-9):.1f} inputs/s) on {device_name}, {dtype.value}")
+    _explain(tally, dtype)
+    return _check_thresholds(tally)
 
 
 def _peek_row_shape(source) -> tuple[int, ...] | None:
@@ -351,41 +429,33 @@ def _progress(total: int):
         yield advance
 
 
-def _explain_zeros(results, norms) -> None:
-    on_boundary = [r for r in results if any(r.radius[p] == 0 for p in norms)]
-    if not on_boundary:
-        return
-    ties = sum(1 for r in on_boundary if any(b and b.kind == "maxpool" for b in r.binding.values()))
-    why = []
-    if ties:
-        why.append(f"{ties} at a tied max-pool window (equal values, e.g. over a constant background)")
-    if len(on_boundary) - ties:
-        why.append(f"{len(on_boundary) - ties} at a unit whose pre-activation is exactly 0")
-    _say(f"note: ε̂ = 0 for {len(on_boundary)} inputs: they lie on a region boundary ({'; '.join(why)})")
-
-
-def _explain_precision(results, dtype: DType) -> None:
-    flagged = [r.index for r in results if r.precision_warning]
-    if flagged:
-        shown = ", ".join(map(str, flagged[:20])) + (", …" if len(flagged) > 20 else "")
+def _explain(tally, dtype: DType) -> None:
+    """Notes on stderr: inputs on a boundary (ε̂ = 0) and why, and precision warnings."""
+    if tally.on_boundary:
+        why = []
+        if tally.ties:
+            why.append(f"{tally.ties} at a tied max-pool window (equal values, e.g. over a constant background)")
+        if tally.on_boundary - tally.ties:
+            why.append(f"{tally.on_boundary - tally.ties} at a unit whose pre-activation is exactly 0")
+        _say(f"note: ε̂ = 0 for {tally.on_boundary} inputs: they lie on a region boundary ({'; '.join(why)})")
+    if tally.flagged:
+        shown = ", ".join(map(str, tally.flagged[:20])) + (", …" if len(tally.flagged) > 20 else "")
         fix = "rerun with --dtype float64" if dtype == DType.float32 else "the face is within float64 rounding of 0"
         _say(
-            f"note: {len(flagged)} inputs (marked †, \"precision_warning\": true) have a binding face so close to 0 that "
-            f"{dtype.value} rounding may change their radius ({shown}); {fix}"
+            f"note: {len(tally.flagged)} inputs (marked †, \"precision_warning\": true) have a binding face so close "
+            f"to 0 that {dtype.value} rounding may change their radius ({shown}); {fix}"
         )
 
 
-def _check_thresholds(results, thresholds: dict[str, float]) -> int:
-    failed = False
-    for p, radius in thresholds.items():
-        below = [r.index for r in results if r.radius[p] < radius]
+def _check_thresholds(tally) -> int:
+    for p, radius in tally.thresholds.items():
+        below = tally.below.get(p, [])
         if below:
-            failed = True
             shown = ", ".join(map(str, below[:20])) + (f", … ({len(below) - 20} more)" if len(below) > 20 else "")
-            _say(f"FAILED: {len(below)} of {len(results)} inputs have {p} radius below {radius:g}: inputs {shown}")
+            _say(f"FAILED: {len(below)} of {tally.count} inputs have {p} radius below {radius:g}: inputs {shown}")
         else:
-            _say(f"passed: all {len(results)} inputs have {p} radius ≥ {radius:g}")
-    return EXIT_CHECK_FAILED if failed else EXIT_OK
+            _say(f"passed: all {tally.count} inputs have {p} radius ≥ {radius:g}")
+    return EXIT_CHECK_FAILED if tally.below else EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------------- inspect

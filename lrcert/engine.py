@@ -277,14 +277,15 @@ class Engine:
         return results
 
     def certify(
-        self, batches: Iterable[Tensor], *, n_inputs: int, directions: Tensor | None = None
+        self, batches: Iterable[Tensor], *, n_inputs: int, directions: Tensor | None = None, start: int = 0
     ) -> Iterator[list[InputResult]]:
         """Certify a stream of batches; yields each batch's results as soon as they are ready.
 
         ``directions`` holds one direction per input (``n_inputs`` rows) or one for all (1 row).
+        Results are numbered from ``start`` (the stream's first input is input ``start``).
         """
         plan = self.plan(n_inputs)
-        index = 0
+        index = start
         for x in batches:
             for start in range(0, len(x), plan.batch_size):
                 chunk = x[start : start + plan.batch_size]

@@ -330,7 +330,7 @@ def _load_torch_archive(path: Path, trust_pickle: bool, sample_shape) -> ir.Netw
     if any(n.endswith("archive_format") for n in names):
         return _load_exported(path)
     if any("/code/" in n for n in names):
-        return _load_torchscript(path, sample_shape)
+        return _load_torchscript(path, trust_pickle, sample_shape)
     return _load_pickle(path, trust_pickle, sample_shape)
 
 
@@ -351,7 +351,12 @@ def _load_exported(path: Path) -> ir.Network:
     return to_network(program.module(), tuple(declared), batch_axis=batch_axis, source=path.name)
 
 
-def _load_torchscript(path: Path, sample_shape) -> ir.Network:
+def _load_torchscript(path: Path, trust_pickle: bool, sample_shape) -> ir.Network:
+    if not trust_pickle:
+        raise LrcertError(
+            f"{path.name} is a TorchScript file: loading it runs the TorchScript code stored in it",
+            fix="pass --trust-pickle if you trust its source, or export the model to ONNX or torch.export (.pt2)",
+        )
     if sample_shape is None:
         raise LrcertError(
             f"TorchScript file {path.name} does not record its input shape",

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence, TextIO
 
 import numpy as np
@@ -38,6 +39,42 @@ def summarize(radii: Sequence[float]) -> dict:
     out["zero"] = int((values == 0).sum())
     out["unbounded"] = int(np.isinf(values).sum())
     return out
+
+
+@dataclass
+class Tally:
+    """What the closing notes and the ``--min-radius`` check need from every result.
+
+    Kept small (no bindings, no patterns), so runs over very large inputs stream in bounded memory.
+    """
+
+    norms: Sequence[str]
+    thresholds: dict[str, float]
+    count: int = 0
+    on_boundary: int = 0  # inputs with some ε̂ = 0
+    ties: int = 0  # ... of which at a tied max-pool window
+    flagged: list[int] = field(default_factory=list)  # precision warnings
+    below: dict[str, list[int]] = field(default_factory=dict)  # thresholds not met
+
+    def add(self, index: int, radius: dict[str, float], kinds: dict[str, str | None], precision_warning: bool) -> None:
+        self.count += 1
+        if any(radius[p] == 0 for p in self.norms):
+            self.on_boundary += 1
+            self.ties += any(kind == "maxpool" for kind in kinds.values())
+        if precision_warning:
+            self.flagged.append(index)
+        for p, limit in self.thresholds.items():
+            if radius[p] < limit:
+                self.below.setdefault(p, []).append(index)
+
+    def add_result(self, r: InputResult) -> None:
+        self.add(r.index, r.radius, {p: b.kind if b else None for p, b in r.binding.items()}, r.precision_warning)
+
+    def add_record(self, record: dict) -> None:
+        """A result read back from JSON (``null`` radius: unbounded)."""
+        radius = {p: math.inf if v is None else v for p, v in record["radius"].items()}
+        kinds = {p: b["kind"] if b else None for p, b in record["binding"].items()}
+        self.add(record["index"], radius, kinds, record.get("precision_warning", False))
 
 
 def summary(results: Sequence[InputResult], norms: Sequence[str]) -> dict:

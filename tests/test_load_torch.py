@@ -70,8 +70,10 @@ def test_torchscript_and_export_files(tmp_path):
         torch.jit.save(torch.jit.trace(model, x[:1]), str(tmp_path / "model.ts"))
     torch.export.save(torch.export.export(model, (x[:1],)), str(tmp_path / "model.pt2"))
     expected = lrcert.certify(model, x, dtype=torch.float64)
+    with pytest.raises(LrcertError, match="TorchScript file: loading it runs the TorchScript code"):
+        lrcert.load(tmp_path / "model.ts", sample_shape=shape)
     for path in (tmp_path / "model.ts", tmp_path / "model.pt2"):
-        network = lrcert.load(path, sample_shape=shape)
+        network = lrcert.load(path, trust_pickle=True, sample_shape=shape)
         got = lrcert.certify(network, x, dtype=torch.float64)
         for a, b in zip(got, expected):
             assert a.radius == pytest.approx(b.radius, rel=1e-9)
@@ -82,7 +84,7 @@ def test_torchscript_needs_a_shape(tmp_path):
         warnings.simplefilter("ignore")
         torch.jit.save(torch.jit.script(Pickled()), str(tmp_path / "m.pt"))
     with pytest.raises(LrcertError, match="does not record its input shape"):
-        lrcert.load(tmp_path / "m.pt")
+        lrcert.load(tmp_path / "m.pt", trust_pickle=True)
 
 
 def test_pickled_model_needs_consent(tmp_path):
