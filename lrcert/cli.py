@@ -11,8 +11,10 @@ import functools
 import hashlib
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from enum import Enum
@@ -73,11 +75,22 @@ def _say(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def _terminate_like_interrupt() -> None:
+    """Treat SIGTERM (a CI timeout, kill) like Ctrl-C, so the same clean-up runs."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def reports_errors(command):
     """Wrap a command body so every failure becomes one line on stderr and a documented exit code."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        _terminate_like_interrupt()
         try:
             code = command(*args, **kwargs)
         except LrcertError as error:

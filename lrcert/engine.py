@@ -262,7 +262,7 @@ class Engine:
         plan = plan or self.plan(len(x))
         x = x.to(self.device, self.dtype)
         with torch.no_grad():
-            state = _Region(self, x)
+            state = _Region(self, x, first_index)
             d = self.network.input_size
             for start in range(0, d, plan.directions_per_pass):
                 stop = min(d, start + plan.directions_per_pass)
@@ -318,7 +318,7 @@ class _ActiveColumns:
 class _Region:
     """The activation pattern of one batch, and the face statistics accumulated over passes."""
 
-    def __init__(self, engine: Engine, x: Tensor):
+    def __init__(self, engine: Engine, x: Tensor, first_index: int = 0):
         self.engine = engine
         self.network = engine.network
         self.batch = len(x)
@@ -328,6 +328,7 @@ class _Region:
         self.stats: dict[tuple[int, str], Tensor] = {}
         self.rates: dict[int, Tensor] = {}  # layer -> (B, faces) g·d for the directional radius
         self.output = self.network.run(x, nonlinear=self._record)
+        self._check_finite(first_index)
         self.scale = self._face_scales(x)
 
     def _record(self, i: int, layer: ir.Nonlinearity, z: Tensor) -> Tensor:
@@ -340,6 +341,27 @@ class _Region:
         self.gain[i] = layer.gain(z)
         self.faces[i] = z.reshape(self.batch, -1)
         return layer.apply(z)
+
+    def _check_finite(self, first_index: int) -> None:
+        """Values beyond the dtype's range (overflow) would give meaningless radii: refuse them."""
+        finite = torch.isfinite(self.output.reshape(self.batch, -1)).all(dim=1)
+        for i, faces in self.faces.items():
+            finite &= ~torch.isnan(faces).any(dim=1)  # +inf gaps are padding; NaN means overflow
+        if not bool(finite.all()):
+            k = first_index + int((~finite).nonzero()[0])
+            raise LrcertError(
+                f"the network overflows on input {k}: its values leave the {str(self.engine.dtype)[6:]} range",
+                fix="rerun with --dtype float64, or check the input's scale and the model's weights",
+            )
+
+    def _check_gradients(self, dual: Tensor, first_index: int) -> None:
+        finite = torch.isfinite(dual).all(dim=1)
+        if not bool(finite.all()):
+            k = first_index + int((~finite).nonzero()[0])
+            raise LrcertError(
+                f"the gradients overflow on input {k}: they leave the {str(self.engine.dtype)[6:]} range",
+                fix="rerun with --dtype float64, or check the model's weights",
+            )
 
     def _face_scales(self, x: Tensor) -> dict[int, Tensor]:
         """Per face, the sum of the magnitudes of the terms that make up z (the network with
@@ -456,6 +478,7 @@ class _Region:
             z = self.faces[i].double().abs()
             for p in self.engine.norms:
                 dual = self._dual(i, p)
+                self._check_gradients(dual, first_index)
                 ratio = torch.where(dual > 0, z / torch.where(dual > 0, dual, 1.0), math.inf)
                 best, unit = ratio.min(dim=1)
                 better = best < radius[p]

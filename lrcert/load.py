@@ -132,6 +132,13 @@ def _read_onnx(path: Path):
             f"{path.name} holds no ONNX graph (no nodes or no inputs; truncated, corrupted or not ONNX)",
             fix="re-export or re-download the model",
         )
+    newest = onnx.defs.onnx_opset_version()
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > newest:
+            raise LrcertError(
+                f"{path.name} uses ONNX opset {opset.version}, newer than the newest this onnx package knows ({newest})",
+                fix=f"export the model with opset {newest} or older, or upgrade onnx and onnx2torch",
+            )
     base = path.resolve().parent
     for tensor in model.graph.initializer:
         if uses_external_data(tensor):

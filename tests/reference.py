@@ -91,6 +91,8 @@ def reference_radii(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     model = model.double().eval()
     x = x.double()
     z = faces_of(model, x).detach()
+    if len(z) == 0:  # no face at all: unbounded
+        return {p: math.inf for p in DUAL}
     transform = torch.func.jacfwd if x.numel() < len(z) else torch.func.jacrev
     try:
         jacobian = transform(lambda v: faces_of(model, v))(x)
