@@ -22,6 +22,7 @@ from .engine import NORMS, Constraint, Engine, InputResult  # noqa: E402
 from .errors import LrcertError  # noqa: E402
 from .ir import Network  # noqa: E402
 from .load import from_module, load  # noqa: E402
+from .roll import roll_loss  # noqa: E402
 
 
 def certify(model, x, *, norms: Sequence[str] = NORMS, directions=None, device: str = "cpu", dtype=None, batch_size=None):
@@ -43,4 +44,4 @@ def certify(model, x, *, norms: Sequence[str] = NORMS, directions=None, device: 
     )
 
 
-__all__ = ["certify", "load", "from_module", "Engine", "Network", "InputResult", "Constraint", "LrcertError", "NORMS"]
+__all__ = ["certify", "roll_loss", "load", "from_module", "Engine", "Network", "InputResult", "Constraint", "LrcertError", "NORMS"]

@@ -1,4 +1,5 @@
-"""Input files → arrays of shape ``(N, *sample_shape)``, checked before any work is done.
+"""Input files → arrays of shape ``(N, *sample_shape)``, checked before any work is done; and
+output files written atomically.
 
 ``.npy`` files are memory-mapped (a large test set is streamed, never loaded whole); ``.npz``
 archives take ``key`` or their only array; ``-`` reads either from standard input.
@@ -14,10 +15,13 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import sys
+import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -156,3 +160,24 @@ def batches(rows: np.ndarray, size: int):
 
     for start in range(0, len(rows), size):
         yield torch.from_numpy(np.array(rows[start : start + size], dtype=np.float64 if rows.dtype == np.float64 else np.float32))
+
+
+@contextmanager
+def written_atomically(path: Path) -> Iterator[str]:
+    """A temporary path beside ``path``, renamed over it only if the block completes.
+
+    Readers never see a half-written file; an interrupted or failed write leaves nothing behind.
+    The file gets the permissions an ordinary new file would (mkstemp makes it private).
+    """
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -90,8 +90,6 @@ def from_module(module: torch.nn.Module, sample_shape: Sequence[int], *, source:
 
 
 def load_onnx(path: str | os.PathLike, *, sample_shape: Sequence[int] | None = None) -> ir.Network:
-    import onnx
-
     path = Path(path)
     model = _read_onnx(path)
     problems, input_name, dims = _inspect_onnx_graph(model)

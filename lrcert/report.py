@@ -204,3 +204,22 @@ def _width(out: TextIO) -> int:
     import shutil
 
     return shutil.get_terminal_size((120, 24)).columns if getattr(out, "isatty", lambda: False)() else 140
+
+
+def print_region_table(out: TextIO, title: str, rows: list[tuple[str, dict]]) -> None:
+    """The paper's Table 1 layout, one row per model: accuracy, distinct activation patterns among
+    the inputs, ε̂₁ and ε̂₂ at P25/P50/P75/max (rows from ``train.region_statistics``)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in ("model", "accuracy", "patterns"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for p in ("l1", "l2"):
+        for q in ("P25", "P50", "P75", "max"):
+            table.add_column(f"{NORM_LABELS[p]} {q}", justify="right")
+    for name, stats in rows:
+        cells = [name, f"{100 * stats['accuracy']:.1f}%", f"{stats['patterns']}/{stats['inputs']}"]
+        cells += [f"{stats[p][q]:.3g}" for p in ("l1", "l2") for q in ("p25", "p50", "p75", "max")]
+        table.add_row(*cells)
+    Console(file=out, highlight=False, width=160 if not out.isatty() else None).print(table)

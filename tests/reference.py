@@ -111,3 +111,14 @@ def relative_error(a: float, b: float) -> float:
     if a == b:
         return 0.0
     return abs(a - b) / max(abs(b), 1e-300)
+
+
+def point_on_unit_sphere(d: int, p: str, generator: torch.Generator) -> torch.Tensor:
+    """A random point with ‖v‖_p = 1 (for l1 and linf, a vertex: the hardest place to stay inside)."""
+    v = torch.randn(d, generator=generator, dtype=torch.float64)
+    if p == "l2":
+        return v / v.norm()
+    if p == "linf":
+        return torch.sign(v)
+    sign = 1.0 if torch.rand(1, generator=generator) < 0.5 else -1.0
+    return torch.zeros(d, dtype=torch.float64).index_fill_(0, torch.randint(d, (1,), generator=generator), sign)

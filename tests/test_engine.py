@@ -11,7 +11,7 @@ import torch.nn as nn
 
 import lrcert
 from lrcert.engine import Engine
-from reference import pattern_of, reference_radii, relative_error
+from reference import pattern_of, point_on_unit_sphere, reference_radii, relative_error
 
 
 def _set(layer: nn.Linear, weight, bias) -> nn.Linear:
@@ -227,14 +227,7 @@ def test_radius_is_sound_and_tight_by_sampling(name, p):
         d = center.numel()
         # inside: points on the sphere of radius ε̂(1 − 1e-3), the hardest place to stay inside
         for _ in range(200):
-            v = torch.randn(d, generator=generator, dtype=torch.float64)
-            if p == "l2":
-                v = v / v.norm()
-            elif p == "linf":
-                v = torch.sign(v)
-            else:
-                v = torch.zeros(d, dtype=torch.float64).index_fill_(0, torch.randint(d, (1,), generator=generator), 1.0)
-                v = v * (1 if torch.rand(1, generator=generator) < 0.5 else -1)
+            v = point_on_unit_sphere(d, p, generator)
             inside = center + radius * (1 - 1e-3) * v.reshape(center.shape)
             assert pattern_of(model, inside) == base
         # just outside, along the binding face's worst direction: the pattern changes

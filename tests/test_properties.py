@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lrcert
-from reference import pattern_of, reference_radii, relative_error
+from reference import pattern_of, point_on_unit_sphere, reference_radii, relative_error
 from test_engine import _face_gradient, _worst_direction
 
 EXAMPLES = int(os.environ.get("LRCERT_HYPOTHESIS_EXAMPLES", "60"))
@@ -105,13 +105,7 @@ def test_radius_is_sound_and_tight(architecture, seed, p):
     base = pattern_of(model, x)
     d = x.numel()
     for _ in range(30):
-        v = torch.randn(d, generator=generator, dtype=torch.float64)
-        if p == "l2":
-            v = v / v.norm()
-        elif p == "linf":
-            v = torch.sign(v)
-        else:
-            v = torch.zeros(d, dtype=torch.float64).index_fill_(0, torch.randint(d, (1,), generator=generator), 1.0)
+        v = point_on_unit_sphere(d, p, generator)
         assert pattern_of(model, x + radius * (1 - 1e-3) * v.reshape(x.shape)) == base
     binding = result.binding[p]
     if binding.kind != "maxpool":
