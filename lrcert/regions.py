@@ -1,0 +1,89 @@
+"""Linear regions seen in the large: activation patterns of many points, and a segment walked region by region.
+
+``region_ids`` labels points by activation pattern (equal label ⇔ equal pattern ⇔ same linear
+region, up to points exactly on a boundary). ``walk`` follows the segment a → b: from a point
+x(t) = a + t·(b − a), the engine's directional radius s is exact, so x(t + s) is the next
+boundary; stepping ``STEP`` past it enters the next region. Regions thinner than ``STEP`` (in t)
+can be missed; nothing else is approximated.
+
+>>> import torch
+>>> from lrcert.load import from_module
+>>> net = from_module(torch.nn.Sequential(torch.nn.Linear(1, 2), torch.nn.ReLU()), (1,))
+>>> crossing = walk(net, torch.tensor([-9.0]), torch.tensor([9.0]))
+>>> len(crossing.breakpoints) + 1 == crossing.regions
+True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import ir
+from .engine import Constraint, Engine
+
+STEP = 1e-9  # how far past a boundary (in t) the walk resumes: regions thinner than this are missed
+
+
+def patterns(network: ir.Network, points: Tensor) -> np.ndarray:
+    """One row of bytes per point: its ReLU signs (z > 0) and max-pool arg-maxes."""
+    parts: list[np.ndarray] = []
+
+    def record(i: int, layer: ir.Nonlinearity, z: Tensor) -> Tensor:
+        if isinstance(layer, ir.MaxPool2d):
+            winners = layer.windows(z, -math.inf).argmax(dim=-2).reshape(len(z), -1)
+            parts.append(winners.to(torch.int16).cpu().numpy().view(np.uint8))
+        else:
+            parts.append(np.packbits((z > 0).reshape(len(z), -1).cpu().numpy(), axis=1))
+        return layer.apply(z)
+
+    with torch.no_grad():
+        network.run(points.to(network.dtype), record)
+    return np.concatenate(parts, axis=1) if parts else np.zeros((len(points), 0), np.uint8)
+
+
+def region_ids(network: ir.Network, points: Tensor, chunk: int = 65536) -> np.ndarray:
+    """An integer per point, equal exactly when the activation patterns are equal (0, 1, 2, …)."""
+    rows = np.concatenate([patterns(network, points[i : i + chunk]) for i in range(0, len(points), chunk)])
+    return np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1)
+
+
+@dataclass
+class Crossing:
+    """The regions met along a → b: ``regions`` of them, separated at ``breakpoints`` (t in (0, 1)),
+    each with the face that flips there."""
+
+    regions: int
+    breakpoints: list[float]
+    flips: list[Constraint | None]
+
+    def as_dict(self) -> dict:
+        return {
+            "regions": self.regions,
+            "breakpoints": [
+                {"t": t, "flips": flip.as_dict() if flip else None} for t, flip in zip(self.breakpoints, self.flips)
+            ],
+        }
+
+
+def walk(network: ir.Network, a: Tensor, b: Tensor, *, device: str = "cpu") -> Crossing:
+    """Every linear region the segment a → b crosses, boundary to boundary (float64)."""
+    engine = Engine(network, norms=("linf",), device=device, dtype=torch.float64, batch_size=1)
+    a, d = a.double().reshape(1, -1), (b.double() - a.double()).reshape(1, -1)
+    breakpoints: list[float] = []
+    flips: list[Constraint | None] = []
+    t = 0.0
+    while True:
+        point = (a + t * d).reshape(1, *network.sample_shape)
+        (result,) = engine.run(point, directions=d.reshape(1, *network.sample_shape))
+        end = t + result.direction
+        if end >= 1.0:
+            return Crossing(len(breakpoints) + 1, breakpoints, flips)
+        if result.direction > 0:  # 0: on a boundary (a itself, or a region thinner than STEP)
+            breakpoints.append(end)
+            flips.append(result.direction_binding)
+        t = end + STEP
