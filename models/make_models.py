@@ -10,6 +10,8 @@
 - toy2d_vanilla.onnx, toy2d_roll.onnx: the paper's toy experiment: 2-100-100-100-100-2 ReLU nets
   trained on the half-moons without and with the ROLL regulariser (lrcert.train), with 200
   held-out points in toy2d.inputs.npy and their labels in toy2d.labels.npy.
+
+models/digits/ is written by experiments/table1_digits.py (the paper's Table 1 on 8×8 digits).
 """
 
 from __future__ import annotations
