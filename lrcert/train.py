@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -59,7 +60,13 @@ class Settings:
 def read_labelled(path: str, *, what: str = "training data") -> tuple[Tensor, Tensor]:
     """``x`` (float32, first axis indexes samples) and ``y`` (int64 labels) from an .npz file."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise LrcertError(
+                f"{path} holds a single array, not an .npz archive of inputs and labels",
+                fix="save both: np.savez(path, x=inputs, y=labels)",
+            )
+        with archive:
             missing = [k for k in ("x", "y") if k not in archive.files]
             if missing:
                 raise LrcertError(
@@ -69,8 +76,8 @@ def read_labelled(path: str, *, what: str = "training data") -> tuple[Tensor, Te
             x, y = archive["x"], archive["y"]
     except FileNotFoundError:
         raise LrcertError(f"{what} file {path} does not exist", fix="check the path") from None
-    except (OSError, ValueError) as exc:
-        raise LrcertError(f"{path} is not a readable .npz file ({exc})", fix="write it with numpy.savez") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        raise LrcertError(f"{path} is not a readable .npz archive of numbers", fix="write it with numpy.savez(path, x=..., y=...)") from None
     if x.dtype.kind not in "fiu" or x.ndim < 2 or len(x) < 2:
         raise LrcertError(
             f"{path}: 'x' has dtype {x.dtype} and shape {x.shape}", fix="give numbers, one sample per row, 2 or more rows"

@@ -111,6 +111,17 @@ def test_train_refuses_bad_input_in_one_line(tmp_path, arrays, options, message)
     assert len(result.stderr.strip().splitlines()) <= 2  # the training banner may precede the error
 
 
+def test_train_refuses_files_that_are_not_npz_archives(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((4, 2)))
+    (tmp_path / "junk.npz").write_bytes(b"garbage")
+    np.savez(tmp_path / "objects.npz", x=np.array([None, 1], dtype=object), y=np.zeros(2, np.int64))
+    for name, message in (("x.npy", "holds a single array"), ("junk.npz", "not a readable .npz archive"),
+                          ("objects.npz", "not a readable .npz archive")):
+        result = runner.invoke(app, ["train", str(tmp_path / name), "--out", str(tmp_path / "m.onnx")])
+        assert result.exit_code == 2, result.output
+        assert message in result.stderr and "Traceback" not in result.output
+
+
 def test_train_refuses_missing_files_and_folders(tmp_path):
     result = runner.invoke(app, ["train", str(tmp_path / "none.npz"), "--out", str(tmp_path / "m.onnx")])
     assert result.exit_code == 2 and "does not exist" in result.stderr
