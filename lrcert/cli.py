@@ -654,7 +654,7 @@ def plot(
     data: Annotated[Optional[str], typer.Option("--data", help=".npy/.npz of inputs: drawn (2-D models) and indexed by --points.")] = None,
     points: Annotated[Optional[str], typer.Option("--points", help="Inputs (indices into --data) whose certified l1/l2/linf balls are drawn; the plane goes through the first.")] = None,
     dirs: Annotated[str, typer.Option("--dirs", help="Plane directions (inputs of more than 2 dimensions): random | toward:INDEX (towards another input) | gradient (of the predicted logit) | FILE.npy (two directions).")] = "random",
-    extent: Annotated[Optional[float], typer.Option("--extent", help="Half-width of the view in plane units. Default: the data's span (2-D), 1.3× the distance (toward:), else 4× the point's l1 radius.")] = None,
+    extent: Annotated[Optional[float], typer.Option("--extent", help="Half-width of the view in plane units. Default: the data's span (2-D), 1.3× the distance (toward:), else 3× how far the point's region reaches in the plane.")] = None,
     resolution: Annotated[int, typer.Option("--resolution", help="Pixels per side (each pixel's region is computed exactly).")] = 400,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the random plane directions.")] = 0,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model (runs code from the file).")] = False,

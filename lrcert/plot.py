@@ -21,7 +21,7 @@ from torch import Tensor
 from . import ir
 from .engine import NORMS, certify
 from .errors import LrcertError
-from .regions import region_ids
+from .regions import points_per_pass, region_ids
 
 BALL_STYLE = {"l1": ("-", "tab:red"), "l2": ("-", "tab:purple"), "linf": ("--", "tab:orange")}
 ORDER = {"l1": 1.0, "l2": 2.0, "linf": math.inf}
@@ -113,9 +113,19 @@ def make_plane(
         u, v = _directions_from_file(dirs, D)
         names = (f"{Path(dirs).name}[0]", f"{Path(dirs).name}[1] (orthogonalised)")
     if extent is None:
-        (result,) = certify(network, x.reshape(1, *network.sample_shape), norms=("l1",), dtype=torch.float64)
-        extent = 4 * result.radius["l1"] if math.isfinite(result.radius["l1"]) and result.radius["l1"] > 0 else 1.0
+        extent = 3 * _reach_in_plane(network, x, u, v)
     return Plane(x, u, v, (0.0, 0.0), extent, (f"along {names[0]}", f"along {names[1]}"))
+
+
+def _reach_in_plane(network: ir.Network, x: Tensor, u: Tensor, v: Tensor, rays: int = 16) -> float:
+    """How far x's region reaches within the plane: the median over ``rays`` in-plane directions
+    of the exact directional radius (1 when the region is unbounded in the plane)."""
+    angles = torch.linspace(0, 2 * math.pi, rays + 1, dtype=torch.float64)[:-1, None]
+    directions = (angles.cos() * u + angles.sin() * v).reshape(rays, *network.sample_shape)
+    starts = x.reshape(1, *network.sample_shape).expand(rays, *network.sample_shape)
+    results = certify(network, starts, norms=("linf",), directions=directions, dtype=torch.float64)
+    reach = [r.direction for r in results if r.direction is not None and 0 < r.direction < math.inf]
+    return float(np.median(reach)) if reach else 1.0
 
 
 def _index(text: str, count: int) -> int:
@@ -161,13 +171,14 @@ def picture(
     network: ir.Network, plane: Plane, data: Tensor | None, points: Sequence[int], resolution: int = 400, zoom: bool = True
 ) -> Picture:
     """Label every pixel of the plane and outline the balls of ``points`` that lie in it; with
-    ``zoom``, also the neighbourhood of the first such point at 2.5× its largest radius."""
+    ``zoom``, also the neighbourhood of the first such point, 1.6× as wide as its widest ball."""
     axis = np.linspace(-plane.extent, plane.extent, resolution)
     grid = np.stack(np.meshgrid(axis + plane.centre[0], axis + plane.centre[1]), axis=-1)  # (n, n, 2): [row=b, col=a]
     flat = plane.points(grid.reshape(-1, 2))
     regions = region_ids(network, flat).reshape(resolution, resolution)
+    chunk = points_per_pass(network)
     with torch.no_grad():
-        outputs = torch.cat([network.run(flat[i : i + 65536]).reshape(len(flat[i : i + 65536]), -1) for i in range(0, len(flat), 65536)])
+        outputs = torch.cat([network.run(flat[i : i + chunk]).reshape(len(flat[i : i + chunk]), -1) for i in range(0, len(flat), chunk)])
     classes = (outputs.argmax(1) if outputs.shape[1] > 1 else (outputs[:, 0] > 0).long()).numpy().reshape(resolution, resolution)
     result = Picture(plane, grid, regions, classes, colours=_colours(int(regions.max()) + 1))
     if data is None or not points:
@@ -182,9 +193,10 @@ def picture(
                 p: ball_outline(plane, coords[k], r, p) for p, r in results[k].radius.items() if math.isfinite(r)
             }
     first = next(iter(result.balls), None)
-    largest = max(result.radii[first].values()) if first is not None else 0.0
-    if zoom and first is not None and 0 < largest < math.inf:
-        close = replace(plane, centre=tuple(coords[list(points).index(first)]), extent=2.5 * largest)
+    if zoom and first is not None and result.balls[first]:
+        centre = coords[list(points).index(first)]
+        reach = max(float(np.abs(outline - centre).max()) for outline in result.balls[first].values())
+        close = replace(plane, centre=tuple(centre), extent=1.6 * reach if reach > 0 else 1e-6)
         result.zoom = picture(network, close, data, [first], resolution // 2, zoom=False)
     return result
 

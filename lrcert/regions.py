@@ -46,8 +46,14 @@ def patterns(network: ir.Network, points: Tensor) -> np.ndarray:
     return np.concatenate(parts, axis=1) if parts else np.zeros((len(points), 0), np.uint8)
 
 
-def region_ids(network: ir.Network, points: Tensor, chunk: int = 65536) -> np.ndarray:
+def points_per_pass(network: ir.Network) -> int:
+    """Points evaluated together: about 4 million activations per layer (32 MB in float64)."""
+    return max(16, min(65536, 4_000_000 // max(1, max(layer.size for layer in network.layers))))
+
+
+def region_ids(network: ir.Network, points: Tensor) -> np.ndarray:
     """An integer per point, equal exactly when the activation patterns are equal (0, 1, 2, …)."""
+    chunk = points_per_pass(network)
     rows = np.concatenate([patterns(network, points[i : i + chunk]) for i in range(0, len(points), chunk)])
     return np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1)
 
