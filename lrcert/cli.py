@@ -571,8 +571,9 @@ def train(
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of DATA held out when --val is not given.")] = 0.2,
     output_format: Annotated[Format, typer.Option("--format", "-f", help="table or json (the held-out statistics and the training history).")] = Format.table,
 ) -> int:
-    """Train a ReLU network with the ROLL regulariser (larger linear regions), save it as ONNX, and
-    report held-out accuracy, distinct activation patterns and certified radii."""
+    """Train a ReLU network with the ROLL regulariser (larger linear regions) and save it as ONNX.
+
+    Reports held-out accuracy, distinct activation patterns and certified radii."""
     import json
 
     from . import train as training
@@ -710,8 +711,9 @@ def path(
     output_format: Annotated[Format, typer.Option("--format", "-f", help="table or json.")] = Format.table,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model (runs code from the file).")] = False,
 ) -> int:
-    """Walk the segment from A to B region by region: how many linear regions it crosses, where (t in
-    [0, 1]) and which face flips at each boundary."""
+    """Count the linear regions the segment from A to B crosses, exactly, with each boundary.
+
+    Prints each breakpoint t in (0, 1) and the face that flips there."""
     import json
 
     import numpy as np
