@@ -276,6 +276,16 @@ class Engine:
                 state.directional(results)
         return results
 
+    def along(self, x: Tensor, directions: Tensor) -> list[tuple[float, Constraint | None]]:
+        """Only the directional radius of each input of ``x`` along its direction (one per input, or
+        one for all) and the face that sets it: one tangent pass, no gradient norms."""
+        plan = self.plan(len(x))
+        with torch.no_grad():
+            state = _Region(self, x.to(self.device, self.dtype), 0)
+            seeds = directions.to(self.device, self.dtype).reshape(-1, 1, *self.network.input_shape)
+            state.push(seeds.expand(len(x), *seeds.shape[1:]), False, plan.group)
+            return state.steps()
+
     def certify(
         self, batches: Iterable[Tensor], *, n_inputs: int, directions: Tensor | None = None, start: int = 0
     ) -> Iterator[list[InputResult]]:
@@ -504,7 +514,13 @@ class _Region:
         return out
 
     def directional(self, results: list[InputResult]) -> None:
-        """Largest t with x + t·d in the region: min over faces with z·(g·d) < 0 of −z/(g·d)."""
+        """Fill each result's directional radius and the face that sets it (see :meth:`steps`)."""
+        for result, (step, face) in zip(results, self.steps()):
+            result.direction, result.direction_binding = step, face
+
+    def steps(self) -> list[tuple[float, Constraint | None]]:
+        """Per input, the largest t with x + t·d in the region, min over faces with z·(g·d) < 0 of
+        −z/(g·d), and that face (+inf and None when no face is ahead)."""
         b = self.batch
         best = torch.full((b,), math.inf, dtype=torch.float64, device=self.output.device)
         where = torch.full((b, 2), -1, dtype=torch.long, device=self.output.device)
@@ -518,9 +534,7 @@ class _Region:
             best = torch.where(better, step, best)
             where[better] = torch.stack([torch.full_like(unit, i), unit], dim=1)[better]
         best, where = best.cpu().tolist(), where.cpu().tolist()
-        for k, result in enumerate(results):
-            result.direction = best[k]
-            result.direction_binding = self.constraint(k, *where[k]) if where[k][0] >= 0 else None
+        return [(best[k], self.constraint(k, *where[k]) if where[k][0] >= 0 else None) for k in range(b)]
 
     def constraint(self, k: int, i: int, unit: int) -> Constraint:
         """Name face ``unit`` of layer ``i`` for input ``k``."""

@@ -85,11 +85,11 @@ def walk(network: ir.Network, a: Tensor, b: Tensor, *, device: str = "cpu") -> C
     t = 0.0
     while True:
         point = (a + t * d).reshape(1, *network.sample_shape)
-        (result,) = engine.run(point, directions=d.reshape(1, *network.sample_shape))
-        end = t + result.direction
+        ((step, face),) = engine.along(point, d)
+        end = t + step
         if end >= 1.0:
             return Crossing(len(breakpoints) + 1, breakpoints, flips)
-        if result.direction > 0:  # 0: on a boundary (a itself, or a region thinner than STEP)
+        if step > 0:  # 0: on a boundary (a itself, or a region thinner than STEP)
             breakpoints.append(end)
-            flips.append(result.direction_binding)
+            flips.append(face)
         t = end + STEP
