@@ -5,6 +5,13 @@ A plane is ``origin + a·u + b·v``. Its pixels are labelled by activation patte
 certified ℓp ball of a point c in the plane is drawn as its true cross-section: along the plane
 direction w(θ) = cos θ·u + sin θ·v the ball reaches r(θ) = ε̂ₚ / ‖w(θ)‖ₚ. Needs matplotlib
 (``pip install lrcert[plot]``); draws headless (Agg).
+
+>>> import torch
+>>> from lrcert.load import from_module
+>>> net = from_module(torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)), (2,))
+>>> view = picture(net, make_plane(net, None, [], "random", 1.0), None, [], resolution=32)
+>>> view.regions.shape, int(view.regions.max()) + 1 <= 2 ** 8
+((32, 32), True)
 """
 
 from __future__ import annotations
