@@ -16,6 +16,7 @@ import torch
 
 from lrcert.load import load
 from lrcert.plot import draw_on, make_plane, picture, pyplot, save
+from lrcert.report import radii_text
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -29,8 +30,8 @@ def main() -> None:
     for axes, name in zip(panels, ("vanilla", "roll")):
         network = load(MODELS / f"toy2d_{name}.onnx")
         result = picture(network, make_plane(network, data, [0], "random", None), data, [0], resolution=500)
-        radii = ", ".join(f"ε̂{p[1:] if p != 'linf' else '∞'}={r:.3g}" for p, r in result.radii[0].items())
-        title = f"{'Vanilla' if name == 'vanilla' else 'ROLL (λ = 1, C = 1)'}: {int(result.regions.max()) + 1} regions; point 0: {radii}"
+        title = (f"{'Vanilla' if name == 'vanilla' else 'ROLL (λ = 1, C = 1)'}: {int(result.regions.max()) + 1} regions; "
+                 f"point 0: {radii_text(result.radii[0])}")
         draw_on(axes, result, data, labels, title)
     out = ROOT / "docs" / "figure1.png"
     save(figure, out)

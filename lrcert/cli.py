@@ -154,13 +154,20 @@ def parse_thresholds(values: list[str] | None, norms: tuple[str, ...]) -> dict[s
     return thresholds
 
 
+def integers(value: str) -> tuple[int, ...] | None:
+    """``"3, 4,5"`` → ``(3, 4, 5)``; None when a part is not an integer."""
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        return None
+
+
 def parse_shape(value: str | None) -> tuple[int, ...] | None:
     if value is None:
         return None
-    try:
-        shape = tuple(int(v) for v in value.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        raise LrcertError(f"--input-shape {value!r} is not a list of sizes", fix="write e.g. --input-shape 1,28,28") from None
+    shape = integers(value.replace("x", ","))
+    if shape is None:
+        raise LrcertError(f"--input-shape {value!r} is not a list of sizes", fix="write e.g. --input-shape 1,28,28")
     if not shape or any(d <= 0 for d in shape):
         raise LrcertError(f"--input-shape {value!r} has no or non-positive sizes", fix="write e.g. --input-shape 1,28,28")
     return shape
@@ -543,10 +550,7 @@ def inspect(
 def parse_widths(value: str | None, option: str) -> tuple[int, ...]:
     if not value:
         return ()
-    try:
-        widths = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        widths = (0,)
+    widths = integers(value)
     if not widths or any(w < 1 for w in widths):
         raise LrcertError(f"{option} {value!r} is not a list of positive widths", fix=f"write e.g. {option} 300,300")
     return widths
@@ -641,10 +645,10 @@ def _epoch_progress(epochs: int):
 def parse_indices(value: str | None) -> list[int]:
     if not value:
         return []
-    try:
-        return [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise LrcertError(f"--points {value!r} is not a list of input indices", fix="write e.g. --points 0,3") from None
+    indices = integers(value)
+    if indices is None:
+        raise LrcertError(f"--points {value!r} is not a list of input indices", fix="write e.g. --points 0,3")
+    return list(indices)
 
 
 @app.command()
@@ -692,10 +696,9 @@ def plot(
         raise LrcertError("--points needs --data", fix="give the inputs with --data X.npy")
     plane = plotting.make_plane(network, inputs, indices, dirs, extent, seed)
     picture = plotting.picture(network, plane, inputs, indices, resolution)
-    radii = "; ".join(
-        f"input {i}: " + ", ".join(f"ε̂{p[1:] if p != 'linf' else '∞'}={r:.3g}" for p, r in picture.radii[i].items())
-        for i in indices[:3]
-    )
+    from .report import radii_text
+
+    radii = "; ".join(f"input {i}: {radii_text(picture.radii[i])}" for i in indices[:3])
     title = f"{Path(model).name}: linear regions" + (f"\n{radii}" if radii else "")
     plotting.draw(picture, inputs, labels, title, out)
     _say(f"wrote {out}: {int(picture.regions.max()) + 1} linear regions in view")

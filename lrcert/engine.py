@@ -271,8 +271,7 @@ class Engine:
                 state.push(identity.reshape(1, stop - start, *self.network.input_shape), True, plan.group)
             results = state.results(first_index)
             if directions is not None:
-                seeds = directions.to(self.device, self.dtype).reshape(-1, 1, *self.network.input_shape)
-                state.push(seeds.expand(len(x), *seeds.shape[1:]), False, plan.group)
+                state.push_directions(directions, plan.group)
                 state.directional(results)
         return results
 
@@ -282,8 +281,7 @@ class Engine:
         plan = self.plan(len(x))
         with torch.no_grad():
             state = _Region(self, x.to(self.device, self.dtype), 0)
-            seeds = directions.to(self.device, self.dtype).reshape(-1, 1, *self.network.input_shape)
-            state.push(seeds.expand(len(x), *seeds.shape[1:]), False, plan.group)
+            state.push_directions(directions, plan.group)
             return state.steps()
 
     def certify(
@@ -399,6 +397,11 @@ class _Region:
         """
         z = abs(float(self.faces[i][k, unit]))
         return 0 < z <= PRECISION_MARGIN * torch.finfo(self.engine.dtype).eps * float(self.scale[i][k, unit])
+
+    def push_directions(self, directions: Tensor, group: int) -> None:
+        """Push each input's direction d (one per input, or one for all) to get the rates g·d."""
+        seeds = directions.to(self.engine.device, self.engine.dtype).reshape(-1, 1, *self.engine.network.input_shape)
+        self.push(seeds.expand(self.batch, *seeds.shape[1:]), False, group)
 
     def push(self, seeds: Tensor, accumulate: bool, group: int) -> None:
         """Push tangents ``seeds`` (shape ``(1 or B, K, *input_shape)``) through the frozen network.

@@ -1,7 +1,7 @@
 """Pictures of linear regions: a plane through the input space, every region in it coloured.
 
 A plane is ``origin + a·u + b·v``. Its pixels are labelled by activation pattern
-(``regions.region_ids``): one colour per region, black where neighbouring pixels differ. The
+(``regions.evaluate``): one colour per region, black where neighbouring pixels differ. The
 certified ℓp ball of a point c in the plane is drawn as its true cross-section: along the plane
 direction w(θ) = cos θ·u + sin θ·v the ball reaches r(θ) = ε̂ₚ / ‖w(θ)‖ₚ. Needs matplotlib
 (``pip install lrcert[plot]``); draws headless (Agg).
@@ -28,7 +28,7 @@ from torch import Tensor
 from . import ir
 from .engine import NORMS, certify
 from .errors import LrcertError
-from .regions import points_per_pass, region_ids
+from .regions import evaluate
 
 BALL_STYLE = {"l1": ("-", "tab:red"), "l2": ("-", "tab:purple"), "linf": ("--", "tab:orange")}
 ORDER = {"l1": 1.0, "l2": 2.0, "linf": math.inf}
@@ -182,10 +182,8 @@ def picture(
     axis = np.linspace(-plane.extent, plane.extent, resolution)
     grid = np.stack(np.meshgrid(axis + plane.centre[0], axis + plane.centre[1]), axis=-1)  # (n, n, 2): [row=b, col=a]
     flat = plane.points(grid.reshape(-1, 2))
-    regions = region_ids(network, flat).reshape(resolution, resolution)
-    chunk = points_per_pass(network)
-    with torch.no_grad():
-        outputs = torch.cat([network.run(flat[i : i + chunk]).reshape(len(flat[i : i + chunk]), -1) for i in range(0, len(flat), chunk)])
+    labels, outputs = evaluate(network, flat)
+    regions = labels.reshape(resolution, resolution)
     classes = (outputs.argmax(1) if outputs.shape[1] > 1 else (outputs[:, 0] > 0).long()).numpy().reshape(resolution, resolution)
     result = Picture(plane, grid, regions, classes, colours=_colours(int(regions.max()) + 1))
     if data is None or not points:

@@ -29,8 +29,9 @@ from .engine import Constraint, Engine
 STEP = 1e-9  # how far past a boundary (in t) the walk resumes: regions thinner than this are missed
 
 
-def patterns(network: ir.Network, points: Tensor) -> np.ndarray:
-    """One row of bytes per point: its ReLU signs (z > 0) and max-pool arg-maxes."""
+def patterns(network: ir.Network, points: Tensor) -> tuple[np.ndarray, Tensor]:
+    """One row of bytes per point, its ReLU signs (z > 0) and max-pool arg-maxes, and the
+    network's outputs (B, outputs), from one pass."""
     parts: list[np.ndarray] = []
 
     def record(i: int, layer: ir.Nonlinearity, z: Tensor) -> Tensor:
@@ -42,8 +43,8 @@ def patterns(network: ir.Network, points: Tensor) -> np.ndarray:
         return layer.apply(z)
 
     with torch.no_grad():
-        network.run(points.to(network.dtype), record)
-    return np.concatenate(parts, axis=1) if parts else np.zeros((len(points), 0), np.uint8)
+        outputs = network.run(points.to(network.dtype), record).reshape(len(points), -1)
+    return (np.concatenate(parts, axis=1) if parts else np.zeros((len(points), 0), np.uint8)), outputs
 
 
 def points_per_pass(network: ir.Network) -> int:
@@ -51,11 +52,19 @@ def points_per_pass(network: ir.Network) -> int:
     return max(16, min(65536, 4_000_000 // max(1, max(layer.size for layer in network.layers))))
 
 
-def region_ids(network: ir.Network, points: Tensor) -> np.ndarray:
-    """An integer per point, equal exactly when the activation patterns are equal (0, 1, 2, …)."""
+def evaluate(network: ir.Network, points: Tensor) -> tuple[np.ndarray, Tensor]:
+    """Per point, a region label, equal exactly when the activation patterns are equal (0, 1,
+    2, …), and the network's output (N, outputs); memory-bounded passes."""
     chunk = points_per_pass(network)
-    rows = np.concatenate([patterns(network, points[i : i + chunk]) for i in range(0, len(points), chunk)])
-    return np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1)
+    passes = [patterns(network, points[i : i + chunk]) for i in range(0, len(points), chunk)]
+    rows = np.concatenate([rows for rows, _ in passes])
+    labels = np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1)
+    return labels, torch.cat([outputs for _, outputs in passes])
+
+
+def region_ids(network: ir.Network, points: Tensor) -> np.ndarray:
+    """Region labels only (see :func:`evaluate`)."""
+    return evaluate(network, points)[0]
 
 
 @dataclass

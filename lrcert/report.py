@@ -24,6 +24,11 @@ NORM_LABELS = {"l1": "ε̂₁", "l2": "ε̂₂", "linf": "ε̂∞"}
 PERCENTILES = (("min", 0), ("p25", 25), ("p50", 50), ("p75", 75), ("max", 100))
 
 
+def radii_text(radius: dict[str, float]) -> str:
+    """``ε̂₁=0.0363, ε̂₂=0.0353, ε̂∞=0.0283`` (for titles and one-line summaries)."""
+    return ", ".join(f"{NORM_LABELS[p]}={r:.3g}" for p, r in radius.items())
+
+
 def finite_or_none(value: float | None) -> float | None:
     return None if value is None or math.isinf(value) else value
 

@@ -16,7 +16,6 @@ models/digits/ is written by experiments/table1_digits.py (the paper's Table 1 o
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,12 +79,9 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, steps: int, lr: float 
 
 
 def export(model: nn.Module, example: torch.Tensor, name: str) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model, (example,), str(HERE / f"{name}.onnx"), dynamo=False, input_names=["input"],
-            output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=13,
-        )
+    from lrcert.train import save_onnx
+
+    save_onnx(model, tuple(example.shape[1:]), HERE / f"{name}.onnx")
 
 
 def main() -> None:
