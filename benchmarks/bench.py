@@ -15,7 +15,8 @@ Baselines (all hidden pre-activations z of the ReLUs, gradients w.r.t. the input
 dual norms): per-neuron ``torch.autograd.grad`` (one backward pass per neuron, batched over
 inputs), ``torch.func.jacrev`` and ``torch.func.jacfwd`` under ``torch.func.vmap``. Slow
 baselines are timed on a subset of the inputs (their cost is linear in the number of inputs)
-and reported per input like the others.
+and reported per input like the others. Everything runs in true float32: TF32 is off for the
+baselines and the matmul measurement too, as it is inside lrcert.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import torch
 import torch.nn as nn
 
 import lrcert
+from lrcert.devices import exact_float32
 from lrcert.engine import Engine
 
 SHARED = Path(os.environ.get("LRCERT_SHARED_MODELS", Path(__file__).resolve().parents[2] / "shared" / "models"))
@@ -424,6 +426,11 @@ def main(argv=None) -> int:
     if args.engine_only:
         return engine_only(args.engine_only, args)
 
+    with exact_float32():  # every method and the machine's limit in true float32 (no TF32 on GPUs)
+        return run_all(args)
+
+
+def run_all(args) -> int:
     throughput = matmul_gflops(args.device, args.repeats)
     report = {
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",

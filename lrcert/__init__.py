@@ -25,16 +25,17 @@ from .load import from_module, load  # noqa: E402
 from .roll import roll_loss  # noqa: E402
 
 
-def certify(model, x, *, norms: Sequence[str] = NORMS, directions=None, device: str = "cpu", dtype=None, batch_size=None):
+def certify(model, x, *, norms: Sequence[str] = NORMS, directions=None, device=None, dtype=None, batch_size=None):
     """Certify the rows of ``x`` for ``model``: a :class:`Network`, an ``nn.Module`` or a model file path.
 
+    Computes on ``device`` (default: where ``x`` is; ``"auto"``: a GPU when there is one).
     Returns one :class:`InputResult` per row (radius per norm, binding constraint, prediction).
     """
     import torch
 
-    from . import engine
+    from . import devices, engine
 
-    x = torch.as_tensor(x)
+    x = devices.as_tensor(x)
     if isinstance(model, torch.nn.Module):
         model = from_module(model, tuple(x.shape[1:]))
     elif not isinstance(model, Network):

@@ -173,18 +173,6 @@ def parse_shape(value: str | None) -> tuple[int, ...] | None:
     return shape
 
 
-def pick_device(device: Device) -> str:
-    import torch
-
-    if device == Device.cpu:
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    if device == Device.cuda:
-        raise LrcertError("--device cuda was asked for, but PyTorch sees no CUDA GPU", fix="use --device cpu or auto")
-    return "cpu"
-
-
 def check_output_path(path: Path | None) -> None:
     if path is None:
         return
@@ -292,8 +280,8 @@ def certify(
     direction: Annotated[Optional[str], typer.Option("--direction", help=".npy of directions d (one per input, or one for all): also report the largest t with x + t·d in the region.")] = None,
     key: Annotated[Optional[str], typer.Option("--key", help="Array to read from an .npz file with several.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Inputs per batch. Default: as many as fit the memory bound.")] = None,
-    device: Annotated[Device, typer.Option("--device", help="auto picks CUDA when available.")] = Device.auto,
-    dtype: Annotated[DType, typer.Option("--dtype", help="float64 for reference-grade radii; float32 is faster.")] = DType.float32,
+    device: Annotated[Device, typer.Option("--device", help="Where to compute: auto takes the GPU when PyTorch sees one (batches then sized from its free memory).")] = Device.auto,
+    dtype: Annotated[DType, typer.Option("--dtype", help="float64 for reference-grade radii; float32 is faster (true float32: TF32 is off while lrcert computes).")] = DType.float32,
     input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Shape of one input, e.g. 1,28,28 (only for models that do not record it).")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model or TorchScript file: this runs code stored in the file.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="With --format jsonl --output FILE: continue an interrupted run, keeping the rows already written.")] = False,
@@ -303,7 +291,7 @@ def certify(
     import torch
 
     from . import data as data_io
-    from . import report
+    from . import devices, report
     from .engine import Engine
     from .load import load
 
@@ -315,7 +303,7 @@ def certify(
     check_output_path(output)
     if resume and (output_format != Format.jsonl or output is None):
         raise LrcertError("--resume needs --format jsonl and --output FILE", fix="add them, or drop --resume")
-    device_name = pick_device(device)
+    target = devices.resolve(device.value)
     torch_dtype = torch.float64 if dtype == DType.float64 else torch.float32
 
     source = sys.stdin.buffer.read() if data == "-" else data
@@ -336,7 +324,7 @@ def certify(
     for note in (*network.notes, *notes):
         _say(f"note: {note}")
 
-    engine = Engine(network, norms=norms, device=device_name, dtype=torch_dtype, batch_size=batch_size)
+    engine = Engine(network, norms=norms, device=target, dtype=torch_dtype, batch_size=batch_size)
     plan = engine.plan(len(rows))
     model_info = {
         "path": model,
@@ -352,7 +340,7 @@ def certify(
         "key": key,
         "norms": list(norms),
         "dtype": dtype.value,
-        "device": device_name,
+        "device": devices.describe(target),
         "batch_size": plan.batch_size,
         "direction": direction,
         "min_radius": thresholds,
@@ -397,7 +385,7 @@ def certify(
         raise
     elapsed = time.perf_counter() - started
     fresh = tally.count - done
-    _say(f"certified {fresh} inputs in {elapsed:.2f} s ({fresh / max(elapsed, 1e-9):.1f} inputs/s) on {device_name}, {dtype.value}")
+    _say(f"certified {fresh} inputs in {elapsed:.2f} s ({fresh / max(elapsed, 1e-9):.1f} inputs/s) on {devices.describe(target)}, {dtype.value}")
     _explain(tally, dtype)
     return _check_thresholds(tally)
 
@@ -574,12 +562,14 @@ def train(
     val: Annotated[Optional[str], typer.Option("--val", help="Held-out .npz (x, y). Default: a --val-fraction split of DATA.")] = None,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of DATA held out when --val is not given.")] = 0.2,
     output_format: Annotated[Format, typer.Option("--format", "-f", help="table or json (the held-out statistics and the training history).")] = Format.table,
+    device: Annotated[Device, typer.Option("--device", help="Where to train (the ROLL loss and the per-epoch certification too): auto takes the GPU when PyTorch sees one.")] = Device.auto,
 ) -> int:
     """Train a ReLU network with the ROLL regulariser (larger linear regions) and save it as ONNX.
 
     Reports held-out accuracy, distinct activation patterns and certified radii."""
     import json
 
+    from . import devices
     from . import train as training
 
     settings = training.Settings(
@@ -602,8 +592,12 @@ def train(
     else:
         train_set, val_set = training.split(x, y, val_fraction, seed)
     classes = int(max(y.max(), val_set[1].max())) + 1
-    model = training.build_network(tuple(x.shape[1:]), classes, hidden=widths, conv=channels, seed=seed)
-    _say(f"training on {len(train_set[0])} samples, {len(val_set[0])} held out; {classes} classes; λ={lam:g} C={C:g} γ={gamma:g}")
+    target = devices.resolve(device.value)
+    model = training.build_network(tuple(x.shape[1:]), classes, hidden=widths, conv=channels, seed=seed).to(target)
+    _say(
+        f"training on {len(train_set[0])} samples, {len(val_set[0])} held out; {classes} classes; λ={lam:g} C={C:g} "
+        f"γ={gamma:g}; on {devices.describe(target)}"
+    )
     with _epoch_progress(epochs) as on_epoch:
         history = training.fit(model, train_set, val_set, settings, on_epoch)
     training.save_onnx(model, tuple(x.shape[1:]), out)

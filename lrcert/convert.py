@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from . import ir
+from . import devices, ir
 from .errors import SUPPORTED_NETWORKS, LrcertError, first_line
 
 aten = torch.ops.aten
@@ -204,7 +204,7 @@ def _refusal(op: str) -> str:
 def _const(call: _Call, value: Any, what: str) -> Tensor:
     if call.traced(value):
         raise _Refused(f"multiplies two input-dependent tensors ({what} depends on the input)")
-    return torch.as_tensor(value).detach().clone()
+    return torch.as_tensor(value, device=value.device if isinstance(value, Tensor) else "cpu").detach().clone()
 
 
 def _dense(call: _Call, x: Tensor | int, weight: Tensor, bias: Tensor | None, shape) -> int:
@@ -308,7 +308,7 @@ def _add(call, sign: float = 1.0, reverse: bool = False):
         call.result(ir.ElementwiseAffine, [a], shift=alpha * _scalar_or_tensor(call, b, "the addend"))
     else:
         shift = _scalar_or_tensor(call, a, "the addend")
-        call.result(ir.ElementwiseAffine, [b], scale=torch.tensor(alpha, dtype=torch.float64), shift=shift)
+        call.result(ir.ElementwiseAffine, [b], scale=torch.tensor(alpha, dtype=torch.float64, device="cpu"), shift=shift)
 
 
 def _mul(call):
@@ -329,7 +329,7 @@ def _div(call):
 
 
 def _neg(call):
-    call.result(ir.ElementwiseAffine, [call["self"]], scale=torch.tensor(-1.0, dtype=torch.float64))
+    call.result(ir.ElementwiseAffine, [call["self"]], scale=torch.tensor(-1.0, dtype=torch.float64, device="cpu"))
 
 
 def _relu(call):
@@ -583,20 +583,22 @@ def to_network(
         except NotImplementedError:  # exported programs: the mode was fixed when they were exported
             pass
         names = {id(m): name for name, m in model.named_modules()}
-        parameters = list(model.parameters())
-        dtype = dtype or (parameters[0].dtype if parameters and parameters[0].is_floating_point() else torch.float32)
+        floating = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+        dtype = dtype or (floating[0].dtype if floating else None)
+        device = devices.of_module(model)
     else:
-        names = {}
+        names, device = {}, torch.device("cpu")
     dtype = dtype or torch.float32
     input_shape = (1, *sample_shape) if batch_axis else tuple(sample_shape)
-    example = torch.randn(input_shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    generator = torch.Generator(device="cpu").manual_seed(0)  # the same example wherever the model lives
+    example = torch.randn(input_shape, generator=generator, dtype=dtype, device="cpu").to(device)
 
     trace = _Trace(names)
     trace.layers.append(ir.Input(name="input", inputs=(), shape=input_shape, in_shapes=()))
     trace.bind(example, 0)
     hooks = _scope_hooks(trace) if names else []
     try:
-        with torch.no_grad(), trace:
+        with torch.no_grad(), torch.device(device), devices.exact_float32(), trace:
             output = model(example)
     except LrcertError:
         raise
@@ -684,8 +686,8 @@ def _check_reproduces(network: ir.Network, example: Tensor, output: Tensor | Non
         if expected is None:
             return
     with torch.no_grad():
-        got = network.run(example.reshape(1, *network.sample_shape).to(network.dtype))
-    expected = expected.reshape(got.shape).to(got.dtype)
+        got = network.run(example.reshape(1, *network.sample_shape).to(network.device, network.dtype))
+    expected = expected.reshape(got.shape).to(got.device, got.dtype)
     finite = torch.isfinite(expected)  # the model's own dtype may overflow where float64 does not
     got, expected = got[finite], expected[finite]
     scale = float(expected.abs().max()) + 1e-6 if len(expected) else 1.0

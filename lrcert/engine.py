@@ -8,10 +8,15 @@ For a batch of inputs the engine
    starting from the identity over the input's D coordinates, each layer's tangent is that
    layer's Jacobian, so every face gradient g = ∇ₓz comes out of one batched pass per chunk;
 3. accumulates ‖g‖₂², ‖g‖₁ and ‖g‖∞ per face over chunks of the D input directions (memory is
-   bounded by chunking inputs *and* directions), and takes the minimum ratio per input.
+   bounded by chunking inputs *and* directions), and takes the minimum ratio per input;
+4. assembles each batch's results (radii, binding faces, predictions, pattern digests, precision
+   flags) as batched tensors on the device and moves them to the host together, once per batch:
+   on a GPU there is no synchronisation per input, and the next batch is already queued while
+   the host turns the last one into :class:`InputResult` objects.
 
 Rules (DESIGN.md): g = 0 is not a face (it never changes in the region); z = 0 with g ≠ 0 gives
-ε̂ = 0 (the input sits on a boundary); no face at all gives ε̂ = +∞.
+ε̂ = 0 (the input sits on a boundary); no face at all gives ε̂ = +∞. Float32 is true float32
+(:func:`lrcert.devices.exact_float32`: no TF32 while the engine computes).
 
 >>> import torch
 >>> from lrcert.load import from_module
@@ -29,27 +34,33 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from . import ir
+from . import devices, ir
 from .errors import LrcertError
 
 NORMS = ("l1", "l2", "linf")
-#: The dual-norm statistic each p needs: p = 1 → ‖g‖∞, p = 2 → ‖g‖₂, p = ∞ → ‖g‖₁.
-DUAL_STATISTIC = {"l1": "max_abs", "l2": "sum_sq", "linf": "sum_abs"}
-#: Inputs per batch when the caller does not say (value pass, results and Python overhead).
+#: The dual norm each p needs, as the order of ``torch.linalg.vector_norm``: p = 1 → ‖g‖∞,
+#: p = 2 → ‖g‖₂ (accumulated squared over chunks of directions), p = ∞ → ‖g‖₁.
+DUAL_ORDER = {"l1": math.inf, "l2": 2, "linf": 1}
+#: Inputs per batch when the caller does not say. On the CPU, 256 bounds the value pass and the
+#: results; on a GPU, batches are as large as memory allows up to GPU_BATCH, and small enough
+#: that the host assembles one batch's results while the GPU computes the next.
 DEFAULT_BATCH = 256
-CPU_PASS_BYTES = 16 << 20
+GPU_BATCH = 2048
 #: Gathering one active column costs about this many multiply-adds (measured, 2-core CPU).
 GATHER_COST = 200
 #: Faces within PRECISION_MARGIN · u · (their terms' magnitude) of 0 get a precision warning.
 PRECISION_MARGIN = 1000
 #: Below this many directions per pass, the fixed cost of gathering per pass outweighs the saving.
 MIN_SKIP_DIRECTIONS = 256
+#: numpy.packbits' bit order: the first unit of each group of 8 is the byte's highest bit.
+BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,8 @@ class Plan:
     bytes_per_row: int
 
 
+
+
 class Engine:
     """Certifies batches of inputs of one network on one device in one dtype."""
 
@@ -117,7 +130,7 @@ class Engine:
         network: ir.Network,
         *,
         norms: Sequence[str] = NORMS,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = "cpu",
         dtype: torch.dtype = torch.float32,
         batch_size: int | None = None,
         memory_bytes: int | None = None,
@@ -128,17 +141,16 @@ class Engine:
             raise LrcertError(f"unknown norm {unknown[0] if unknown else '(none)'!r}", fix="use l1, l2 or linf")
         if batch_size is not None and batch_size < 1:
             raise LrcertError(f"batch size {batch_size} is not positive", fix="use a batch size of 1 or more")
-        self.network = network.to(device, dtype)
-        self.norms = tuple(p for p in NORMS if p in norms)
-        self.statistics = sorted({DUAL_STATISTIC[p] for p in self.norms})
-        self.device = torch.device(device)
+        self.device = devices.resolve(device)
         self.dtype = dtype
+        self.network = network.to(self.device, dtype)
+        self.norms = tuple(p for p in NORMS if p in norms)
         self.nonlinear = network.nonlinear
         self.order = self._tangent_order()
         self.last_use = network.last_uses(self.order)
         self.prefix = self._prefix()
         self.suffix = [i for i in self.order if i not in self.prefix]
-        self.memory_bytes = memory_bytes or default_memory_bytes(self.device)
+        self.memory_bytes = memory_bytes or devices.memory_budget(self.device)
         directions = self._directions_per_pass()
         skip_inactive = skip_inactive and self.device.type == "cpu" and (
             directions == self.network.input_size or directions >= MIN_SKIP_DIRECTIONS
@@ -158,6 +170,8 @@ class Engine:
             if isinstance(network.layers[i], ir.ReLU) and set(network.layers[i].inputs) <= {0, *self.prefix}
         ]
         self.requested_batch = batch_size
+        #: One fused reduction per dual norm (GPU), or |g| shared by the sum and the max (CPU).
+        self.fused_norms = self.device.type == "cuda"
 
     # ----------------------------------------------------------------------------------- planning
 
@@ -224,12 +238,34 @@ class Engine:
 
     def plan(self, n_inputs: int) -> Plan:
         """Choose the batch, the group and the directions per pass so one tangent pass fits in memory."""
-        rows = max(1, self.memory_bytes // self._bytes_per_row())  # (input, direction) rows per pass
+        row = self._bytes_per_row()
+        if self.device.type == "cuda":
+            return self._gpu_plan(n_inputs, row)
+        rows = max(1, self.memory_bytes // row)  # (input, direction) rows per pass
         directions = self._directions_per_pass()
         # one input at a time lets dense layers skip inactive units (worth more than bigger passes on a CPU)
         group = 1 if self.sparse else max(1, rows // directions)
         batch = self.requested_batch or max(1, min(n_inputs, max(group, DEFAULT_BATCH)))
-        return Plan(batch, min(group, batch), directions, self._bytes_per_row())
+        return Plan(batch, min(group, batch), directions, row)
+
+    def _gpu_plan(self, n_inputs: int, row: int) -> Plan:
+        """On a GPU: up to half the memory budget holds the batch's own state (up to GPU_BATCH
+        inputs), the rest the tangent passes, with as many directions and inputs per pass as fit."""
+        per_input = self.bytes_per_input()
+        batch = self.requested_batch or max(1, min(n_inputs, GPU_BATCH, self.memory_bytes // 2 // per_input))
+        room = max(row, self.memory_bytes - batch * per_input)
+        directions = min(self.network.input_size, max(1, room // row))
+        return Plan(batch, max(1, min(batch, room // (row * directions))), directions, row)
+
+    def bytes_per_input(self) -> int:
+        """Memory one input of a batch holds while its tangents are pushed: its face values, their
+        rounding scales and gradient statistics (float64 copies while results are assembled), and
+        the activations of the value and magnitude passes."""
+        layers = self.network.layers
+        faces = sum(layers[i].size * getattr(layers[i], "window_size", 1) for i in self.nonlinear)
+        activations = sum(layer.size for layer in layers)
+        itemsize = torch.finfo(self.dtype).bits // 8
+        return (faces * (3 + len(self.norms)) + 2 * activations) * itemsize + 3 * 8 * faces
 
     def peak_elements_per_row(self) -> int:
         """Largest number of tangent elements alive at once, per (input, direction) row."""
@@ -255,34 +291,24 @@ class Engine:
 
     # ----------------------------------------------------------------------------------- running
 
+
+    # ----------------------------------------------------------------------------------- running
+
     def run(
         self, x: Tensor, *, first_index: int = 0, directions: Tensor | None = None, plan: Plan | None = None
     ) -> list[InputResult]:
         """Certify the inputs ``x`` (shape ``(B, *sample_shape)``) in one batch."""
-        plan = plan or self.plan(len(x))
-        x = x.to(self.device, self.dtype)
-        with torch.no_grad():
-            state = _Region(self, x, first_index)
-            d = self.network.input_size
-            for start in range(0, d, plan.directions_per_pass):
-                stop = min(d, start + plan.directions_per_pass)
-                identity = torch.zeros(stop - start, d, device=self.device, dtype=self.dtype)
-                identity[torch.arange(stop - start), torch.arange(start, stop)] = 1
-                state.push(identity.reshape(1, stop - start, *self.network.input_shape), True, plan.group)
-            results = state.results(first_index)
-            if directions is not None:
-                state.push_directions(directions, plan.group)
-                state.directional(results)
-        return results
+        return self._launch(x, directions, plan or self.plan(len(x))).results(first_index)
 
     def along(self, x: Tensor, directions: Tensor) -> list[tuple[float, Constraint | None]]:
         """Only the directional radius of each input of ``x`` along its direction (one per input, or
         one for all) and the face that sets it: one tangent pass, no gradient norms."""
         plan = self.plan(len(x))
-        with torch.no_grad():
-            state = _Region(self, x.to(self.device, self.dtype), 0)
-            state.push_directions(directions, plan.group)
-            return state.steps()
+        with torch.no_grad(), devices.exact_float32():
+            region = _Region(self, x.to(self.device, self.dtype))
+            region.push_directions(directions, plan.group)
+            outcome = _Outcome(region, region.nearest_ahead())
+        return outcome.steps()
 
     def certify(
         self, batches: Iterable[Tensor], *, n_inputs: int, directions: Tensor | None = None, start: int = 0
@@ -290,18 +316,47 @@ class Engine:
         """Certify a stream of batches; yields each batch's results as soon as they are ready.
 
         ``directions`` holds one direction per input (``n_inputs`` rows) or one for all (1 row).
-        Results are numbered from ``start`` (the stream's first input is input ``start``).
+        Results are numbered from ``start`` (the stream's first input is input ``start``). Each
+        batch is queued on the device before the previous batch's results are assembled.
         """
         plan = self.plan(n_inputs)
-        index = start
-        for x in batches:
-            for start in range(0, len(x), plan.batch_size):
-                chunk = x[start : start + plan.batch_size]
-                d = None
-                if directions is not None:
-                    d = directions if len(directions) == 1 else directions[index : index + len(chunk)]
-                yield self.run(chunk, first_index=index, directions=d, plan=plan)
-                index += len(chunk)
+        index, pending = start, None
+        for x in devices.staged(_chunks(batches, plan.batch_size), self.device, self.dtype):
+            d = None
+            if directions is not None:
+                d = directions if len(directions) == 1 else directions[index : index + len(x)]
+            launched = (self._launch(x, d, plan), index)
+            if pending is not None:
+                yield pending[0].results(pending[1])
+            pending = launched
+            index += len(x)
+        if pending is not None:
+            yield pending[0].results(pending[1])
+
+    def _launch(self, x: Tensor, directions: Tensor | None, plan: Plan) -> "_Outcome":
+        """Queue all of one batch's work on the device, and the copy of its results to the host."""
+        with torch.no_grad(), devices.exact_float32():
+            region = _Region(self, x.to(self.device, self.dtype))
+            d = self.network.input_size
+            for start in range(0, d, plan.directions_per_pass):
+                region.push(self._identity(start, min(d, start + plan.directions_per_pass)), True, plan.group)
+            tensors = region.radii()
+            if directions is not None:
+                region.push_directions(directions, plan.group)
+                tensors |= region.nearest_ahead()
+            return _Outcome(region, tensors)
+
+    def _identity(self, start: int, stop: int) -> Tensor:
+        """The input directions e_start … e_(stop−1), as one seed shared by all inputs: (1, K, *input_shape)."""
+        identity = torch.zeros(stop - start, self.network.input_size, device=self.device, dtype=self.dtype)
+        identity.diagonal(offset=start).fill_(1)
+        return identity.reshape(1, stop - start, *self.network.input_shape)
+
+
+def _chunks(batches: Iterable[Tensor], size: int) -> Iterator[Tensor]:
+    for x in batches:
+        for start in range(0, len(x), size):
+            yield x[start : start + size]
 
 
 @dataclass(frozen=True)
@@ -323,21 +378,22 @@ class _ActiveColumns:
         return out.reshape(*out.shape[:2], *layer.shape)
 
 
+
 class _Region:
     """The activation pattern of one batch, and the face statistics accumulated over passes."""
 
-    def __init__(self, engine: Engine, x: Tensor, first_index: int = 0):
+    def __init__(self, engine: Engine, x: Tensor):
         self.engine = engine
         self.network = engine.network
         self.batch = len(x)
         self.faces: dict[int, Tensor] = {}  # layer -> (B, faces) values z
         self.gain: dict[int, Tensor] = {}  # ReLU layer -> (B, *shape) frozen slopes
         self.argmax: dict[int, Tensor] = {}  # max-pool layer -> (B, ..., C, 1, L) window arg-max
-        self.stats: dict[tuple[int, str], Tensor] = {}
+        self.stats: dict[tuple[int, str], Tensor] = {}  # (layer, norm) -> (B, faces) dual norm, accumulated
         self.rates: dict[int, Tensor] = {}  # layer -> (B, faces) g·d for the directional radius
         self.output = self.network.run(x, nonlinear=self._record)
-        self._check_finite(first_index)
         self.scale = self._face_scales(x)
+        self.active = self._active_columns()
 
     def _record(self, i: int, layer: ir.Nonlinearity, z: Tensor) -> Tensor:
         if isinstance(layer, ir.MaxPool2d):
@@ -350,26 +406,6 @@ class _Region:
         self.faces[i] = z.reshape(self.batch, -1)
         return layer.apply(z)
 
-    def _check_finite(self, first_index: int) -> None:
-        """Values beyond the dtype's range (overflow) would give meaningless radii: refuse them."""
-        finite = torch.isfinite(self.output.reshape(self.batch, -1)).all(dim=1)
-        for i, faces in self.faces.items():
-            finite &= ~torch.isnan(faces).any(dim=1)  # +inf gaps are padding; NaN means overflow
-        if not bool(finite.all()):
-            k = first_index + int((~finite).nonzero()[0])
-            raise LrcertError(
-                f"the network overflows on input {k}: its values leave the {str(self.engine.dtype)[6:]} range",
-                fix="rerun with --dtype float64, or check the input's scale and the model's weights",
-            )
-
-    def _check_gradients(self, dual: Tensor, first_index: int) -> None:
-        finite = torch.isfinite(dual).all(dim=1)
-        if not bool(finite.all()):
-            k = first_index + int((~finite).nonzero()[0])
-            raise LrcertError(
-                f"the gradients overflow on input {k}: they leave the {str(self.engine.dtype)[6:]} range",
-                fix="rerun with --dtype float64, or check the model's weights",
-            )
 
     def _face_scales(self, x: Tensor) -> dict[int, Tensor]:
         """Per face, the sum of the magnitudes of the terms that make up z (the network with
@@ -388,15 +424,17 @@ class _Region:
         self.engine.magnitudes.run(x.abs(), nonlinear=nonlinear)
         return scales
 
-    def imprecise(self, k: int, i: int, unit: int) -> bool:
-        """Whether face ``unit`` of layer ``i`` is nonzero but within rounding reach of 0 for input ``k``.
 
-        Rounding in a sum of n terms of total magnitude s is at most about n·u·s (u: unit
-        roundoff); the margin covers n up to PRECISION_MARGIN. Exact zeros are structural (ties,
-        boundaries), not rounding, and are reported as ε̂ = 0.
-        """
-        z = abs(float(self.faces[i][k, unit]))
-        return 0 < z <= PRECISION_MARGIN * torch.finfo(self.engine.dtype).eps * float(self.scale[i][k, unit])
+    def _active_columns(self) -> dict[int, list[Tensor | None]]:
+        """For each ReLU whose inactive units can be skipped, each input's active units (None where
+        too many are active for skipping to pay): one ``nonzero`` per layer for the whole batch."""
+        active = {}
+        for i, limit in self.engine.sparse.items():
+            on = self.gain[i].reshape(self.batch, -1) != 0
+            counts = on.sum(dim=1).tolist()
+            columns = torch.split(on.nonzero()[:, 1], counts)
+            active[i] = [units if n <= limit else None for units, n in zip(columns, counts)]
+        return active
 
     def push_directions(self, directions: Tensor, group: int) -> None:
         """Push each input's direction d (one per input, or one for all) to get the rates g·d."""
@@ -440,7 +478,7 @@ class _Region:
                 else:
                     if not (shared and i in engine.entries):
                         self._face_gradients(i, rows, ins[0].flatten(2), accumulate)
-                    active = self._active_units(i, rows)
+                    active = self.active[i][rows.start] if i in self.active and rows.stop - rows.start == 1 else None
                     if active is not None:
                         tangents[i] = _ActiveColumns(torch.index_select(ins[0].flatten(2), 2, active), active)
                     else:
@@ -449,100 +487,203 @@ class _Region:
                     if engine.last_use.get(j) == i:
                         tangents.pop(j, None)
 
-    def _active_units(self, i: int, rows: slice) -> Tensor | None:
-        """The active units of ReLU ``i`` for a one-input group, when skipping the others pays."""
-        limit = self.engine.sparse.get(i)
-        if limit is None or rows.stop - rows.start != 1:
-            return None
-        active = self.gain[i][rows].reshape(-1).nonzero().squeeze(1)
-        return active if len(active) <= limit else None
 
     def _face_gradients(self, i: int, rows: slice, g: Tensor, accumulate: bool) -> None:
-        """Fold face gradients ``g`` (shape ``(1 or b, K, faces)``) of inputs ``rows`` into the statistics."""
+        """Fold face gradients ``g`` (shape ``(1 or b, K, faces)``) of inputs ``rows`` into the dual
+        norms over the K directions: max |g| (p = 1), Σ g² (p = 2), Σ |g| (p = ∞).
+
+        On a GPU each norm is one fused reduction (``vector_norm``: one read of g); on a CPU,
+        where reducing over a middle axis that way is 2–4× slower (measured), |g| is formed once
+        and shared by the sum and the max."""
         if not accumulate:
             if i not in self.rates:
                 self.rates[i] = torch.zeros(self.batch, g.shape[2], dtype=g.dtype, device=g.device)
             self.rates[i][rows] = g[:, 0, :]
             return
-        magnitude = g.abs() if ("sum_abs" in self.engine.statistics or "max_abs" in self.engine.statistics) else None
-        for stat in self.engine.statistics:
-            key = (i, stat)
-            if key not in self.stats:
-                self.stats[key] = torch.zeros(self.batch, g.shape[2], dtype=g.dtype, device=g.device)
-            target = self.stats[key][rows]
-            if stat == "sum_sq":
-                target += (g * g).sum(dim=1)
-            elif stat == "sum_abs":
-                target += magnitude.sum(dim=1)
+        magnitude = None if self.engine.fused_norms or not {"l1", "linf"} & set(self.engine.norms) else g.abs()
+        for p in self.engine.norms:
+            if (i, p) not in self.stats:
+                self.stats[(i, p)] = torch.zeros(self.batch, g.shape[2], dtype=g.dtype, device=g.device)
+            target = self.stats[(i, p)][rows]
+            if self.engine.fused_norms:
+                norm = torch.linalg.vector_norm(g, DUAL_ORDER[p], dim=1)
+                norm = norm.square() if p == "l2" else norm
             else:
-                torch.maximum(target, magnitude.amax(dim=1), out=target)
+                norm = (g * g).sum(dim=1) if p == "l2" else magnitude.amax(dim=1) if p == "l1" else magnitude.sum(dim=1)
+            if p == "l1":
+                torch.maximum(target, norm, out=target)
+            else:
+                target += norm
 
     # ----------------------------------------------------------------------------------- results
 
-    def _dual(self, i: int, p: str) -> Tensor:
-        stat = self.stats[(i, DUAL_STATISTIC[p])].double()
-        return stat.sqrt() if p == "l2" else stat
+    def radii(self) -> dict[str, Tensor]:
+        """Every input's ε̂ per norm and its binding face (see :meth:`_nearest`), its prediction,
+        pattern bytes and overflow checks: batched tensors, still on the device."""
+        gradients_finite = torch.ones(self.batch, dtype=torch.bool, device=self.output.device)
+        out: dict[str, Tensor] = {}
+        for p in self.engine.norms:
 
-    def results(self, first_index: int) -> list[InputResult]:
-        b = self.batch
-        radius = {p: torch.full((b,), math.inf, dtype=torch.float64, device=self.output.device) for p in self.engine.norms}
-        where = {p: torch.full((b, 2), -1, dtype=torch.long, device=self.output.device) for p in self.engine.norms}
-        for i in self.engine.nonlinear:
-            z = self.faces[i].double().abs()
-            for p in self.engine.norms:
-                dual = self._dual(i, p)
-                self._check_gradients(dual, first_index)
-                ratio = torch.where(dual > 0, z / torch.where(dual > 0, dual, 1.0), math.inf)
-                best, unit = ratio.min(dim=1)
-                better = best < radius[p]
-                radius[p] = torch.where(better, best, radius[p])
-                where[p][better] = torch.stack([torch.full_like(unit, i), unit], dim=1)[better]
-        prediction = self._predictions()
-        patterns = self._patterns()
-        radius = {p: r.cpu().tolist() for p, r in radius.items()}
-        where = {p: w.cpu().tolist() for p, w in where.items()}
-        out = []
-        for k in range(b):
-            binding = {p: self.constraint(k, *where[p][k]) if where[p][k][0] >= 0 else None for p in self.engine.norms}
-            out.append(
-                InputResult(
-                    index=first_index + k,
-                    prediction=prediction[k] if prediction is not None else None,
-                    radius={p: radius[p][k] for p in self.engine.norms},
-                    binding=binding,
-                    pattern=patterns[k],
-                    precision_warning=any(self.imprecise(k, *where[p][k]) for p in self.engine.norms if where[p][k][0] >= 0),
-                )
-            )
+            def ratios(i: int) -> Tensor:
+                nonlocal gradients_finite
+                dual = self.stats[(i, p)].double()
+                dual = dual.sqrt() if p == "l2" else dual
+                gradients_finite &= torch.isfinite(dual).all(dim=1)
+                positive = dual > 0
+                return torch.where(positive, self.faces[i].double().abs() / torch.where(positive, dual, 1.0), math.inf)
+
+            out |= {f"{p}.{key}": value for key, value in self._nearest(ratios).items()}
+        flat = self.output.reshape(self.batch, -1)
+        values_finite = torch.isfinite(flat).all(dim=1)
+        for faces in self.faces.values():
+            values_finite &= ~torch.isnan(faces).any(dim=1)  # +inf gaps are padding; NaN means overflow
+        out |= {"values_finite": values_finite, "gradients_finite": gradients_finite}
+        out["pattern"] = pattern_bytes(
+            [(self.gain[i] == 1) if i in self.gain else self.argmax[i] for i in self.engine.nonlinear],
+            self.batch, self.output.device,
+        )
+        if flat.shape[1] >= 2:
+            out["prediction"] = flat.argmax(dim=1)
         return out
 
-    def directional(self, results: list[InputResult]) -> None:
-        """Fill each result's directional radius and the face that sets it (see :meth:`steps`)."""
-        for result, (step, face) in zip(results, self.steps()):
-            result.direction, result.direction_binding = step, face
+    def nearest_ahead(self) -> dict[str, Tensor]:
+        """Per input, the largest t with x + t·d in the region, min over faces with z·(g·d) < 0 of
+        −z/(g·d) (z = 0 counts when g·d ≠ 0), and that face."""
+
+        def steps(i: int) -> Tensor:
+            z, rate = self.faces[i].double(), self.rates[i].double()
+            leaving = (z * rate < 0) | ((z == 0) & (rate != 0))
+            return torch.where(leaving, (z / torch.where(rate != 0, rate, 1.0)).abs(), math.inf)
+
+        return {f"ahead.{key}": value for key, value in self._nearest(steps).items()}
+
+    def _nearest(self, distances: Callable[[int], Tensor]) -> dict[str, Tensor]:
+        """Per input, the smallest of ``distances(i)`` (shape (B, faces)) over every nonlinear layer
+        i, and that face: layer (−1: none), unit, value z, the arg-max element of its max-pool window
+        (−1 for units), and whether z is nonzero but within rounding reach of 0 (|z| ≤
+        PRECISION_MARGIN · u · s, s the magnitude of z's terms). Batched, on the device."""
+        b, device = self.batch, self.output.device
+        best = torch.full((b,), math.inf, dtype=torch.float64, device=device)
+        layer = torch.full((b,), -1, dtype=torch.long, device=device)
+        unit = torch.zeros(b, dtype=torch.long, device=device)
+        for i in self.engine.nonlinear:
+            distance, nearest = distances(i).min(dim=1)
+            better = distance < best
+            best = torch.where(better, distance, best)
+            layer = torch.where(better, i, layer)
+            unit = torch.where(better, nearest, unit)
+        z = torch.zeros(b, dtype=torch.float64, device=device)
+        winner = torch.full((b,), -1, dtype=torch.long, device=device)
+        imprecise = torch.zeros(b, dtype=torch.bool, device=device)
+        roundoff = PRECISION_MARGIN * torch.finfo(self.engine.dtype).eps
+        for i in self.engine.nonlinear:
+            here = layer == i
+            units = torch.where(here, unit, 0)[:, None]
+            value = self.faces[i].gather(1, units)[:, 0].double()
+            scale = self.scale[i].gather(1, units)[:, 0].double()
+            z = torch.where(here, value, z)
+            imprecise |= here & (value != 0) & (value.abs() <= roundoff * scale)
+            if i in self.argmax:
+                winner = torch.where(here, self._window_winner(i, units[:, 0]), winner)
+        return {"distance": best, "layer": layer, "unit": unit, "z": z, "winner": winner, "imprecise": imprecise}
+
+    def _window_winner(self, i: int, unit: Tensor) -> Tensor:
+        """For max-pool faces ``unit`` (flat over (plane, element, window)), their window's arg-max element."""
+        layer = self.network.layers[i]
+        windows = layer.shape[-1] * layer.shape[-2]
+        plane, rest = unit // (layer.window_size * windows), unit % (layer.window_size * windows)
+        return self.argmax[i].reshape(self.batch, -1).gather(1, (plane * windows + rest % windows)[:, None])[:, 0]
+
+
+def pattern_bytes(parts: Sequence[Tensor], batch: int, device: torch.device) -> Tensor:
+    """An activation pattern as bytes, (B, n) uint8, computed on ``device``, where the parts are:
+    each bool part (ReLU signs) packed 8 units to a byte as ``numpy.packbits`` does, each integer
+    part (max-pool arg-maxes) two little-endian bytes per window.
+
+    >>> pattern_bytes([torch.tensor([[True, False, True]]), torch.tensor([[1, 258]])], 1, torch.device("cpu"))
+    tensor([[160,   1,   0,   2,   1]], dtype=torch.uint8)
+    """
+    rows = []
+    for part in parts:
+        part = part.reshape(batch, -1)
+        if part.dtype == torch.bool:
+            bits = F.pad(part.to(torch.uint8), (0, -part.shape[1] % 8)).reshape(batch, -1, 8)
+            weights = torch.tensor(BIT_WEIGHTS, dtype=torch.uint8, device=device)
+            rows.append((bits * weights).sum(dim=2, dtype=torch.uint8))
+        else:
+            rows.append(part.to(torch.int16).contiguous().view(torch.uint8))
+    return torch.cat(rows, dim=1) if rows else torch.zeros(batch, 0, dtype=torch.uint8, device=device)
+
+
+class _Outcome:
+    """One batch's results on their way to the host; :meth:`results` waits for them and turns
+    them into :class:`InputResult` objects (the only per-input work, all on the host)."""
+
+    def __init__(self, region: _Region, tensors: dict[str, Tensor]):
+        self.network = region.network
+        self.norms = region.engine.norms
+        self.dtype = region.engine.dtype
+        self.batch = region.batch
+        self.nonlinear = bool(region.engine.nonlinear)
+        self.batch_axis = region.network.has_batch_axis
+        self.positions: dict[tuple, tuple[int, ...]] = {}  # (shape, flat index) → coordinates, shared by the batch
+        self.copy = devices.HostCopy(tensors)
+
+    def results(self, first_index: int) -> list[InputResult]:
+        host = self.copy.arrays()
+        self._check_finite(host, first_index)
+        radius = {p: host[f"{p}.distance"].tolist() for p in self.norms}
+        binding = {p: self._constraints(host, p) for p in self.norms}
+        prediction = host["prediction"].tolist() if "prediction" in host else [None] * self.batch
+        flagged = np.logical_or.reduce([host[f"{p}.imprecise"] for p in self.norms]).tolist()
+        if self.nonlinear:
+            patterns = [hashlib.blake2b(row.tobytes(), digest_size=8).hexdigest() for row in host["pattern"]]
+        else:
+            patterns = ["-"] * self.batch
+        out = [
+            InputResult(
+                index=first_index + k,
+                prediction=prediction[k],
+                radius={p: radius[p][k] for p in self.norms},
+                binding={p: binding[p][k] for p in self.norms},
+                pattern=patterns[k],
+                precision_warning=flagged[k],
+            )
+            for k in range(self.batch)
+        ]
+        if "ahead.distance" in host:
+            for result, (step, face) in zip(out, self._steps(host)):
+                result.direction, result.direction_binding = step, face
+        return out
 
     def steps(self) -> list[tuple[float, Constraint | None]]:
-        """Per input, the largest t with x + t·d in the region, min over faces with z·(g·d) < 0 of
-        −z/(g·d), and that face (+inf and None when no face is ahead)."""
-        b = self.batch
-        best = torch.full((b,), math.inf, dtype=torch.float64, device=self.output.device)
-        where = torch.full((b, 2), -1, dtype=torch.long, device=self.output.device)
-        for i in self.engine.nonlinear:
-            z = self.faces[i].double()
-            rate = self.rates[i].double()
-            leaving = (z * rate < 0) | ((z == 0) & (rate != 0))
-            steps = torch.where(leaving, -z / torch.where(rate != 0, rate, 1.0), math.inf).abs()
-            step, unit = steps.min(dim=1)
-            better = step < best
-            best = torch.where(better, step, best)
-            where[better] = torch.stack([torch.full_like(unit, i), unit], dim=1)[better]
-        best, where = best.cpu().tolist(), where.cpu().tolist()
-        return [(best[k], self.constraint(k, *where[k]) if where[k][0] >= 0 else None) for k in range(b)]
+        """For :meth:`Engine.along`: per input, the directional radius and the face that sets it."""
+        return self._steps(self.copy.arrays())
 
-    def constraint(self, k: int, i: int, unit: int) -> Constraint:
-        """Name face ``unit`` of layer ``i`` for input ``k``."""
+    def _steps(self, host: dict[str, np.ndarray]) -> list[tuple[float, Constraint | None]]:
+        return list(zip(host["ahead.distance"].tolist(), self._constraints(host, "ahead")))
+
+    def _check_finite(self, host: dict[str, np.ndarray], first_index: int) -> None:
+        """Values or gradients beyond the dtype's range (overflow) would give meaningless radii: refuse them."""
+        dtype = str(self.dtype).split(".")[-1]
+        for key, problem, fix in (
+            ("values_finite", f"the network overflows on input {{}}: its values leave the {dtype} range",
+             "rerun with --dtype float64, or check the input's scale and the model's weights"),
+            ("gradients_finite", f"the gradients overflow on input {{}}: they leave the {dtype} range",
+             "rerun with --dtype float64, or check the model's weights"),
+        ):
+            bad = np.flatnonzero(~host[key])
+            if len(bad):
+                raise LrcertError(problem.format(first_index + int(bad[0])), fix=fix)
+
+    def _constraints(self, host: dict[str, np.ndarray], prefix: str) -> list[Constraint | None]:
+        layer, unit, z, winner = (host[f"{prefix}.{key}"].tolist() for key in ("layer", "unit", "z", "winner"))
+        return [self.constraint(layer[k], unit[k], z[k], winner[k]) if layer[k] >= 0 else None for k in range(self.batch)]
+
+    def constraint(self, i: int, unit: int, value: float, winner: int) -> Constraint:
+        """Name face ``unit`` of layer ``i``, whose value is ``value`` (``winner``: for a max-pool
+        face, the arg-max element of its window)."""
         layer = self.network.layers[i]
-        value = float(self.faces[i][k, unit])
         if not isinstance(layer, ir.MaxPool2d):
             return Constraint(layer.name, layer.kind, unit, self._position(layer.in_shapes[0], unit), value)
         in_shape = layer.in_shapes[0]
@@ -550,7 +691,6 @@ class _Region:
         plane, rest = divmod(unit, kk * windows)  # plane = (outer, channel) flattened
         element, window = divmod(rest, windows)
         output = plane * windows + window
-        winner = int(self.argmax[i].reshape(self.batch, -1)[k, output])
 
         def input_position(offset: int) -> tuple[int, ...]:
             oh, ow = divmod(window, layer.shape[-1])
@@ -565,42 +705,17 @@ class _Region:
         )
 
     def _position(self, shape: tuple[int, ...], flat: int) -> tuple[int, ...]:
-        coords = tuple(int(c) for c in np.unravel_index(flat, shape)) if shape else ()
-        if self.network.has_batch_axis and shape and shape[0] == 1:
-            coords = coords[1:]
-        return coords
-
-    def _predictions(self) -> list[int] | None:
-        flat = self.output.reshape(self.batch, -1)
-        if flat.shape[1] < 2:
-            return None
-        return flat.argmax(dim=1).cpu().tolist()
-
-    def _patterns(self) -> list[str]:
-        """A short digest per input of its activation pattern (ReLU signs, max-pool arg-maxes)."""
-        parts = []
-        for i in self.engine.nonlinear:
-            if i in self.gain:
-                parts.append(np.packbits((self.gain[i] == 1).reshape(self.batch, -1).cpu().numpy(), axis=1))
-            else:
-                parts.append(self.argmax[i].reshape(self.batch, -1).to(torch.int16).cpu().numpy().view(np.uint8))
-        if not parts:
-            return ["-"] * self.batch
-        rows = np.concatenate(parts, axis=1)
-        return [hashlib.blake2b(row.tobytes(), digest_size=8).hexdigest() for row in rows]
-
-
-def default_memory_bytes(device: torch.device) -> int:
-    """Memory one tangent pass may use.
-
-    On a GPU, 40 % of the free memory (big passes keep it busy). On the CPU, 16 MiB: passes that
-    fit in cache run fastest there, and buffers below glibc's mmap threshold are reused instead
-    of being faulted in afresh for every pass.
-    """
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * 0.4)
-    return CPU_PASS_BYTES
+        """The coordinates of flat index ``flat`` in ``shape``, without the model's batch axis."""
+        known = self.positions.get((shape, flat))
+        if known is None:
+            coords, rest = [], flat
+            for size in reversed(shape):
+                rest, coordinate = divmod(rest, size)
+                coords.append(coordinate)
+            if self.batch_axis and shape and shape[0] == 1:
+                coords.pop()
+            known = self.positions[(shape, flat)] = tuple(reversed(coords))
+        return known
 
 
 def certify(
@@ -609,14 +724,15 @@ def certify(
     *,
     norms: Sequence[str] = NORMS,
     directions: Tensor | np.ndarray | None = None,
-    device: str = "cpu",
+    device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     batch_size: int | None = None,
 ) -> list[InputResult]:
-    """Certify every row of ``x`` (shape ``(N, *network.sample_shape)``); see :class:`Engine`."""
-    x = torch.as_tensor(x)
-    d = None if directions is None else torch.as_tensor(directions)
-    engine = Engine(network, norms=norms, device=device, dtype=dtype, batch_size=batch_size)
+    """Certify every row of ``x`` (shape ``(N, *network.sample_shape)``) on ``device`` (default:
+    where ``x`` is; ``"auto"``: a GPU when there is one); see :class:`Engine`."""
+    x = devices.as_tensor(x)
+    d = None if directions is None else devices.as_tensor(directions)
+    engine = Engine(network, norms=norms, device=devices.resolve(device, like=x), dtype=dtype, batch_size=batch_size)
     results = []
     for batch in engine.certify([x], directions=d, n_inputs=len(x)):
         results.extend(batch)

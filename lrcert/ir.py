@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .devices import exact_float32
 from .errors import LrcertError
 
 Shape = tuple[int, ...]
@@ -442,14 +443,22 @@ class Network:
     def nonlinear(self) -> list[int]:
         return [i for i, layer in enumerate(self.layers) if isinstance(layer, Nonlinearity)]
 
-    @property
-    def dtype(self) -> torch.dtype:
+    def _tensors(self):
         for layer in self.layers:
             for f in fields(layer):
                 value = getattr(layer, f.name)
-                if isinstance(value, Tensor) and value.is_floating_point():
-                    return value.dtype
-        return torch.float32
+                if isinstance(value, Tensor):
+                    yield value
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The parameters' floating-point dtype (float32 for a layer list without any)."""
+        return next((t.dtype for t in self._tensors() if t.is_floating_point()), torch.float32)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the layers' tensors are (the CPU for a layer list without any)."""
+        return next((t.device for t in self._tensors()), torch.device("cpu"))
 
     @property
     def units(self) -> int:
@@ -510,5 +519,5 @@ class Network:
         return values[self.output]
 
     def _check_shapes(self) -> None:
-        with torch.no_grad():
-            self.run(torch.zeros(1, *self.sample_shape, dtype=self.dtype), check_shapes=True)
+        with torch.no_grad(), exact_float32():
+            self.run(torch.zeros(1, *self.sample_shape, dtype=self.dtype, device=self.device), check_shapes=True)

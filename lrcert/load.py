@@ -59,9 +59,15 @@ def load(
     """Load a model file into a layer list.
 
     ``sample_shape`` (the shape of one data row) is needed for TorchScript and pickled modules,
-    which do not record their input shape, and for ONNX inputs with dynamic dimensions.
+    which do not record their input shape, and for ONNX inputs with dynamic dimensions. The layer
+    list lives on the CPU (engines move it where they compute): every tensor made while loading,
+    by lrcert or by the converters it calls, is made there, whatever the default device.
     """
-    path = Path(path)
+    with torch.device("cpu"):
+        return _load(Path(path), trust_pickle, sample_shape)
+
+
+def _load(path: Path, trust_pickle: bool, sample_shape: Sequence[int] | None) -> ir.Network:
     if not path.exists():
         raise LrcertError(f"model file {str(path)!r} does not exist", fix="check the path")
     if path.is_dir():

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import ir
+from . import devices, ir
 from .engine import NORMS, certify
 from .errors import LrcertError
 from .regions import evaluate
@@ -86,25 +86,25 @@ def make_plane(
     network: ir.Network, data: Tensor | None, points: Sequence[int], dirs: str, extent: float | None, seed: int = 0
 ) -> Plane:
     """The plane to draw: the input plane itself for 2-D inputs, else through ``data[points[0]]``."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
     D = network.input_size
     if D == 2 and dirs == "random":
-        unit = torch.eye(2, dtype=torch.float64)
+        unit = torch.eye(2, dtype=torch.float64, device="cpu")
         if data is not None and len(data):
             flat = data.reshape(len(data), 2).double()
             low, high = flat.min(0).values, flat.max(0).values
             centre, half = (low + high) / 2, float((high - low).max()) / 2 * 1.15 + 1e-9
         else:
-            centre, half = torch.zeros(2, dtype=torch.float64), 1.0
-        return Plane(torch.zeros(2, dtype=torch.float64), unit[0], unit[1], tuple(centre.tolist()), extent or half, ("x₁", "x₂"))
+            centre, half = torch.zeros(2, dtype=torch.float64, device="cpu"), 1.0
+        return Plane(torch.zeros(2, dtype=torch.float64, device="cpu"), unit[0], unit[1], tuple(centre.tolist()), extent or half, ("x₁", "x₂"))
     if data is None or not points:
         raise LrcertError(
             f"the model's input has {D} dimensions: the plane goes through an input",
             fix="give --data X.npy and --points i (the plane passes through input i)",
         )
     x = data[points[0]].reshape(-1).double()
-    random = torch.randn(D, dtype=torch.float64, generator=generator)
-    other = torch.randn(D, dtype=torch.float64, generator=generator)
+    random = torch.randn(D, dtype=torch.float64, generator=generator, device="cpu")
+    other = torch.randn(D, dtype=torch.float64, generator=generator, device="cpu")
     if dirs == "random":
         u, v = orthonormal(random, other)
         names = ("random direction 1", "random direction 2")
@@ -127,7 +127,7 @@ def make_plane(
 def _reach_in_plane(network: ir.Network, x: Tensor, u: Tensor, v: Tensor, rays: int = 16) -> float:
     """How far x's region reaches within the plane: the median over ``rays`` in-plane directions
     of the exact directional radius (1 when the region is unbounded in the plane)."""
-    angles = torch.linspace(0, 2 * math.pi, rays + 1, dtype=torch.float64)[:-1, None]
+    angles = torch.linspace(0, 2 * math.pi, rays + 1, dtype=torch.float64, device=u.device)[:-1, None]
     directions = (angles.cos() * u + angles.sin() * v).reshape(rays, *network.sample_shape)
     starts = x.reshape(1, *network.sample_shape).expand(rays, *network.sample_shape)
     results = certify(network, starts, norms=("linf",), directions=directions, dtype=torch.float64)
@@ -146,10 +146,11 @@ def _index(text: str, count: int) -> int:
 
 
 def _logit_gradient(network: ir.Network, x: Tensor) -> Tensor:
-    point = x.reshape(1, *network.sample_shape).clone().requires_grad_(True)
-    logits = network.run(point).reshape(-1)
-    (gradient,) = torch.autograd.grad(logits[logits.argmax()], point)
-    return gradient.reshape(-1)
+    point = x.reshape(1, *network.sample_shape).to(network.device, network.dtype).requires_grad_(True)
+    with devices.exact_float32():
+        logits = network.run(point).reshape(-1)
+        (gradient,) = torch.autograd.grad(logits[logits.argmax()], point)
+    return gradient.reshape(-1).to(x.device, x.dtype)
 
 
 def _directions_from_file(path: str, D: int) -> tuple[Tensor, Tensor]:

@@ -23,28 +23,30 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import ir
-from .engine import Constraint, Engine
+from . import devices, ir
+from .engine import Constraint, Engine, pattern_bytes
 
 STEP = 1e-9  # how far past a boundary (in t) the walk resumes: regions thinner than this are missed
 
 
 def patterns(network: ir.Network, points: Tensor) -> tuple[np.ndarray, Tensor]:
-    """One row of bytes per point, its ReLU signs (z > 0) and max-pool arg-maxes, and the
-    network's outputs (B, outputs), from one pass."""
-    parts: list[np.ndarray] = []
+    """One row of bytes per point, its ReLU signs (z > 0) and max-pool arg-maxes (as
+    :func:`lrcert.engine.pattern_bytes` packs them), and the network's outputs (B, outputs), from
+    one pass on the network's device; both come to the host together."""
+    parts: list[Tensor] = []
 
     def record(i: int, layer: ir.Nonlinearity, z: Tensor) -> Tensor:
         if isinstance(layer, ir.MaxPool2d):
-            winners = layer.windows(z, -math.inf).argmax(dim=-2).reshape(len(z), -1)
-            parts.append(winners.to(torch.int16).cpu().numpy().view(np.uint8))
+            parts.append(layer.windows(z, -math.inf).argmax(dim=-2))
         else:
-            parts.append(np.packbits((z > 0).reshape(len(z), -1).cpu().numpy(), axis=1))
+            parts.append(z > 0)
         return layer.apply(z)
 
-    with torch.no_grad():
-        outputs = network.run(points.to(network.dtype), record).reshape(len(points), -1)
-    return (np.concatenate(parts, axis=1) if parts else np.zeros((len(points), 0), np.uint8)), outputs
+    with torch.no_grad(), devices.exact_float32():
+        outputs = network.run(points.to(network.device, network.dtype), record).reshape(len(points), -1)
+        rows = pattern_bytes(parts, len(points), outputs.device)
+        host = devices.HostCopy({"rows": rows, "outputs": outputs}).arrays()
+    return host["rows"], torch.from_numpy(host["outputs"])
 
 
 def points_per_pass(network: ir.Network) -> int:
@@ -85,9 +87,10 @@ class Crossing:
         }
 
 
-def walk(network: ir.Network, a: Tensor, b: Tensor, *, device: str = "cpu") -> Crossing:
-    """Every linear region the segment a → b crosses, boundary to boundary (float64)."""
-    engine = Engine(network, norms=("linf",), device=device, dtype=torch.float64, batch_size=1)
+def walk(network: ir.Network, a: Tensor, b: Tensor, *, device: str | torch.device | None = None) -> Crossing:
+    """Every linear region the segment a → b crosses, boundary to boundary (float64), on
+    ``device`` (default: the network's)."""
+    engine = Engine(network, norms=("linf",), device=device or network.device, dtype=torch.float64, batch_size=1)
     a, d = a.double().reshape(1, -1), (b.double() - a.double()).reshape(1, -1)
     breakpoints: list[float] = []
     flips: list[Constraint | None] = []

@@ -121,7 +121,8 @@ def _face_gradients(model, x, sample_dims, generator):
             raise LrcertError(
                 f"sample_dims={sample_dims} is outside 1..{dims} (the input's size)", fix=f"pick 1 to {dims}"
             )
-        chosen = torch.randperm(dims, generator=generator)[:sample_dims].to(x.device)
+        where = generator.device if generator is not None else torch.device("cpu")
+        chosen = torch.randperm(dims, generator=generator, device=where)[:sample_dims].to(x.device)
 
     def push(tangent: Tensor) -> Tensor:  # J·tangent for every face of every input
         return torch.func.jvp(lambda inputs: _faces(model, inputs)[0], (x,), (tangent,))[1]
@@ -130,7 +131,7 @@ def _face_gradients(model, x, sample_dims, generator):
     for start in range(0, len(chosen), TANGENTS_PER_PASS):
         coords = chosen[start : start + TANGENTS_PER_PASS]
         tangents = torch.zeros(len(coords), *x.shape, dtype=x.dtype, device=x.device)
-        tangents.flatten(2)[torch.arange(len(coords)), :, coords] = 1.0  # e_k for every input of the batch
+        tangents.flatten(2)[torch.arange(len(coords), device=x.device), :, coords] = 1.0  # e_k for every input of the batch
         squared = squared + torch.func.vmap(push)(tangents).square().sum(0)
     return z, squared * (dims / len(chosen)), real
 

@@ -1,6 +1,7 @@
 """Training with the ROLL regulariser, and the statistics of the regions a trained model has.
 
-``fit`` minimises CE(f(x), y) + roll_loss(f, x) (λ = 0: vanilla training) with Adam;
+``fit`` minimises CE(f(x), y) + roll_loss(f, x) (λ = 0: vanilla training) with Adam, on the
+model's device (the data moves there one mini-batch at a time);
 ``region_statistics`` certifies held-out inputs with the engine and returns the paper's table
 row: accuracy, distinct activation patterns, ε̂ quantiles. ``save_onnx`` writes a model that
 ``lrcert certify`` reads.
@@ -28,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import devices
 from .errors import LrcertError
 from .roll import roll_loss
 
@@ -97,7 +99,7 @@ def split(x: Tensor, y: Tensor, fraction: float, seed: int) -> tuple[tuple[Tenso
     """A random (seeded) held-out split: ``fraction`` of the samples, at least one."""
     if not 0 < fraction < 1:
         raise LrcertError(f"--val-fraction {fraction} is not in (0, 1)", fix="e.g. --val-fraction 0.2")
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(len(x), generator=torch.Generator(device="cpu").manual_seed(seed), device="cpu")
     held = max(1, int(round(fraction * len(x))))
     if held >= len(x):
         raise LrcertError(f"{len(x)} samples leave nothing to train on", fix="give more samples or a --val file")
@@ -109,9 +111,15 @@ def build_network(
 ) -> nn.Sequential:
     """ReLU network: optional 3×3 stride-2 convolutions (``conv`` channels), then dense layers.
 
-    The first layer reads data rows as they are (an MLP flattens them itself).
+    The first layer reads data rows as they are (an MLP flattens them itself). The initial
+    weights come from ``seed`` alone; the caller's random state is left as it was.
     """
-    torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        torch.manual_seed(seed)
+        return _layers(sample_shape, classes, hidden, conv)
+
+
+def _layers(sample_shape: Sequence[int], classes: int, hidden: Sequence[int], conv: Sequence[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     if conv:
         if len(sample_shape) != 3:
@@ -143,27 +151,29 @@ def fit(
 ) -> list[dict]:
     """Adam on CE + ROLL, ``settings.epochs`` passes over shuffled mini-batches.
 
-    After each epoch, ``on_epoch`` gets: mean loss, held-out accuracy, median ε̂₂ of up to
-    ``MONITOR_INPUTS`` held-out inputs. Returns those per-epoch records.
+    Trains where the model is. After each epoch, ``on_epoch`` gets: mean loss, held-out accuracy,
+    median ε̂₂ of up to ``MONITOR_INPUTS`` held-out inputs. Returns those per-epoch records.
     """
     settings.check()
     x, y = train
-    generator = torch.Generator().manual_seed(settings.seed)
+    device = devices.of_module(model)
+    generator = torch.Generator(device="cpu").manual_seed(settings.seed)  # the same run on any device
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     history = []
     for epoch in range(1, settings.epochs + 1):
         model.train()
-        total = 0.0
-        for batch in torch.randperm(len(x), generator=generator).split(settings.batch_size):
+        total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no host sync per step
+        for batch in torch.randperm(len(x), generator=generator, device="cpu").split(settings.batch_size):
             optimizer.zero_grad()
-            loss = F.cross_entropy(model(x[batch]), y[batch]) + roll_loss(
-                model, x[batch], lam=settings.lam, C=settings.C, gamma=settings.gamma,
+            inputs, labels = x[batch].to(device), y[batch].to(device)
+            loss = F.cross_entropy(model(inputs), labels) + roll_loss(
+                model, inputs, lam=settings.lam, C=settings.C, gamma=settings.gamma,
                 sample_dims=settings.sample_dims, generator=generator,
             )
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(batch)
-        record = {"epoch": epoch, "loss": total / len(x), "accuracy": accuracy(model, *val)}
+            total += loss.detach().double() * len(batch)
+        record = {"epoch": epoch, "loss": float(total) / len(x), "accuracy": accuracy(model, *val)}
         record["median_l2"] = float(np.median(certified_radii(model, val[0][:MONITOR_INPUTS], ("l2",))["l2"]))
         history.append(record)
         on_epoch(record)
@@ -174,16 +184,22 @@ def fit(
 @torch.no_grad()
 def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     model.eval()
-    return float((model(x).argmax(1) == y).float().mean())
+    device = devices.of_module(model)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    for start in range(0, len(x), 4096):  # bounded memory for any held-out set
+        logits = model(x[start : start + 4096].to(device))
+        correct += (logits.argmax(1) == y[start : start + 4096].to(device)).sum()
+    return int(correct) / len(x)
 
 
 def certified_radii(model: nn.Module, x: Tensor, norms: Sequence[str] = ("l1", "l2", "linf")) -> dict:
-    """The engine's exact radii (float64) of every row of ``x``, per norm, plus the pattern digests."""
+    """The engine's exact radii (float64, on the model's device) of every row of ``x``, per norm,
+    plus the pattern digests."""
     from .engine import certify
     from .load import from_module
 
     network = from_module(model, tuple(x.shape[1:]), source="the trained model")
-    results = certify(network, x.double(), norms=norms, dtype=torch.float64)
+    results = certify(network, x.double(), norms=norms, dtype=torch.float64, device=devices.of_module(model))
     radii: dict = {p: np.array([r.radius[p] for r in results]) for p in norms}
     radii["pattern"] = [r.pattern for r in results]
     return radii
@@ -206,9 +222,10 @@ def save_onnx(model: nn.Module, sample_shape: Sequence[int], path: Path) -> None
     if not folder.is_dir():
         raise LrcertError(f"cannot write --out {str(path)!r}: folder {str(folder)!r} does not exist", fix="create it first")
     model.eval()
-    with written_atomically(path) as tmp, warnings.catch_warnings():
+    device = devices.of_module(model)
+    with written_atomically(path) as tmp, warnings.catch_warnings(), torch.device(device):  # the exporter's own tensors too
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (torch.zeros(1, *sample_shape),), tmp, dynamo=False, input_names=["input"],
+            model, (torch.zeros(1, *sample_shape, device=device),), tmp, dynamo=False, input_names=["input"],
             output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=13,
         )

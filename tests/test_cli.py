@@ -269,7 +269,7 @@ def test_internal_error_is_one_line_exit_3(mlp, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("simulated bug\nwith a second line")
 
-    monkeypatch.setattr("lrcert.engine.Engine.run", broken)
+    monkeypatch.setattr("lrcert.engine.Engine._launch", broken)
     result = invoke("certify", model, data)
     assert result.exit_code == 3
     assert result.stderr.strip() == (

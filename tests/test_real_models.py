@@ -1,8 +1,6 @@
 """Third-party models from ../shared/models: radii against the float64 references, refusals named.
 
-Skipped cleanly where that folder is absent. One reference is known to be wrong (see
-``test_cgan_reference_uses_training_mode_batch_norm``); that model is checked against an
-independent float64 computation instead.
+Skipped cleanly where that folder is absent.
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ from reference import reference_radii, relative_error
 
 CERTIFIED = [
     "acasxu_1_1",
+    "cgan_32_nch1",
     "cifar10_resnet_2b",
     "eran_mnist_relu_9_200",
     "marabou_mnist2x10",
@@ -64,11 +63,10 @@ def test_cgan_matches_independent_computation(shared_models):
             assert relative_error(result.radius[p], expected[p]) < 1e-9
 
 
-def test_cgan_reference_uses_training_mode_batch_norm(shared_models):
-    """Why reference/cgan_32_nch1.json disagrees: it was made with onnx.reference, whose
-    BatchNormalization-9 uses the batch's own statistics when the (always exported) momentum
-    attribute is present. onnxruntime and the ONNX spec (one output: inference mode) use the
-    running statistics; lrcert agrees with onnxruntime on every row."""
+def test_cgan_batch_norm_runs_in_inference_mode_as_onnxruntime_has_it(shared_models):
+    """BatchNormalization-9 with the (always exported) momentum attribute and one output is in
+    inference mode (running statistics), as onnxruntime and the ONNX spec have it; lrcert agrees
+    with onnxruntime on every row (onnx.reference once used the batch's statistics here)."""
     onnxruntime = pytest.importorskip("onnxruntime")
     network, x = _load(shared_models, "cgan_32_nch1")
     session = onnxruntime.InferenceSession(str(shared_models / "cgan_32_nch1.onnx"), providers=["CPUExecutionProvider"])
