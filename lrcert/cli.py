@@ -308,7 +308,7 @@ def certify(
 
     source = sys.stdin.buffer.read() if data == "-" else data
     if shape_hint is None:
-        shape_hint = _peek_row_shape(source)
+        shape_hint = data_io.peek_row_shape(source, key)
     network = load(model, trust_pickle=trust_pickle, sample_shape=shape_hint)
     rows, notes = data_io.read_rows(source, network.sample_shape, key=key, name="stdin" if data == "-" else data)
     directions = None
@@ -388,26 +388,6 @@ def certify(
     _say(f"certified {fresh} inputs in {elapsed:.2f} s ({fresh / max(elapsed, 1e-9):.1f} inputs/s) on {devices.describe(target)}, {dtype.value}")
     _explain(tally, dtype)
     return _check_thresholds(tally)
-
-
-def _peek_row_shape(source) -> tuple[int, ...] | None:
-    """The row shape of a data file, without checks (for models that do not record their input shape)."""
-    import io
-
-    import numpy as np
-
-    try:
-        if isinstance(source, bytes):
-            if source[:2] == b"PK":
-                return None
-            array = np.load(io.BytesIO(source), allow_pickle=False)
-        elif str(source).endswith(".npz"):
-            return None
-        else:
-            array = np.load(source, mmap_mode="r", allow_pickle=False)
-        return tuple(array.shape[1:])
-    except Exception:
-        return None
 
 
 @contextmanager
@@ -674,7 +654,7 @@ def plot(
         raise LrcertError(f"--extent {extent} is not a positive number", fix="e.g. --extent 0.5")
     check_output_path(out)
     indices = parse_indices(points)
-    network = load(model, trust_pickle=trust_pickle, sample_shape=_peek_row_shape(data) if data else None)
+    network = load(model, trust_pickle=trust_pickle, sample_shape=data_io.peek_row_shape(data))
     inputs = labels = None
     if data is not None:
         rows, notes = data_io.read_rows(data, network.sample_shape, name=data)
@@ -720,12 +700,16 @@ def path(
     from .load import load
     from .regions import STEP, walk
 
-    network = load(model, trust_pickle=trust_pickle, sample_shape=_peek_row_shape(start))
+    network = load(model, trust_pickle=trust_pickle, sample_shape=data_io.peek_row_shape(start, single=True))
     ends = []
     for name in (start, end):
-        rows, _ = data_io.read_rows(name, network.sample_shape, name=name)
+        rows, _ = data_io.read_rows(name, network.sample_shape, name=name, single=True)
         if len(rows) != 1:
-            raise LrcertError(f"{name} holds {len(rows)} inputs; a segment end is one input", fix="save one input, shape (1, ...)")
+            shape = ", ".join(map(str, network.sample_shape))
+            raise LrcertError(
+                f"{name} holds {len(rows)} inputs; a segment end is one input",
+                fix=f"save one input, of shape ({shape}) or (1, {shape})",
+            )
         ends.append(torch.from_numpy(np.asarray(rows[0], dtype=np.float64)))
     crossing = walk(network, *ends)
     if output_format == Format.json:

@@ -15,6 +15,7 @@ input-dependent tensors, an op with no converter) are collected and reported all
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any, Callable
 
@@ -32,7 +33,7 @@ aten = torch.ops.aten
 NOT_PIECEWISE_LINEAR = {
     "sigmoid", "tanh", "exp", "exp2", "expm1", "log", "log2", "log1p", "gelu", "silu", "elu", "selu",
     "celu", "softplus", "mish", "erf", "sqrt", "rsqrt", "pow", "reciprocal", "sin", "cos", "hardswish",
-    "hardsigmoid", "logsigmoid", "_softmax", "_log_softmax", "glu", "norm", "linalg_vector_norm",
+    "logsigmoid", "_softmax", "_log_softmax", "glu", "norm", "linalg_vector_norm",
 }
 
 
@@ -204,7 +205,9 @@ def _refusal(op: str) -> str:
 def _const(call: _Call, value: Any, what: str) -> Tensor:
     if call.traced(value):
         raise _Refused(f"multiplies two input-dependent tensors ({what} depends on the input)")
-    return torch.as_tensor(value, device=value.device if isinstance(value, Tensor) else "cpu").detach().clone()
+    if not isinstance(value, Tensor):  # a Python number: kept exact (the default dtype would round it to float32)
+        return torch.tensor(value, dtype=torch.float64 if isinstance(value, float) else None, device="cpu")
+    return value.detach().clone()
 
 
 def _dense(call: _Call, x: Tensor | int, weight: Tensor, bias: Tensor | None, shape) -> int:
@@ -340,11 +343,70 @@ def _leaky_relu(call):
     call.result(ir.ReLU, [call["self"]], negative_slope=float(call["negative_slope"]))
 
 
-def _clamp(call):
-    low, high = call["min"], call["max"]
-    if high is not None or low is None or call.traced(low) or float(low) != 0:
-        raise _Refused("is a clamp other than clamp(min=0), which lrcert does not support")
-    call.result(ir.ReLU, [call["self"]])
+def _clamp(call, low: Any = None, high: Any = None):
+    """clamp / clip / hardtanh (ReLU6) / a max or min with a constant: ``Clip`` (``ReLU`` for
+    clamp(min=0)). Bounds are numbers or constant tensors."""
+    x = call["self"]
+    bounds = []
+    for bound, missing in ((low, -math.inf), (high, math.inf)):
+        if bound is None:
+            bounds.append(missing)
+        elif not isinstance(bound, Tensor):
+            bounds.append(float(bound))  # a Python number: exact (as a tensor it would be float32)
+        elif bound.numel() > 1:
+            bounds.append(_const(call, bound, "the bound").double().expand(call.out.shape).clone())
+        else:
+            bounds.append(float(_const(call, bound, "the bound")))
+    if all(isinstance(b, float) for b in bounds) and bounds == [0.0, math.inf]:
+        call.result(ir.ReLU, [x])
+    else:
+        call.result(ir.Clip, [x], low=bounds[0], high=bounds[1])
+
+
+def _maximum(minimum: bool):
+    """Elementwise max/min: of two input-dependent tensors, a ``Maximum`` layer (a window of two);
+    with a constant, a ``Clip``."""
+
+    def convert(call):
+        a, b = call["self"], call["other"]
+        if call.traced(a) and call.traced(b):
+            call.result(ir.Maximum, [a, b], minimum=minimum)
+            return
+        x, c = (a, b) if call.traced(a) else (b, a)
+        _clamp(_with(call, self=x), high=c) if minimum else _clamp(_with(call, self=x), low=c)
+
+    return convert
+
+
+def _binary_max(minimum: bool):
+    """aten.max / aten.min: the elementwise overload (``other``) only; reductions are refused."""
+    elementwise = _maximum(minimum)
+
+    def convert(call):
+        if call["other"] is None:
+            raise _Refused(f"is a {'min' if minimum else 'max'} over axes (a reduction), which lrcert does not support")
+        elementwise(call)
+
+    return convert
+
+
+def _prelu(call):
+    """PReLU: one slope per channel (axis 1), or one for all."""
+    x, weight = call["self"], _const(call, call["weight"], "the PReLU slope").double()
+    if weight.numel() == 1:
+        call.result(ir.ReLU, [x], negative_slope=float(weight))
+        return
+    shape = [1] * x.dim()
+    shape[1 if x.dim() > 1 else 0] = weight.numel()
+    call.result(ir.ReLU, [x], negative_slope=weight.reshape(shape))
+
+
+def _hardsigmoid(call):
+    """clip(x / 6 + 1/2, 0, 1): a scale-shift, then a Clip."""
+    x = call["self"]
+    scaled = call.emit(ir.ElementwiseAffine, [x], x.shape, scale=torch.tensor(1 / 6, dtype=torch.float64, device="cpu"),
+                       shift=torch.tensor(0.5, dtype=torch.float64, device="cpu"))
+    call.result(ir.Clip, [scaled], low=0.0, high=1.0)
 
 
 def _threshold(call):
@@ -509,8 +571,20 @@ CONVERTERS: dict[Any, Callable[[_Call], None]] = {
     aten.relu_: _relu,
     aten.leaky_relu: _leaky_relu,
     aten.leaky_relu_: _leaky_relu,
-    aten.clamp: _clamp,
-    aten.clamp_min: lambda call: _clamp(_with(call, min=call["min"], max=None)),
+    aten.clamp: lambda call: _clamp(call, call["min"], call["max"]),
+    aten.clamp_: lambda call: _clamp(call, call["min"], call["max"]),
+    aten.clamp_min: lambda call: _clamp(call, low=call["min"]),
+    aten.clamp_max: lambda call: _clamp(call, high=call["max"]),
+    aten.hardtanh: lambda call: _clamp(call, call["min_val"], call["max_val"]),
+    aten.hardtanh_: lambda call: _clamp(call, call["min_val"], call["max_val"]),
+    aten.maximum: _maximum(minimum=False),
+    aten.minimum: _maximum(minimum=True),
+    aten.max: _binary_max(minimum=False),
+    aten.min: _binary_max(minimum=True),
+    aten.prelu: _prelu,
+    aten._prelu_kernel: _prelu,
+    aten.abs: lambda call: call.result(ir.Abs, [call["self"]]),
+    aten.hardsigmoid: _hardsigmoid,
     aten.threshold: _threshold,
     aten.max_pool2d_with_indices: _max_pool2d,
     aten.max_pool2d: _max_pool2d,
@@ -570,11 +644,13 @@ def to_network(
     batch_axis: bool = True,
     source: str = "",
     dtype: torch.dtype | None = None,
+    named: torch.nn.Module | None = None,
 ) -> ir.Network:
     """Trace ``model`` on one example input and return its layer list.
 
     ``sample_shape`` is the shape of one data row; the model is called on ``(1, *sample_shape)``
     when ``batch_axis`` is true (the usual case) or on ``sample_shape`` itself otherwise.
+    Layers are named after the submodules of ``named`` (default: the model) that make them.
     The layer list is checked to reproduce the model's output on that input.
     """
     if isinstance(model, torch.nn.Module):
@@ -582,7 +658,7 @@ def to_network(
             model.eval()
         except NotImplementedError:  # exported programs: the mode was fixed when they were exported
             pass
-        names = {id(m): name for name, m in model.named_modules()}
+        names = {id(m): name for name, m in (named or model).named_modules()}
         floating = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
         dtype = dtype or (floating[0].dtype if floating else None)
         device = devices.of_module(model)

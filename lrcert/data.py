@@ -38,9 +38,16 @@ def read_rows(
     key: str | None = None,
     name: str | None = None,
     what: str = "data",
+    single: bool = False,
 ) -> tuple[np.ndarray, list[str]]:
-    """Read, check and shape the rows of ``source`` (a path, ``-`` for stdin, or raw bytes)."""
+    """Read, check and shape the rows of ``source`` (a path, ``-`` for stdin, or raw bytes).
+
+    ``single``: the source holds one input, saved with a leading axis of 1 or in the model's own
+    row shape (``np.save(path, x)`` for one x).
+    """
     array, name = _open(source, key, name)
+    if single and tuple(array.shape) == tuple(sample_shape):
+        array = array[None]
     rows, notes = _shape_rows(array, tuple(sample_shape), name, what)
     _check_finite(rows, name)
     return rows, notes
@@ -138,6 +145,42 @@ def _shape_rows(array: np.ndarray, sample: tuple[int, ...], name: str, what: str
         array = array.reshape(len(array), *sample)
         notes.append(f"reshaped each row of {name} from {row} to {sample} (same number of elements)")
     return array, notes
+
+
+def peek_row_shape(source: str | bytes | None, key: str | None = None, single: bool = False) -> tuple[int, ...] | None:
+    """The shape of one row of a .npy/.npz file (or raw bytes), from its header alone; with
+    ``single``, of its one input (a leading axis of 1 dropped). None when it cannot be read: the
+    full checks come later, in :func:`read_rows`."""
+    try:
+        if isinstance(source, bytes):
+            opened = io.BytesIO(source)
+        elif source is None or source == "-":
+            return None
+        else:
+            opened = open(source, "rb")
+        with opened as handle:
+            shape = _header_shape(handle, key)
+    except Exception:
+        return None
+    if shape is None:
+        return None
+    return shape[1:] if not single or shape[:1] == (1,) else shape
+
+
+def _header_shape(handle, key: str | None) -> tuple[int, ...] | None:
+    """The array shape in a .npy header, or in that of the (only, or ``key``) member of an .npz."""
+    if zipfile.is_zipfile(handle):
+        with zipfile.ZipFile(handle) as archive:
+            members = [m for m in archive.namelist() if m.endswith(".npy")]
+            chosen = [m for m in members if m[:-4] == key] if key is not None else members
+            if len(chosen) != 1:
+                return None
+            with archive.open(chosen[0]) as member:
+                return _header_shape(member, None)
+    handle.seek(0)
+    version = np.lib.format.read_magic(handle)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return tuple(read(handle)[0])
 
 
 def _check_finite(rows: np.ndarray, name: str) -> None:

@@ -74,12 +74,15 @@ class Constraint:
     value: float
     competitor: tuple[int, ...] | None = None  # max-pool: the window element that would take over
     winner: tuple[int, ...] | None = None  # max-pool: the window's current arg-max
+    bound: str | None = None  # clip: the bound ("low" or "high") whose kink binds
 
     def as_dict(self) -> dict:
         out = {"layer": self.layer, "kind": self.kind, "unit": self.unit, "position": list(self.position), "z": self.value}
         if self.kind == "maxpool":
             out["winner"] = list(self.winner or ())
             out["competitor"] = list(self.competitor or ())
+        if self.bound is not None:
+            out["bound"] = self.bound
         return out
 
     def describe(self) -> str:
@@ -87,7 +90,7 @@ class Constraint:
         if self.kind == "maxpool":
             tie = " (tie)" if self.value == 0 else ""
             return f"{self.layer} window [{where}] vs input [{','.join(map(str, self.competitor or ()))}]{tie}"
-        return f"{self.layer} [{where}]"
+        return f"{self.layer} [{where}]" + (f" at its {self.bound} bound" if self.bound else "")
 
 
 @dataclass
@@ -167,7 +170,7 @@ class Engine:
         self.magnitudes = self.network.absolute()  # |parameters|: the scale of each face's rounding error
         self.entries = [
             i for i in self.nonlinear
-            if isinstance(network.layers[i], ir.ReLU) and set(network.layers[i].inputs) <= {0, *self.prefix}
+            if isinstance(network.layers[i], ir.Elementwise) and set(network.layers[i].inputs) <= {0, *self.prefix}
         ]
         self.requested_batch = batch_size
         #: One fused reduction per dual norm (GPU), or |g| shared by the sum and the max (CPU).
@@ -209,7 +212,7 @@ class Engine:
         """Whether ReLU ``i`` reaches the rest of the network only through dense layers (maybe via a
         flattening reshape). Then, one input at a time, its inactive units can be skipped entirely."""
         layers = self.network.layers
-        if not (isinstance(layers[i], ir.ReLU) and layers[i].negative_slope == 0) or i == self.network.output:
+        if layers[i].kind != "relu" or i == self.network.output:
             return False
         readers = [j for j in self.order if i in layers[j].inputs]
         while len(readers) == 1 and isinstance(layers[readers[0]], ir.Reshape):
@@ -278,7 +281,7 @@ class Engine:
             if isinstance(layer, ir.MaxPool2d):
                 windows = layer.size * layer.window_size
                 transient = 3 * windows
-            elif isinstance(layer, ir.ReLU):
+            elif isinstance(layer, ir.Nonlinearity):
                 transient = 2 * inputs
             else:
                 transient = 0
@@ -387,24 +390,32 @@ class _Region:
         self.network = engine.network
         self.batch = len(x)
         self.faces: dict[int, Tensor] = {}  # layer -> (B, faces) values z
-        self.gain: dict[int, Tensor] = {}  # ReLU layer -> (B, *shape) frozen slopes
+        self.gain: dict[int, Tensor] = {}  # elementwise layer -> (B, *shape) frozen slopes
         self.argmax: dict[int, Tensor] = {}  # max-pool layer -> (B, ..., C, 1, L) window arg-max
+        self.first_wins: dict[int, Tensor] = {}  # max/min layer -> (B, *shape) where its first input is the output
+        self.pieces: dict[int, Tensor] = {}  # layer -> (B, n) the piece each unit is on (the pattern)
         self.stats: dict[tuple[int, str], Tensor] = {}  # (layer, norm) -> (B, faces) dual norm, accumulated
         self.rates: dict[int, Tensor] = {}  # layer -> (B, faces) g·d for the directional radius
         self.output = self.network.run(x, nonlinear=self._record)
         self.scale = self._face_scales(x)
         self.active = self._active_columns()
 
-    def _record(self, i: int, layer: ir.Nonlinearity, z: Tensor) -> Tensor:
+    def _record(self, i: int, layer: ir.Nonlinearity, *z: Tensor) -> Tensor:
+        """Evaluate nonlinear layer ``i`` on ``z``, recording its faces, pieces and frozen slopes."""
+        self.pieces[i] = layer.pieces(*z)
         if isinstance(layer, ir.MaxPool2d):
-            windows = layer.windows(z, float("-inf"))
+            windows = layer.windows(z[0], float("-inf"))
             best, arg = windows.max(dim=-2, keepdim=True)
             self.argmax[i] = arg
             self.faces[i] = (best - windows).reshape(self.batch, -1)
             return best.reshape(self.batch, *layer.shape)
-        self.gain[i] = layer.gain(z)
-        self.faces[i] = z.reshape(self.batch, -1)
-        return layer.apply(z)
+        if isinstance(layer, ir.Maximum):
+            self.first_wins[i] = layer.first_wins(*z)
+            self.faces[i] = layer.faces(*z)
+            return layer.apply(*z)
+        self.gain[i] = layer.gain(z[0])
+        self.faces[i] = layer.faces(z[0])
+        return layer.apply(z[0])
 
 
     def _face_scales(self, x: Tensor) -> dict[int, Tensor]:
@@ -412,14 +423,18 @@ class _Region:
         |parameters| on |x|, frozen like x): float rounding of z is a small multiple of it."""
         scales: dict[int, Tensor] = {}
 
-        def nonlinear(i: int, layer: ir.Nonlinearity, magnitude: Tensor) -> Tensor:
+        def nonlinear(i: int, layer: ir.Nonlinearity, *magnitude: Tensor) -> Tensor:
             if isinstance(layer, ir.MaxPool2d):
-                windows = layer.windows(magnitude, 0.0)
+                windows = layer.windows(magnitude[0], 0.0)
                 winner = torch.gather(windows, -2, self.argmax[i])
                 scales[i] = (winner + windows).reshape(self.batch, -1)
                 return winner.reshape(self.batch, *layer.shape)
-            scales[i] = magnitude.reshape(self.batch, -1)
-            return self.gain[i] * magnitude
+            if isinstance(layer, ir.Maximum):  # a − b: both magnitudes; the output: the winner's
+                scales[i] = layer.faces(magnitude[0], -magnitude[1])
+                return layer.select(self.first_wins[i], *magnitude)
+            m = magnitude[0]  # z − b: z's terms and b
+            scales[i] = torch.cat([(m + abs(b)).reshape(self.batch, -1) for b in layer.kinks()], dim=1)
+            return self.gain[i].abs() * m + layer.offset_bound()
 
         self.engine.magnitudes.run(x.abs(), nonlinear=nonlinear)
         return scales
@@ -430,7 +445,7 @@ class _Region:
         too many are active for skipping to pay): one ``nonzero`` per layer for the whole batch."""
         active = {}
         for i, limit in self.engine.sparse.items():
-            on = self.gain[i].reshape(self.batch, -1) != 0
+            on = self.pieces[i]
             counts = on.sum(dim=1).tolist()
             columns = torch.split(on.nonzero()[:, 1], counts)
             active[i] = [units if n <= limit else None for units, n in zip(columns, counts)]
@@ -475,6 +490,9 @@ class _Region:
                     winner = torch.gather(windows.expand(len(index), *windows.shape[1:]), -2, index)
                     self._face_gradients(i, rows, (winner - windows).flatten(2), accumulate)
                     tangents[i] = winner.reshape(*index.shape[:2], *layer.shape)
+                elif isinstance(layer, ir.Maximum):
+                    self._face_gradients(i, rows, layer.faces(*ins), accumulate)
+                    tangents[i] = layer.select(self.first_wins[i][rows].unsqueeze(1), *ins)
                 else:
                     if not (shared and i in engine.entries):
                         self._face_gradients(i, rows, ins[0].flatten(2), accumulate)
@@ -526,7 +544,7 @@ class _Region:
 
             def ratios(i: int) -> Tensor:
                 nonlocal gradients_finite
-                dual = self.stats[(i, p)].double()
+                dual = self._per_face(i, self.stats[(i, p)].double())
                 dual = dual.sqrt() if p == "l2" else dual
                 gradients_finite &= torch.isfinite(dual).all(dim=1)
                 positive = dual > 0
@@ -538,10 +556,7 @@ class _Region:
         for faces in self.faces.values():
             values_finite &= ~torch.isnan(faces).any(dim=1)  # +inf gaps are padding; NaN means overflow
         out |= {"values_finite": values_finite, "gradients_finite": gradients_finite}
-        out["pattern"] = pattern_bytes(
-            [(self.gain[i] == 1) if i in self.gain else self.argmax[i] for i in self.engine.nonlinear],
-            self.batch, self.output.device,
-        )
+        out["pattern"] = pattern_bytes([self.pieces[i] for i in self.engine.nonlinear], self.batch, self.output.device)
         if flat.shape[1] >= 2:
             out["prediction"] = flat.argmax(dim=1)
         return out
@@ -551,11 +566,16 @@ class _Region:
         −z/(g·d) (z = 0 counts when g·d ≠ 0), and that face."""
 
         def steps(i: int) -> Tensor:
-            z, rate = self.faces[i].double(), self.rates[i].double()
+            z, rate = self.faces[i].double(), self._per_face(i, self.rates[i].double())
             leaving = (z * rate < 0) | ((z == 0) & (rate != 0))
             return torch.where(leaving, (z / torch.where(rate != 0, rate, 1.0)).abs(), math.inf)
 
         return {f"ahead.{key}": value for key, value in self._nearest(steps).items()}
+
+    def _per_face(self, i: int, per_unit: Tensor) -> Tensor:
+        """A per-unit statistic (B, n) repeated for each of a unit's kinks, as ``faces[i]`` lays them out."""
+        kinks = self.faces[i].shape[1] // per_unit.shape[1]
+        return per_unit if kinks == 1 else per_unit.repeat(1, kinks)
 
     def _nearest(self, distances: Callable[[int], Tensor]) -> dict[str, Tensor]:
         """Per input, the smallest of ``distances(i)`` (shape (B, faces)) over every nonlinear layer
@@ -684,8 +704,12 @@ class _Outcome:
         """Name face ``unit`` of layer ``i``, whose value is ``value`` (``winner``: for a max-pool
         face, the arg-max element of its window)."""
         layer = self.network.layers[i]
+        if isinstance(layer, ir.Clip):  # one block of units per bound
+            bound, unit = divmod(unit, layer.size)
+            return Constraint(layer.name, layer.kind, unit, self._position(layer.shape, unit), value,
+                              bound=layer.kink_names()[bound])
         if not isinstance(layer, ir.MaxPool2d):
-            return Constraint(layer.name, layer.kind, unit, self._position(layer.in_shapes[0], unit), value)
+            return Constraint(layer.name, layer.kind, unit, self._position(layer.shape, unit), value)
         in_shape = layer.in_shapes[0]
         kk, windows = layer.window_size, layer.shape[-1] * layer.shape[-2]
         plane, rest = divmod(unit, kk * windows)  # plane = (outer, channel) flattened
@@ -712,7 +736,7 @@ class _Outcome:
             for size in reversed(shape):
                 rest, coordinate = divmod(rest, size)
                 coords.append(coordinate)
-            if self.batch_axis and shape and shape[0] == 1:
+            if self.batch_axis and shape and shape[0] in (1, self.network.rows_per_call):  # row 0 of the call
                 coords.pop()
             known = self.positions[(shape, flat)] = tuple(reversed(coords))
         return known

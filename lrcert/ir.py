@@ -101,7 +101,12 @@ class Affine(Layer):
 class Nonlinearity(Layer):
     """A piecewise-linear nonlinearity whose pieces define the linear region."""
 
-    def apply(self, x: Tensor) -> Tensor:
+    def apply(self, *xs: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def pieces(self, *xs: Tensor) -> Tensor:
+        """Which piece each unit is on, (lead..., n): bools (one per face: z above it) or, for a
+        max-pool, each window's arg-max. Equal pieces everywhere ⇔ the same linear region."""
         raise NotImplementedError
 
 
@@ -323,27 +328,148 @@ class Reduce(Affine):
         return f"{'mean' if self.mean else 'sum'} over axes {list(self.axes)}"
 
 
-@dataclass(frozen=True, eq=False)
-class ReLU(Nonlinearity):
-    """``y = x`` if ``x > 0`` else ``negative_slope · x``; each unit is the face ``z = 0``."""
+class Elementwise(Nonlinearity):
+    """A piecewise-linear function of each unit alone. Its kinks b₁ < … < b_k split the line into
+    pieces; each kink is a face z − b = 0 (of a unit's kinks, the nearest can bind first, so a unit
+    contributes min_j |z − b_j| / ‖∇ₓz‖_q). ``faces`` lays them out one block of units per kink."""
 
-    negative_slope: float = 0.0
+    def kinks(self) -> tuple[float | Tensor, ...]:
+        raise NotImplementedError
+
+    def gain(self, z: Tensor) -> Tensor:
+        """The slope of each unit's current piece: the frozen network multiplies tangents by it."""
+        raise NotImplementedError
+
+    def faces(self, z: Tensor) -> Tensor:
+        """``z − b`` for every kink b, (lead..., k·n): block j holds every unit's distance to kink j."""
+        lead = self.lead(z)
+        return torch.cat([(z - b).reshape(*lead, -1) for b in self.kinks()], dim=-1)
+
+    def pieces(self, z: Tensor) -> Tensor:
+        return self.faces(z) > 0
+
+    def offset_bound(self) -> float | Tensor:
+        """A bound on |f(z) − gain·z|, the constant part of the current piece (rounding scales)."""
+        return 0.0
+
+
+@dataclass(frozen=True, eq=False)
+class ReLU(Elementwise):
+    """``y = x`` if ``x > 0`` else ``negative_slope · x``; each unit is the face ``z = 0``. A tensor
+    ``negative_slope`` (broadcast over the layer's shape) is PReLU's per-channel slope."""
+
+    negative_slope: float | Tensor = 0.0
 
     @property
     def kind(self) -> str:  # type: ignore[override]
+        if isinstance(self.negative_slope, Tensor):
+            return "prelu"
         return "relu" if self.negative_slope == 0 else "leaky_relu"
 
+    def kinks(self):
+        return (0.0,)
+
     def apply(self, x):
+        if isinstance(self.negative_slope, Tensor):
+            return torch.where(x > 0, x, x * self.negative_slope)
         return torch.relu(x) if self.negative_slope == 0 else F.leaky_relu(x, self.negative_slope)
 
     def gain(self, z: Tensor) -> Tensor:
-        """The frozen slope of each unit in the region of ``z``."""
-        if self.negative_slope == 0:
+        if isinstance(self.negative_slope, float) and self.negative_slope == 0:
             return (z > 0).to(z.dtype)
         return torch.where(z > 0, 1.0, self.negative_slope).to(z.dtype)
 
     def describe(self):
+        if isinstance(self.negative_slope, Tensor):
+            return f"{self.negative_slope.numel()} slopes"
         return "" if self.negative_slope == 0 else f"slope {self.negative_slope:g}"
+
+
+@dataclass(frozen=True, eq=False)
+class Clip(Elementwise):
+    """``y = min(max(x, low), high)`` (Clip, Hardtanh, ReLU6, a max or min with a constant): kinks
+    at the finite bounds, slope 1 between them and 0 outside. Bounds are numbers (±inf: none) or
+    constant tensors broadcast over the layer's shape."""
+
+    low: float | Tensor = -math.inf
+    high: float | Tensor = math.inf
+    kind: ClassVar[str] = "clip"
+
+    def kinks(self):
+        return tuple(b for b in (self.low, self.high) if isinstance(b, Tensor) or math.isfinite(b))
+
+    def apply(self, x):
+        if isinstance(self.low, Tensor) or math.isfinite(self.low):
+            x = torch.clamp(x, min=self.low)
+        if isinstance(self.high, Tensor) or math.isfinite(self.high):
+            x = torch.clamp(x, max=self.high)
+        return x
+
+    def gain(self, z: Tensor) -> Tensor:
+        return ((z > self.low) & (z < self.high)).to(z.dtype)
+
+    def offset_bound(self):
+        return sum(b.abs() if isinstance(b, Tensor) else abs(b) for b in self.kinks())
+
+    def kink_names(self) -> tuple[str, ...]:
+        """``low``/``high`` for each of :meth:`kinks`, in order."""
+        return tuple(name for name, b in (("low", self.low), ("high", self.high)) if isinstance(b, Tensor) or math.isfinite(b))
+
+    def describe(self):
+        shown = ["tensor" if isinstance(b, Tensor) else f"{b:g}" for b in (self.low, self.high)]
+        return f"[{shown[0]}, {shown[1]}]"
+
+
+@dataclass(frozen=True, eq=False)
+class Abs(Elementwise):
+    """``y = |x|``: slope −1 below 0, 1 above; each unit is the face ``z = 0``."""
+
+    kind: ClassVar[str] = "abs"
+
+    def kinks(self):
+        return (0.0,)
+
+    def apply(self, x):
+        return x.abs()
+
+    def gain(self, z: Tensor) -> Tensor:
+        return torch.where(z > 0, 1.0, -1.0).to(z.dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class Maximum(Nonlinearity):
+    """``y = max(a, b)`` (or ``min``) of two input-dependent tensors, elementwise: a max-pool window
+    of two, whose face is ``a − b = 0`` with gradient ∇a − ∇b."""
+
+    minimum: bool = False
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return "min" if self.minimum else "max"
+
+    def apply(self, a, b):
+        a, b = _align(a, len(self.in_shapes[0]), len(self.shape)), _align(b, len(self.in_shapes[1]), len(self.shape))
+        return torch.minimum(a, b) if self.minimum else torch.maximum(a, b)
+
+    def select(self, first: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        """``a`` where ``first``, else ``b``: the output (or its tangent, or its magnitude) on the
+        frozen pattern."""
+        a, b = _align(a, len(self.in_shapes[0]), len(self.shape)), _align(b, len(self.in_shapes[1]), len(self.shape))
+        return torch.where(first, a, b)
+
+    def faces(self, a: Tensor, b: Tensor) -> Tensor:
+        """``a − b`` per unit, (lead..., n)."""
+        lead = torch.broadcast_shapes(self.lead(a, 0), self.lead(b, 1))
+        gap = _align(a, len(self.in_shapes[0]), len(self.shape)) - _align(b, len(self.in_shapes[1]), len(self.shape))
+        return gap.expand(*lead, *self.shape).reshape(*lead, -1)
+
+    def first_wins(self, a: Tensor, b: Tensor) -> Tensor:
+        """Where ``a`` is the output (ties go to a), broadcast over the layer's shape."""
+        a, b = _align(a, len(self.in_shapes[0]), len(self.shape)), _align(b, len(self.in_shapes[1]), len(self.shape))
+        return a <= b if self.minimum else a >= b
+
+    def pieces(self, a, b):
+        return self.faces(a, b) > 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -386,6 +512,9 @@ class MaxPool2d(Nonlinearity):
         cols = unfold(x.reshape(-1, *x.shape[-3:]))
         return cols.reshape(*outer, *cols.shape[1:])
 
+    def pieces(self, x):
+        return self.windows(x, float("-inf")).argmax(dim=-2)
+
     def describe(self):
         return f"{self.kernel[0]}×{self.kernel[1]} stride {list(self.stride)} padding {list(self.padding)}"
 
@@ -396,7 +525,9 @@ class Network:
 
     ``sample_shape`` is the shape of one data row (the input shape without its batch axis);
     rows are reshaped to ``layers[0].shape`` before the first layer. ``notes`` records what the
-    loader changed (for instance a dropped trailing softmax).
+    loader changed (for instance a dropped trailing softmax). ``rows_per_call`` is the batch the
+    traced model call holds inside: 1, or B for a model that fixes its batch to B > 1 and runs
+    each row padded with zero rows.
     """
 
     layers: tuple[Layer, ...]
@@ -404,6 +535,7 @@ class Network:
     sample_shape: Shape
     notes: tuple[str, ...] = ()
     source: str = ""
+    rows_per_call: int = 1
 
     def __post_init__(self):
         if not self.layers or not isinstance(self.layers[0], Input):
@@ -465,13 +597,6 @@ class Network:
         """Nonlinear units: ReLU/LeakyReLU units plus max-pool outputs."""
         return sum(self.layers[i].size for i in self.nonlinear)
 
-    def constraint_count(self, i: int) -> int:
-        """How many faces nonlinear layer ``i`` contributes: one per ReLU unit, (k−1) per max-pool window."""
-        layer = self.layers[i]
-        if isinstance(layer, MaxPool2d):
-            return layer.size * (layer.window_size - 1)
-        return layer.size
-
     def last_uses(self, needed: Sequence[int] | None = None) -> dict[int, int]:
         """For each layer, the index of the last layer (among ``needed``) that reads it."""
         last: dict[int, int] = {}
@@ -495,7 +620,7 @@ class Network:
     ) -> Tensor:
         """Evaluate on a batch ``x`` of shape ``(B, *sample_shape)``; returns ``(B, *output_shape)``.
 
-        ``nonlinear(i, layer, z)``, when given, evaluates nonlinear layer ``i`` on its input ``z``
+        ``nonlinear(i, layer, *z)``, when given, evaluates nonlinear layer ``i`` on its inputs ``z``
         (the engine uses it to record the activation pattern on the way).
         """
         values = {0: x.reshape(x.shape[0], *self.input_shape)}
@@ -505,9 +630,9 @@ class Network:
             if isinstance(layer, Affine):
                 values[i] = layer.apply(ins)
             elif nonlinear is not None:
-                values[i] = nonlinear(i, layer, ins[0])
+                values[i] = nonlinear(i, layer, *ins)
             else:
-                values[i] = layer.apply(ins[0])
+                values[i] = layer.apply(*ins)
             if check_shapes and tuple(values[i].shape[1:]) != layer.shape:
                 raise LrcertError(
                     f"layer {layer.name!r} produces {tuple(values[i].shape[1:])}, declared {layer.shape}",

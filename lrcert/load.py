@@ -17,13 +17,14 @@ import os
 import pickle
 import warnings
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from . import ir
+from . import ir, onnx_ops
 from .convert import to_network
 from .errors import SUPPORTED_NETWORKS, LrcertError, first_line
 
@@ -35,7 +36,7 @@ ONNX_LINEAR = {
     "AveragePool": (), "GlobalAveragePool": (), "BatchNormalization": (1, 2, 3, 4), "Slice": (1, 2, 3, 4),
     "Gather": (1,), "ReduceMean": (1,), "ReduceSum": (1,), "Expand": (1,), "Neg": (), "Cast": (),
     "Conv": (1, 2), "ConvTranspose": (1, 2), "Div": (1,), "Relu": (), "LeakyRelu": (), "MaxPool": (),
-    "Clip": (1, 2),  # only Clip(min=0) without max, a ReLU, gets through the conversion
+    "Clip": (1, 2), "PRelu": (1,), "Abs": (), "Max": (), "Min": (), "HardSigmoid": (),
 }
 #: Products: linear only when at most one of the listed operands depends on the input.
 ONNX_PRODUCTS = {"MatMul": (0, 1), "Mul": (0, 1), "Gemm": (0, 1)}
@@ -45,9 +46,10 @@ ONNX_SHAPE_ONLY = {"Shape", "Size"}
 ONNX_FINAL_ONLY = {"Softmax", "LogSoftmax"}
 ONNX_SMOOTH = {
     "Sigmoid", "Tanh", "Exp", "Log", "Softplus", "Softsign", "Elu", "Selu", "Celu", "Gelu", "Erf", "Sqrt",
-    "Pow", "Reciprocal", "HardSigmoid", "HardSwish", "Mish", "Sin", "Cos", "Softmax", "LogSoftmax",
+    "Pow", "Reciprocal", "HardSwish", "Mish", "Sin", "Cos", "Softmax", "LogSoftmax",
 }
-NEWEST_OPSET_TRIED = 17
+#: Old models are brought to this opset first when onnx2torch lacks one of their op versions.
+OLD_OPSET_TARGET = 17
 
 
 def load(
@@ -105,18 +107,91 @@ def load_onnx(path: str | os.PathLike, *, sample_shape: Sequence[int] | None = N
             fix=SUPPORTED_NETWORKS,
             details=problems,
         )
-    batch_axis = len(dims) > 0 and (dims[0] is None or dims[0] == 1)
-    declared = dims[1:] if batch_axis else dims
+    batch, declared = _input_layout(dims, sample_shape, path.name)
+    graph_module = _onnx_to_torch(_explicit_padding(model, path), path)
+    return _network(graph_module, batch, declared, path.name)
+
+
+def _input_layout(dims: list[int | None], sample_shape: Sequence[int] | None, name: str) -> tuple[int | None, tuple[int, ...]]:
+    """How data rows map onto a model input of dimensions ``dims`` (None: dynamic): the batch the
+    model's first axis holds (None: no batch axis; 0: a dynamic one) and the shape of one row.
+
+    A first axis of size B > 1 is a fixed batch, unless the data's rows (``sample_shape``) have
+    the input's whole shape: each row is then one whole model call.
+    """
+    if dims and dims[0] is None:
+        batch, declared = 0, dims[1:]
+    elif dims and (dims[0] == 1 or (len(dims) >= 2 and tuple(dims) != tuple(sample_shape or ()))):
+        batch, declared = dims[0], dims[1:]
+    else:
+        batch, declared = None, dims
     if any(d is None for d in declared):
         if sample_shape is None or len(sample_shape) != len(declared):
             shown = ["?" if d is None else d for d in declared]
             raise LrcertError(
-                f"{path.name} has dynamic input dimensions {shown}",
+                f"{name} has dynamic input dimensions {shown}",
                 fix="pass data (its rows fix the shape) or --input-shape with concrete sizes",
             )
         declared = [s if d is None else d for d, s in zip(declared, sample_shape)]
-    graph_module = _onnx_to_torch(_explicit_padding(model, path), path)
-    return to_network(graph_module, tuple(declared), batch_axis=batch_axis, source=path.name)
+    return batch, tuple(declared)
+
+
+def _network(module: torch.nn.Module, batch: int | None, sample_shape: tuple[int, ...], name: str) -> ir.Network:
+    """The layer list of a model taking batches of ``batch`` rows (None: one row, no batch axis)."""
+    if batch is None or batch <= 1:
+        return to_network(module, sample_shape, batch_axis=batch is not None, source=name)
+    return _fixed_batch_network(module, batch, sample_shape, name)
+
+
+def _fixed_batch_network(module: torch.nn.Module, batch: int, sample_shape: tuple[int, ...], name: str) -> ir.Network:
+    """A model whose input fixes its batch to B > 1, certified one row at a time.
+
+    When the model computes each row on its own at batch 1 too (checked: B random rows through the
+    model at batch B against the layer list traced at batch 1, row by row), lrcert batches as it
+    likes. Otherwise (the graph bakes B into its reshapes) each row runs as the first of a batch
+    of B whose other rows are zeros: B× the work, and the zero rows' units, constant, are no faces.
+    A model that runs neither way (its output has no batch axis) takes its first axis as part of
+    each input.
+    """
+    dtype = next((t.dtype for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()), torch.float32)
+    rows = torch.rand(batch, *sample_shape, generator=torch.Generator(device="cpu").manual_seed(1), device="cpu", dtype=dtype)
+    with torch.no_grad():
+        expected = module(rows)
+    try:
+        network = to_network(module, sample_shape, source=name)
+        with torch.no_grad():
+            got = network.run(rows.double()).reshape(batch, -1)
+        if isinstance(expected, torch.Tensor) and expected.numel() == got.numel() and torch.allclose(
+            got, expected.double().reshape(batch, -1), rtol=1e-4, atol=1e-5 * (float(expected.abs().max()) + 1e-6)
+        ):
+            note = f"the model's input fixes its batch to {batch}; it computes each row on its own, so lrcert certifies rows in batches of any size"
+            return replace(network, notes=(*network.notes, note))
+    except LrcertError:
+        pass
+    try:
+        network = to_network(_FirstRowOfBatch(module, batch), sample_shape, source=name, named=module)
+    except LrcertError:  # not a batch after all: the first axis belongs to each input
+        return to_network(module, (batch, *sample_shape), batch_axis=False, source=name)
+    note = (f"the model's input fixes its batch to {batch} (its graph bakes it in): each input runs as the first row "
+            f"of a batch of {batch} zero-padded rows, {batch}× the work of one row")
+    return replace(network, notes=(*network.notes, note), rows_per_call=batch)
+
+
+class _FirstRowOfBatch(torch.nn.Module):
+    """``model(pad(x))[:1]``: one row padded with zero rows to the batch the model requires."""
+
+    def __init__(self, model: torch.nn.Module, batch: int):
+        super().__init__()
+        self.model, self.batch = model, batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(torch.nn.functional.pad(x, [0, 0] * (x.dim() - 1) + [0, self.batch - 1]))
+        if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != self.batch:
+            raise LrcertError(
+                f"the model takes a fixed batch of {self.batch} but its output has no batch axis of that size",
+                fix="export the model with a batch of 1 or a dynamic batch",
+            )
+        return out[:1]
 
 
 def _read_onnx(path: Path):
@@ -301,35 +376,49 @@ def _set_attribute(node, name: str, value) -> None:
 
 
 def _onnx_to_torch(model, path: Path) -> torch.fx.GraphModule:
-    """onnx2torch, upgrading the opset first when onnx2torch lacks a converter for an old op version."""
+    """onnx2torch, with converters for the op versions it lacks (``onnx_ops``), after ONNX's version
+    converter has lifted what onnx2torch cannot read as it is: old opsets (to 17; onnx2torch lacks
+    some old op versions) and, before opset 19, Reshape with ``allowzero=1`` (to 19, whose Reshape
+    lrcert converts). Nodes no converter can take are named, each with its op version."""
     from onnx import version_converter
     from onnx2torch import convert
 
+    onnx_ops.register()
+    opset = _opset(model)
+    target = None
+    if opset < 19 and any(n.op_type == "Reshape" and _attribute(n, "allowzero", 0) == 1 for n in model.graph.node):
+        target = 19
+    elif onnx_ops.missing(model) and opset < OLD_OPSET_TARGET:
+        target = OLD_OPSET_TARGET
+    if target is not None:
+        try:
+            model = version_converter.convert_version(model, target)
+        except Exception as exc:
+            raise LrcertError(
+                f"{path.name}: ONNX's version converter cannot bring opset {opset} to {target} ({first_line(exc)}), "
+                "which onnx2torch needs",
+                fix=f"re-export the model with opset {max(target, 19)} or newer",
+            ) from None
+    problems = onnx_ops.missing(model)
+    if problems:
+        raise LrcertError(
+            f"{path.name} uses operations lrcert cannot convert: " + "; ".join(problems),
+            fix="re-export the model without them (lrcert inspect MODEL lists them)",
+            details=problems,
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return convert(model)
-    except Exception as first:
-        opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-        if opset >= NEWEST_OPSET_TRIED:
-            raise _conversion_error(path, first) from None
-        try:
-            upgraded = version_converter.convert_version(model, NEWEST_OPSET_TRIED)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return convert(upgraded)
-        except Exception as second:
-            raise _conversion_error(path, first, second) from None
+            return onnx_ops.traceable(convert(model))
+    except Exception as exc:
+        raise LrcertError(
+            f"onnx2torch cannot convert {path.name}: {first_line(exc)}",
+            fix="re-export the model without that construct, or with another opset",
+        ) from None
 
 
-def _conversion_error(path: Path, first: Exception, second: Exception | None = None) -> LrcertError:
-    detail = first_line(first)
-    if second is not None:
-        detail += f"; after upgrading to opset {NEWEST_OPSET_TRIED}: {first_line(second)}"
-    return LrcertError(
-        f"onnx2torch cannot convert {path.name}: {detail}",
-        fix="re-export the model without that construct (for an old opset, onnx.version_converter may help)",
-    )
+def _opset(model) -> int:
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
 
 
 # ---------------------------------------------------------------------------------------------- torch files
@@ -339,13 +428,13 @@ def _load_torch_archive(path: Path, trust_pickle: bool, sample_shape) -> ir.Netw
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
     if any(n.endswith("archive_format") for n in names):
-        return _load_exported(path)
+        return _load_exported(path, sample_shape)
     if any("/code/" in n for n in names):
         return _load_torchscript(path, trust_pickle, sample_shape)
     return _load_pickle(path, trust_pickle, sample_shape)
 
 
-def _load_exported(path: Path) -> ir.Network:
+def _load_exported(path: Path, sample_shape) -> ir.Network:
     try:
         program = torch.export.load(str(path))
     except Exception as exc:
@@ -355,11 +444,8 @@ def _load_exported(path: Path) -> ir.Network:
     if len(shapes) != 1:
         raise LrcertError(f"{path.name} takes {len(shapes)} inputs", fix="certify a program with exactly one input")
     dims = [d if isinstance(d, int) else None for d in shapes[0]]
-    batch_axis = len(dims) > 0 and (dims[0] is None or dims[0] == 1)
-    declared = dims[1:] if batch_axis else dims
-    if any(d is None for d in declared):
-        raise LrcertError(f"{path.name} has dynamic input dimensions besides the batch", fix="export with static shapes")
-    return to_network(program.module(), tuple(declared), batch_axis=batch_axis, source=path.name)
+    batch, declared = _input_layout(dims, sample_shape, path.name)
+    return _network(program.module(), batch, declared, path.name)
 
 
 def _load_torchscript(path: Path, trust_pickle: bool, sample_shape) -> ir.Network:

@@ -16,7 +16,6 @@ True
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,17 +29,14 @@ STEP = 1e-9  # how far past a boundary (in t) the walk resumes: regions thinner 
 
 
 def patterns(network: ir.Network, points: Tensor) -> tuple[np.ndarray, Tensor]:
-    """One row of bytes per point, its ReLU signs (z > 0) and max-pool arg-maxes (as
+    """One row of bytes per point, the piece each unit is on (``Nonlinearity.pieces``, packed as
     :func:`lrcert.engine.pattern_bytes` packs them), and the network's outputs (B, outputs), from
     one pass on the network's device; both come to the host together."""
     parts: list[Tensor] = []
 
-    def record(i: int, layer: ir.Nonlinearity, z: Tensor) -> Tensor:
-        if isinstance(layer, ir.MaxPool2d):
-            parts.append(layer.windows(z, -math.inf).argmax(dim=-2))
-        else:
-            parts.append(z > 0)
-        return layer.apply(z)
+    def record(i: int, layer: ir.Nonlinearity, *z: Tensor) -> Tensor:
+        parts.append(layer.pieces(*z))
+        return layer.apply(*z)
 
     with torch.no_grad(), devices.exact_float32():
         outputs = network.run(points.to(network.device, network.dtype), record).reshape(len(points), -1)

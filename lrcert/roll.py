@@ -194,7 +194,13 @@ def _check_model(model: torch.nn.Module, x: Tensor) -> None:
     finally:
         for module, training in modes.items():
             module.training = training
-    expected = sum(layer.size for layer in network.layers if isinstance(layer, ir.ReLU))
+    others = sorted({network.layers[i].kind for i in network.nonlinear} - {"relu", "leaky_relu", "maxpool"})
+    if others:
+        raise LrcertError(
+            f"roll_loss regularises ReLU, LeakyReLU and max-pool faces; the model also has {', '.join(others)}",
+            fix="train with ReLU/LeakyReLU activations (lrcert certify handles the others)",
+        )
+    expected = sum(layer.size for layer in network.layers if layer.kind in ("relu", "leaky_relu"))
     with torch.no_grad(), _statistics_frozen(model), _RecordFaces() as record:
         model(x)
     if record.relu_units != expected:

@@ -1,8 +1,9 @@
 """An independent float64 computation of linear-region radii, for checking lrcert.
 
 It shares no code with lrcert: faces are captured with forward hooks on the torch modules
-themselves (nn.ReLU, nn.LeakyReLU, nn.MaxPool2d), max-pool windows are enumerated with plain
-slicing, and every face gradient comes from torch.autograd's full Jacobian.
+themselves (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.Hardtanh/ReLU6 with a face at each bound,
+nn.MaxPool2d, and test modules that state their faces), max-pool windows are enumerated with
+plain slicing, and every face gradient comes from torch.autograd's full Jacobian.
 """
 
 from __future__ import annotations
@@ -46,13 +47,29 @@ def _pair(value) -> tuple[int, int]:
     return tuple(int(v) for v in value) if isinstance(value, (tuple, list)) else (int(value),) * 2
 
 
+def _unit_faces(module: nn.Module, args: tuple) -> list[torch.Tensor]:
+    """The face values of an elementwise activation module, one tensor per kink (z − b), or of a
+    test module that declares its own (``faces(*inputs)``, e.g. an elementwise max: a − b)."""
+    z = args[0]
+    if isinstance(module, nn.Hardtanh):  # ReLU6 too
+        return [z - module.min_val, z - module.max_val]
+    if isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.PReLU)):
+        return [z]
+    return [module.faces(*args)]
+
+
+def _is_unit_activation(module: nn.Module) -> bool:
+    return isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.Hardtanh)) or hasattr(module, "faces")
+
+
 def _run_with_hooks(model: nn.Module, x: torch.Tensor, on_relu, on_pool) -> None:
-    """Run ``model`` on ``x``, calling ``on_relu(module, z)`` / ``on_pool(module, z)`` with each
-    ReLU/LeakyReLU and max-pool input, in execution order."""
+    """Run ``model`` on ``x``, calling ``on_relu(module, faces)`` with each elementwise activation's
+    face values (a list, one tensor per kink) and ``on_pool(module, z)`` with each max-pool input,
+    in execution order."""
     hooks = []
     for module in model.modules():
-        if isinstance(module, (nn.ReLU, nn.LeakyReLU)):
-            hooks.append(module.register_forward_pre_hook(lambda m, args: on_relu(m, args[0])))
+        if _is_unit_activation(module):
+            hooks.append(module.register_forward_pre_hook(lambda m, args: on_relu(m, _unit_faces(m, args))))
         elif isinstance(module, nn.MaxPool2d):
             hooks.append(module.register_forward_pre_hook(lambda m, args: on_pool(m, args[0])))
     try:
@@ -67,7 +84,7 @@ def faces_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     captured: list[torch.Tensor] = []
     _run_with_hooks(
         model, x,
-        on_relu=lambda m, z: captured.append(z.reshape(-1)),
+        on_relu=lambda m, faces: captured.extend(f.reshape(-1) for f in faces),
         on_pool=lambda m, z: captured.append(_pool_faces(z, m).reshape(-1)),
     )
     return torch.cat(captured) if captured else torch.zeros(0, dtype=x.dtype)
@@ -82,7 +99,9 @@ def pattern_of(model: nn.Module, x: torch.Tensor) -> tuple:
         pattern.append(tuple(indices.reshape(-1).tolist()))
 
     with torch.no_grad():
-        _run_with_hooks(model, x, on_relu=lambda m, z: pattern.append(tuple((z > 0).reshape(-1).tolist())), on_pool=pool)
+        _run_with_hooks(
+            model, x, on_relu=lambda m, faces: pattern.extend(tuple((f > 0).reshape(-1).tolist()) for f in faces), on_pool=pool
+        )
     return tuple(pattern)
 
 

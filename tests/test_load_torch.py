@@ -128,3 +128,21 @@ def test_data_dependent_control_flow_is_refused():
 
     with pytest.raises(LrcertError, match="data-dependent control flow"):
         lrcert.from_module(Branchy(), (3,))
+
+
+def test_python_number_constants_stay_exact():
+    """``x * 0.1`` must scale by the float64 0.1, not by float32's 0.100000001 (a 1.5e-8 error)."""
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.relu, self.out = nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.out(self.relu(torch.clamp(self.fc(x) * 0.1 + 0.3, max=0.7) / 0.7))
+
+    torch.manual_seed(0)
+    model = Scaled().double()
+    network = lrcert.from_module(model, (3,))
+    x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(network.run(x).reshape(5, 2), model(x).detach(), rtol=1e-13, atol=0)  # ulps, not 1e-8

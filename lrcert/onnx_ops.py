@@ -1,0 +1,221 @@
+"""ONNX op versions onnx2torch lacks, added through onnx2torch's own converter registry.
+
+PyTorch's default exporter (dynamo) writes opset 18+ graphs, and ONNX gives an op a new version
+each time it admits new element types (Reshape-19, -21, -23, …), so onnx2torch, which keys its
+converters by exact op version, refuses most of them. :func:`register` adds, for every op lrcert
+reads and every newer ONNX version onnx2torch has no converter for:
+
+- onnx2torch's converter of the newest older version, when ONNX's schemas of the two versions
+  declare the same inputs, outputs and attributes (only the admitted element types differ); where
+  the newer version only adds an attribute or an optional input (AveragePool-19's ``dilations``,
+  Pad-18's ``axes``), the older converter still serves every node that leaves it unused, and a
+  node that uses it is refused by name;
+- lrcert's own converter where the meaning changed: Reshape-19+ honours ``allowzero`` (the
+  exporter writes ``allowzero=1`` on every Reshape), ReduceMean-18 reads its axes from an input.
+
+>>> register()
+>>> from onnx2torch.node_converters.registry import get_converter
+>>> callable(get_converter("Reshape", 21)) and callable(get_converter("ReduceMean", 18))
+True
+"""
+
+from __future__ import annotations
+
+import onnx
+import torch
+from onnx import defs
+from torch import nn
+
+#: The ops of the graphs lrcert reads (see load.py), whose newer versions get converters.
+OPS = (
+    "Add", "Sub", "Mul", "Div", "Sum", "Neg", "MatMul", "Gemm", "Conv", "ConvTranspose", "BatchNormalization",
+    "Relu", "LeakyRelu", "PRelu", "Clip", "Abs", "Max", "Min", "HardSigmoid", "MaxPool", "AveragePool",
+    "GlobalAveragePool", "ReduceMean", "ReduceSum", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
+    "Slice", "Gather", "Concat", "Expand", "Pad", "Identity", "Dropout", "Cast", "Shape", "Constant",
+    "ConstantOfShape", "Softmax", "LogSoftmax",
+)
+#: Attribute values that keep a newer attribute's older meaning (served by the older converter).
+NEUTRAL = {"dilations": lambda value: all(d == 1 for d in value)}
+
+_registered = False
+
+
+def register() -> None:
+    """Add the missing converters to onnx2torch's registry (once per process)."""
+    global _registered
+    if _registered:
+        return
+    from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription, add_converter
+
+    known = {(d.operation_type, d.version) for d in _CONVERTER_REGISTRY if d.domain == defs.ONNX_DOMAIN}
+    for op, version in _newer_versions(known):
+        if op == "Reshape":
+            add_converter(op, version)(_reshape)
+        elif op == "ReduceMean" and version == 18:
+            add_converter(op, version)(_reduce_mean_18)
+        else:
+            older = max(v for o, v in known if o == op and v < version)
+            added = _additions(op, older, version)
+            if added is not None:
+                converter = _CONVERTER_REGISTRY[OperationDescription(defs.ONNX_DOMAIN, op, older)]
+                add_converter(op, version)(_unless_used(converter, op, version, added))
+    _registered = True
+
+
+def _newer_versions(known: set[tuple[str, int]]) -> list[tuple[str, int]]:
+    """(op, version) for every ONNX version of OPS above onnx2torch's newest one for that op."""
+    newer = []
+    for op in OPS:
+        have = [v for o, v in known if o == op]
+        if not have:
+            continue
+        versions = {defs.get_schema(op, opset).since_version for opset in range(1, defs.onnx_opset_version() + 1)
+                    if _exists(op, opset)}
+        newer += [(op, v) for v in sorted(versions) if v > max(have)]
+    return newer
+
+
+def _exists(op: str, opset: int) -> bool:
+    try:
+        defs.get_schema(op, opset)
+        return True
+    except defs.SchemaError:
+        return False
+
+
+def _additions(op: str, older: int, newer: int) -> tuple[set[str], int] | None:
+    """What version ``newer`` of ``op`` adds to version ``older``: (attributes, number of inputs
+    the older version takes), or None when it removes or renames something (not served)."""
+    old, new = defs.get_schema(op, older), defs.get_schema(op, newer)
+    old_inputs, new_inputs = [i.name for i in old.inputs], [i.name for i in new.inputs]
+    if new_inputs[: len(old_inputs)] != old_inputs or [o.name for o in new.outputs] != [o.name for o in old.outputs]:
+        return None
+    if not set(old.attributes) <= set(new.attributes):
+        return None
+    return set(new.attributes) - set(old.attributes), len(old_inputs)
+
+
+def _unless_used(converter, op: str, version: int, added: tuple[set[str], int]):
+    """The older converter, refusing a node that uses what the newer version added."""
+    attributes, inputs = added
+
+    def convert(node, graph):
+        used = [a for a in attributes if a in node.attributes and not NEUTRAL.get(a, lambda v: False)(node.attributes[a])]
+        used += [f"input {i}" for i, name in enumerate(node.input_values) if i >= inputs and name]
+        if used:
+            raise NotImplementedError(f"{op}-{version} node {node.name!r} uses {', '.join(used)}, which lrcert does not read")
+        return converter(node, graph)
+
+    return convert
+
+
+# ---------------------------------------------------------------------------------------------- own converters
+
+
+class LiteralReshape(nn.Module):
+    """ONNX Reshape with ``allowzero=1``: a 0 in the shape is a dimension of size 0, not a copy."""
+
+    def forward(self, x: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        return torch.reshape(x, [int(d) for d in shape.tolist()])
+
+
+def _reshape(node, graph):
+    from onnx2torch.node_converters.reshape import OnnxReshape
+    from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
+
+    module = LiteralReshape() if node.attributes.get("allowzero", 0) == 1 else OnnxReshape()
+    return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
+
+
+class StaticMean(nn.Module):
+    """Mean over constant axes (ReduceMean-18, whose axes come as an input)."""
+
+    def __init__(self, axes: list[int] | None, keepdims: bool):
+        super().__init__()
+        self.axes, self.keepdims = axes, keepdims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        axes = self.axes if self.axes else list(range(x.dim()))
+        return torch.mean(x, dim=axes, keepdim=self.keepdims)
+
+
+def _reduce_mean_18(node, graph):
+    from onnx2torch.utils.common import OnnxMapping, OperationConverterResult, get_const_value
+
+    axes = None
+    if len(node.input_values) > 1 and node.input_values[1]:
+        try:
+            axes = [int(a) for a in get_const_value(node.input_values[1], graph).tolist()]
+        except KeyError:
+            raise NotImplementedError("ReduceMean-18 with input-dependent axes is not supported") from None
+    if not axes and node.attributes.get("noop_with_empty_axes", 0):
+        raise NotImplementedError("ReduceMean-18 with noop_with_empty_axes=1 and no axes is not supported")
+    return OperationConverterResult(
+        torch_module=StaticMean(axes, bool(node.attributes.get("keepdims", 1))),
+        onnx_mapping=OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- module swaps
+
+
+class PairwiseMax(nn.Module):
+    """ONNX Max/Min of any number of tensors, as pairwise ``torch.maximum``/``minimum`` (onnx2torch
+    stacks them and reduces over the stack, which the tracer cannot read as faces)."""
+
+    def __init__(self, minimum: bool):
+        super().__init__()
+        self.minimum = minimum
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        out = xs[0]
+        for x in xs[1:]:
+            out = torch.minimum(out, x) if self.minimum else torch.maximum(out, x)
+        return out
+
+
+class BroadcastPReLU(nn.Module):
+    """ONNX PRelu, its slope broadcast from the right as ONNX has it: ``F.prelu`` when the slope is
+    one number or varies along axis 1 only, else relu(x) + slope·(x − relu(x)), the same function
+    (one term is exactly 0). onnx2torch's module falls back on a masked assignment instead."""
+
+    def forward(self, x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+        aligned = slope.reshape((1,) * (x.dim() - slope.dim()) + tuple(slope.shape))
+        if slope.numel() == 1 or (
+            x.dim() > 1 and aligned.shape[1] == x.shape[1] and all(d == 1 for k, d in enumerate(aligned.shape) if k != 1)
+        ):
+            return torch.nn.functional.prelu(x, slope.reshape(-1))
+        positive = torch.relu(x)
+        return positive + slope * (x - positive)
+
+
+def traceable(module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """onnx2torch's module with its Max/Min and PRelu modules swapped for the equivalent ones above."""
+    from onnx2torch.node_converters.activations import OnnxPReLU
+    from onnx2torch.node_converters.min_max import OnnxMinMax
+
+    for name, child in list(module.named_modules()):
+        if isinstance(child, OnnxMinMax):
+            module.set_submodule(name, PairwiseMax(minimum=child._operator is torch.amin))
+        elif isinstance(child, OnnxPReLU):
+            module.set_submodule(name, BroadcastPReLU())
+    return module
+
+
+def missing(model: onnx.ModelProto) -> list[str]:
+    """Nodes onnx2torch (with the converters above) cannot convert, as "'name' (Op-version)"."""
+    from onnx2torch.node_converters.registry import get_converter
+
+    register()
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
+    problems = []
+    for k, node in enumerate(model.graph.node):
+        if node.domain not in ("", "ai.onnx"):
+            problems.append(f"{node.name or f'node #{k}'!r} ({node.domain}.{node.op_type}): custom-domain op")
+            continue
+        try:
+            get_converter(node.op_type, opset)
+        except NotImplementedError:
+            version = defs.get_schema(node.op_type, opset).since_version if _exists(node.op_type, opset) else opset
+            problems.append(f"{node.name or f'node #{k}'!r} ({node.op_type}-{version}): onnx2torch has no converter for it")
+    return problems
