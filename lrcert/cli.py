@@ -75,14 +75,36 @@ def _say(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def _terminate_like_interrupt() -> None:
-    """Treat SIGTERM (a CI timeout, kill) like Ctrl-C, so the same clean-up runs."""
+#: Set by Ctrl-C or SIGTERM; the batch loop checks it, so an interruption that some library
+#: swallowed still stops the run at the next batch.
+_interrupted = threading.Event()
+
+
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C and SIGTERM (a CI timeout, kill) stop a command the same clean way: KeyboardInterrupt
+    at once, and a flag that the batch loop checks (:func:`_stop_if_interrupted`). The previous
+    handlers come back afterwards (the CLI also runs inside other programs, e.g. tests)."""
 
     def interrupt(signum, frame):
+        _interrupted.set()
         raise KeyboardInterrupt
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
+    _interrupted.clear()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop_if_interrupted() -> None:
+    if _interrupted.is_set():
+        raise KeyboardInterrupt
 
 
 def reports_errors(command):
@@ -90,9 +112,9 @@ def reports_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        _terminate_like_interrupt()
         try:
-            code = command(*args, **kwargs)
+            with _interruptible():
+                code = command(*args, **kwargs)
         except LrcertError as error:
             _say(f"lrcert: {'internal error: ' if error.internal else 'error: '}{error}")
             raise typer.Exit(EXIT_INTERNAL if error.internal else EXIT_INPUT) from None
@@ -369,6 +391,7 @@ def certify(
                     results.extend(batch)
                 out.flush()
                 advance(len(batch))
+                _stop_if_interrupted()
             if output_format == Format.json:
                 out.write(report.json_document(model_info, options, results, norms))
             elif output_format == Format.table:

@@ -69,7 +69,7 @@ def test_hundred_thousand_inputs_stream_in_bounded_memory(tmp_path):
 
 def test_interrupted_run_resumes_without_recomputing_or_duplicating(tmp_path):
     model = _mlp(tmp_path / "mlp.onnx", width=256)
-    count = 3000
+    count = 6000  # seconds of work, so that the interruption surely lands mid-run
     data = tmp_path / "x.npy"
     np.save(data, np.random.default_rng(1).random((count, 784)).astype(np.float32))
     out = tmp_path / "radii.jsonl"
