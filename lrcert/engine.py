@@ -401,20 +401,23 @@ class _Region:
         self.active = self._active_columns()
 
     def _record(self, i: int, layer: ir.Nonlinearity, *z: Tensor) -> Tensor:
-        """Evaluate nonlinear layer ``i`` on ``z``, recording its faces, pieces and frozen slopes."""
-        self.pieces[i] = layer.pieces(*z)
+        """Evaluate nonlinear layer ``i`` on ``z``, recording its faces, pieces and frozen slopes.
+        The pieces are ``layer.pieces(*z)``, taken from what is recorded anyway: each window's
+        arg-max for a max-pool, the faces' signs otherwise."""
         if isinstance(layer, ir.MaxPool2d):
             windows = layer.windows(z[0], float("-inf"))
             best, arg = windows.max(dim=-2, keepdim=True)
-            self.argmax[i] = arg
+            self.argmax[i] = self.pieces[i] = arg
             self.faces[i] = (best - windows).reshape(self.batch, -1)
             return best.reshape(self.batch, *layer.shape)
         if isinstance(layer, ir.Maximum):
             self.first_wins[i] = layer.first_wins(*z)
             self.faces[i] = layer.faces(*z)
+            self.pieces[i] = self.faces[i] > 0
             return layer.apply(*z)
         self.gain[i] = layer.gain(z[0])
         self.faces[i] = layer.faces(z[0])
+        self.pieces[i] = self.faces[i] > 0
         return layer.apply(z[0])
 
 

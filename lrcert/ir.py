@@ -343,7 +343,8 @@ class Elementwise(Nonlinearity):
     def faces(self, z: Tensor) -> Tensor:
         """``z − b`` for every kink b, (lead..., k·n): block j holds every unit's distance to kink j."""
         lead = self.lead(z)
-        return torch.cat([(z - b).reshape(*lead, -1) for b in self.kinks()], dim=-1)
+        blocks = [(z if isinstance(b, float) and b == 0 else z - b).reshape(*lead, -1) for b in self.kinks()]
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)
 
     def pieces(self, z: Tensor) -> Tensor:
         return self.faces(z) > 0
