@@ -1,0 +1,166 @@
+"""What every ``lrcert`` command shares: the Typer app, the exit codes, one-line errors, clean
+interruption, and the option parsers used by several commands."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+
+from .. import __version__
+from ..errors import LrcertError, first_line
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+NORM_NAMES = {"1": "l1", "l1": "l1", "2": "l2", "l2": "l2", "inf": "linf", "linf": "linf", "∞": "linf"}
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Exact linear-region radii for piecewise-linear (ReLU) networks: how far each input can move "
+    "in l1, l2 or linf before the network stops being linear around it.",
+)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    csv = "csv"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    float64 = "float64"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lrcert {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = None,
+) -> None:
+    """Exact linear-region radii for piecewise-linear (ReLU) networks."""
+
+
+def say(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+#: Set by Ctrl-C or SIGTERM; the batch loop checks it, so an interruption that some library
+#: swallowed still stops the run at the next batch.
+_interrupted = threading.Event()
+
+
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C and SIGTERM (a CI timeout, kill) stop a command the same clean way: KeyboardInterrupt
+    at once, and a flag that the batch loop checks (:func:`stop_if_interrupted`). The previous
+    handlers come back afterwards (the CLI also runs inside other programs, e.g. tests)."""
+
+    def interrupt(signum, frame):
+        _interrupted.set()
+        raise KeyboardInterrupt
+
+    _interrupted.clear()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def stop_if_interrupted() -> None:
+    if _interrupted.is_set():
+        raise KeyboardInterrupt
+
+
+def reports_errors(command):
+    """Wrap a command body so every failure becomes one line on stderr and a documented exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            with _interruptible():
+                code = command(*args, **kwargs)
+        except LrcertError as error:
+            say(f"lrcert: {'internal error: ' if error.internal else 'error: '}{error}")
+            raise typer.Exit(EXIT_INTERNAL if error.internal else EXIT_INPUT) from None
+        except KeyboardInterrupt:
+            say("lrcert: interrupted; no partial --output file was left behind")
+            raise typer.Exit(130) from None
+        except typer.Exit:
+            raise
+        except BrokenPipeError:  # the reader went away (| head): stop quietly, as Unix tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(141) from None
+        except Exception as exc:  # a bug in lrcert: one line, exit 3
+            if os.environ.get("LRCERT_DEBUG"):
+                raise
+            say(
+                f"lrcert: internal error: {type(exc).__name__}: {first_line(exc)}. Fix: rerun with LRCERT_DEBUG=1 "
+                "for the traceback and report it."
+            )
+            raise typer.Exit(EXIT_INTERNAL) from None
+        raise typer.Exit(code or EXIT_OK)
+
+    return wrapper
+
+
+def integers(value: str) -> tuple[int, ...] | None:
+    """``"3, 4,5"`` → ``(3, 4, 5)``; None when a part is not an integer."""
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        return None
+
+
+def parse_shape(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    shape = integers(value.replace("x", ","))
+    if shape is None:
+        raise LrcertError(f"--input-shape {value!r} is not a list of sizes", fix="write e.g. --input-shape 1,28,28")
+    if not shape or any(d <= 0 for d in shape):
+        raise LrcertError(f"--input-shape {value!r} has no or non-positive sizes", fix="write e.g. --input-shape 1,28,28")
+    return shape
+
+
+def check_output_path(path: Path | None) -> None:
+    if path is None:
+        return
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise LrcertError(f"cannot write --output {str(path)!r}: folder {str(folder)!r} does not exist", fix="create it first")
+    if path.is_dir():
+        raise LrcertError(f"--output {str(path)!r} is a folder", fix="give a file name")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise LrcertError(f"cannot write --output {str(path)!r}: permission denied", fix="choose a writable place")
+
+
+def main() -> None:
+    app(prog_name="lrcert")

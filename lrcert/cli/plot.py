@@ -1,0 +1,75 @@
+"""``lrcert plot MODEL --out fig.png``: the linear regions in a plane, with certified balls."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import LrcertError
+from .common import EXIT_OK, app, check_output_path, integers, reports_errors, say
+
+
+def parse_indices(value: str | None) -> list[int]:
+    if not value:
+        return []
+    indices = integers(value)
+    if indices is None:
+        raise LrcertError(f"--points {value!r} is not a list of input indices", fix="write e.g. --points 0,3")
+    return list(indices)
+
+
+@app.command()
+@reports_errors
+def plot(
+    model: Annotated[str, typer.Argument(help="Model file (ONNX, .pt2, or pickled/TorchScript with --trust-pickle).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Picture to write: .png or .svg.")],
+    data: Annotated[Optional[str], typer.Option("--data", help=".npy/.npz of inputs: drawn (2-D models) and indexed by --points.")] = None,
+    points: Annotated[Optional[str], typer.Option("--points", help="Inputs (indices into --data) whose certified l1/l2/linf balls are drawn; the plane goes through the first.")] = None,
+    dirs: Annotated[str, typer.Option("--dirs", help="Plane directions (inputs of more than 2 dimensions): random | toward:INDEX (towards another input) | gradient (of the predicted logit) | FILE.npy (two directions).")] = "random",
+    extent: Annotated[Optional[float], typer.Option("--extent", help="Half-width of the view in plane units. Default: the data's span (2-D), 1.3× the distance (toward:), else 3× how far the point's region reaches in the plane.")] = None,
+    resolution: Annotated[int, typer.Option("--resolution", help="Pixels per side (each pixel's region is computed exactly).")] = 400,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the random plane directions.")] = 0,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model (runs code from the file).")] = False,
+) -> int:
+    """Draw the linear regions of MODEL in a plane, with the certified balls of chosen inputs."""
+    import numpy as np
+    import torch
+
+    from .. import data as data_io
+    from .. import plot as plotting
+    from ..load import load
+
+    if out.suffix.lower() not in (".png", ".svg"):
+        raise LrcertError(f"--out {str(out)!r} is neither .png nor .svg", fix="name the picture fig.png or fig.svg")
+    if not 16 <= resolution <= 2000:
+        raise LrcertError(f"--resolution {resolution} is outside 16..2000", fix="e.g. --resolution 400")
+    if extent is not None and not (0 < extent < math.inf):
+        raise LrcertError(f"--extent {extent} is not a positive number", fix="e.g. --extent 0.5")
+    check_output_path(out)
+    indices = parse_indices(points)
+    network = load(model, trust_pickle=trust_pickle, sample_shape=data_io.peek_row_shape(data))
+    inputs = labels = None
+    if data is not None:
+        rows, notes = data_io.read_rows(data, network.sample_shape, name=data)
+        inputs = torch.from_numpy(np.asarray(rows, dtype=np.float64))
+        for note in notes:
+            say(f"note: {note}")
+        for index in indices:
+            if not 0 <= index < len(inputs):
+                raise LrcertError(f"--points {index} is not an input of {data} (0..{len(inputs) - 1})", fix="pick existing inputs")
+        labels_file = Path(str(data).replace(".inputs.npy", ".labels.npy"))
+        labels = np.load(labels_file) if labels_file != Path(data) and labels_file.exists() else None
+    elif indices:
+        raise LrcertError("--points needs --data", fix="give the inputs with --data X.npy")
+    plane = plotting.make_plane(network, inputs, indices, dirs, extent, seed)
+    picture = plotting.picture(network, plane, inputs, indices, resolution)
+    from ..report import radii_text
+
+    radii = "; ".join(f"input {i}: {radii_text(picture.radii[i])}" for i in indices[:3])
+    title = f"{Path(model).name}: linear regions" + (f"\n{radii}" if radii else "")
+    plotting.draw(picture, inputs, labels, title, out)
+    say(f"wrote {out}: {int(picture.regions.max()) + 1} linear regions in view")
+    return EXIT_OK
