@@ -28,7 +28,8 @@ from .roll import roll_loss  # noqa: E402
 def certify(model, x, *, norms: Sequence[str] = NORMS, directions=None, device=None, dtype=None, batch_size=None):
     """Certify the rows of ``x`` for ``model``: a :class:`Network`, an ``nn.Module`` or a model file path.
 
-    Computes on ``device`` (default: where ``x`` is; ``"auto"``: a GPU when there is one).
+    Computes on ``device`` (default: where ``x`` is; ``"auto"``: a GPU when there is one), in
+    ``dtype`` (default ``"auto"``: float64 radii at float32 speed; or torch.float32, torch.float64).
     Returns one :class:`InputResult` per row (radius per norm, binding constraint, prediction).
     """
     import torch
@@ -41,7 +42,7 @@ def certify(model, x, *, norms: Sequence[str] = NORMS, directions=None, device=N
     elif not isinstance(model, Network):
         model = load(model, sample_shape=tuple(x.shape[1:]))
     return engine.certify(
-        model, x, norms=norms, directions=directions, device=device, dtype=dtype or torch.float32, batch_size=batch_size
+        model, x, norms=norms, directions=directions, device=device, dtype=dtype or "auto", batch_size=batch_size
     )
 
 

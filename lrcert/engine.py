@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import devices, ir
+from . import devices, ir, precision
 from .errors import LrcertError
 
 NORMS = ("l1", "l2", "linf")
@@ -103,6 +103,7 @@ class InputResult:
     binding: dict[str, Constraint | None]
     pattern: str  # digest of the activation pattern (equal digests: same linear region)
     precision_warning: bool = False  # a binding face so close to 0 that rounding in this dtype may move ε̂
+    dtype: str = "float32"  # the precision the radii are exact to: float32, or float64 (also auto's refined inputs)
     direction: float | None = None  # largest t with x + t·d in the region (+inf: unbounded)
     direction_binding: Constraint | None = None
     notes: list[str] = field(default_factory=list)
@@ -126,7 +127,13 @@ class Plan:
 
 
 class Engine:
-    """Certifies batches of inputs of one network on one device in one dtype."""
+    """Certifies batches of inputs of one network on one device.
+
+    ``dtype`` float32 or float64 computes everything in that dtype. ``"auto"`` (the default)
+    gives float64 results at float32 speed: the value pass (faces, pattern) and the directional
+    pass run in float64, the expensive tangent passes in float32, and :mod:`lrcert.precision`
+    bounds their rounding and recomputes in float64 exactly the faces it cannot rule out.
+    """
 
     def __init__(
         self,
@@ -134,7 +141,7 @@ class Engine:
         *,
         norms: Sequence[str] = NORMS,
         device: str | torch.device | None = "cpu",
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = "auto",
         batch_size: int | None = None,
         memory_bytes: int | None = None,
         skip_inactive: bool = True,
@@ -144,9 +151,14 @@ class Engine:
             raise LrcertError(f"unknown norm {unknown[0] if unknown else '(none)'!r}", fix="use l1, l2 or linf")
         if batch_size is not None and batch_size < 1:
             raise LrcertError(f"batch size {batch_size} is not positive", fix="use a batch size of 1 or more")
+        if dtype not in ("auto", torch.float32, torch.float64):
+            raise LrcertError(f"dtype {dtype!r} is not supported", fix="use auto, torch.float32 or torch.float64")
         self.device = devices.resolve(device)
-        self.dtype = dtype
-        self.network = network.to(self.device, dtype)
+        self.auto = dtype == "auto"
+        self.dtype = torch.float32 if self.auto else dtype  # of the tangent passes
+        self.value_dtype = torch.float64 if self.auto else dtype  # of faces, pattern and directions
+        self.network = network.to(self.device, self.value_dtype)
+        self.tangent_network = network.to(self.device, self.dtype) if self.auto else self.network
         self.norms = tuple(p for p in NORMS if p in norms)
         self.nonlinear = network.nonlinear
         self.order = self._tangent_order()
@@ -164,7 +176,7 @@ class Engine:
         reach = self._sparse_reach(set(self.sparse))
         self.transposed = {  # Wᵀ of the dense layers fed by those ReLUs: rows gather fast
             j: layer.weight.t().contiguous()
-            for j, layer in enumerate(self.network.layers)
+            for j, layer in enumerate(self.tangent_network.layers)
             if isinstance(layer, ir.Dense) and set(layer.inputs) & reach
         }
         self.magnitudes = self.network.absolute()  # |parameters|: the scale of each face's rounding error
@@ -175,6 +187,7 @@ class Engine:
         self.requested_batch = batch_size
         #: One fused reduction per dual norm (GPU), or |g| shared by the sum and the max (CPU).
         self.fused_norms = self.device.type == "cuda"
+        self._exact: Engine | None = None
 
     # ----------------------------------------------------------------------------------- planning
 
@@ -267,7 +280,7 @@ class Engine:
         layers = self.network.layers
         faces = sum(layers[i].size * getattr(layers[i], "window_size", 1) for i in self.nonlinear)
         activations = sum(layer.size for layer in layers)
-        itemsize = torch.finfo(self.dtype).bits // 8
+        itemsize = torch.finfo(self.value_dtype).bits // 8
         return (faces * (3 + len(self.norms)) + 2 * activations) * itemsize + 3 * 8 * faces
 
     def peak_elements_per_row(self) -> int:
@@ -308,7 +321,7 @@ class Engine:
         one for all) and the face that sets it: one tangent pass, no gradient norms."""
         plan = self.plan(len(x))
         with torch.no_grad(), devices.exact_float32():
-            region = _Region(self, x.to(self.device, self.dtype))
+            region = _Region(self, x.to(self.device, self.value_dtype))
             region.push_directions(directions, plan.group)
             outcome = _Outcome(region, region.nearest_ahead())
         return outcome.steps()
@@ -324,7 +337,7 @@ class Engine:
         """
         plan = self.plan(n_inputs)
         index, pending = start, None
-        for x in devices.staged(_chunks(batches, plan.batch_size), self.device, self.dtype):
+        for x in devices.staged(_chunks(batches, plan.batch_size), self.device, self.value_dtype):
             d = None
             if directions is not None:
                 d = directions if len(directions) == 1 else directions[index : index + len(x)]
@@ -339,15 +352,30 @@ class Engine:
     def _launch(self, x: Tensor, directions: Tensor | None, plan: Plan) -> "_Outcome":
         """Queue all of one batch's work on the device, and the copy of its results to the host."""
         with torch.no_grad(), devices.exact_float32():
-            region = _Region(self, x.to(self.device, self.dtype))
-            d = self.network.input_size
-            for start in range(0, d, plan.directions_per_pass):
-                region.push(self._identity(start, min(d, start + plan.directions_per_pass)), True, plan.group)
-            tensors = region.radii()
-            if directions is not None:
-                region.push_directions(directions, plan.group)
-                tensors |= region.nearest_ahead()
+            region, tensors = self.compute(x, directions, plan)
             return _Outcome(region, tensors)
+
+    def compute(self, x: Tensor, directions: Tensor | None, plan: Plan) -> tuple["_Region", dict[str, Tensor]]:
+        """One batch's region and its results as batched tensors on the device (see ``_Region.radii``)."""
+        x = x.to(self.device, self.value_dtype)
+        region = _Region(self, x)
+        d = self.network.input_size
+        for start in range(0, d, plan.directions_per_pass):
+            region.push(self._identity(start, min(d, start + plan.directions_per_pass)), True, plan.group)
+        tensors = region.radii()
+        if self.auto:
+            precision.refine(region, tensors, x)
+        if directions is not None:
+            region.push_directions(directions, plan.group)
+            tensors |= region.nearest_ahead()
+        return region, tensors
+
+    def exact_engine(self) -> "Engine":
+        """The same engine in float64 (``dtype="auto"`` reruns the inputs it cannot settle cheaply with it)."""
+        if self._exact is None:
+            self._exact = Engine(self.network, norms=self.norms, device=self.device, dtype=torch.float64,
+                                 memory_bytes=self.memory_bytes)
+        return self._exact
 
     def _identity(self, start: int, stop: int) -> Tensor:
         """The input directions e_start … e_(stop−1), as one seed shared by all inputs: (1, K, *input_shape)."""
@@ -391,6 +419,7 @@ class _Region:
         self.batch = len(x)
         self.faces: dict[int, Tensor] = {}  # layer -> (B, faces) values z
         self.gain: dict[int, Tensor] = {}  # elementwise layer -> (B, *shape) frozen slopes
+        self.gain_in: dict[tuple[int, torch.dtype], Tensor] = {}  # the same in the tangents' dtype
         self.argmax: dict[int, Tensor] = {}  # max-pool layer -> (B, ..., C, 1, L) window arg-max
         self.first_wins: dict[int, Tensor] = {}  # max/min layer -> (B, *shape) where its first input is the output
         self.pieces: dict[int, Tensor] = {}  # layer -> (B, n) the piece each unit is on (the pattern)
@@ -454,9 +483,15 @@ class _Region:
             active[i] = [units if n <= limit else None for units, n in zip(columns, counts)]
         return active
 
+    def _gain(self, i: int, dtype: torch.dtype) -> Tensor:
+        """Layer ``i``'s frozen slopes in ``dtype`` (converted once per batch)."""
+        if (i, dtype) not in self.gain_in:
+            self.gain_in[(i, dtype)] = self.gain[i].to(dtype)
+        return self.gain_in[(i, dtype)]
+
     def push_directions(self, directions: Tensor, group: int) -> None:
         """Push each input's direction d (one per input, or one for all) to get the rates g·d."""
-        seeds = directions.to(self.engine.device, self.engine.dtype).reshape(-1, 1, *self.engine.network.input_shape)
+        seeds = directions.to(self.engine.device, self.engine.value_dtype).reshape(-1, 1, *self.engine.network.input_shape)
         self.push(seeds.expand(self.batch, *seeds.shape[1:]), False, group)
 
     def push(self, seeds: Tensor, accumulate: bool, group: int) -> None:
@@ -464,9 +499,12 @@ class _Region:
 
         Shared seeds (the identity) make every layer before the first nonlinearity the same for
         all inputs: that prefix is computed once, the rest in groups of ``group`` inputs, small
-        enough to stay in cache.
+        enough to stay in cache. The layers and frozen slopes are taken in the seeds' dtype
+        (under ``dtype="auto"``: float32 for the identity, float64 for a direction).
         """
-        engine, layers = self.engine, self.network.layers
+        engine = self.engine
+        tangent_dtype = seeds.dtype == engine.dtype
+        layers = (engine.tangent_network if tangent_dtype else self.network).layers
         shared = seeds.shape[0] == 1
         base = {0: seeds}
         if shared:
@@ -499,11 +537,12 @@ class _Region:
                 else:
                     if not (shared and i in engine.entries):
                         self._face_gradients(i, rows, ins[0].flatten(2), accumulate)
-                    active = self.active[i][rows.start] if i in self.active and rows.stop - rows.start == 1 else None
+                    one = rows.stop - rows.start == 1 and tangent_dtype
+                    active = self.active[i][rows.start] if i in self.active and one else None
                     if active is not None:
                         tangents[i] = _ActiveColumns(torch.index_select(ins[0].flatten(2), 2, active), active)
                     else:
-                        tangents[i] = self.gain[i][rows].unsqueeze(1) * ins[0]
+                        tangents[i] = self._gain(i, seeds.dtype)[rows].unsqueeze(1) * ins[0]
                 for j in set(layer.inputs):
                     if engine.last_use.get(j) == i:
                         tangents.pop(j, None)
@@ -582,9 +621,8 @@ class _Region:
 
     def _nearest(self, distances: Callable[[int], Tensor]) -> dict[str, Tensor]:
         """Per input, the smallest of ``distances(i)`` (shape (B, faces)) over every nonlinear layer
-        i, and that face: layer (−1: none), unit, value z, the arg-max element of its max-pool window
-        (−1 for units), and whether z is nonzero but within rounding reach of 0 (|z| ≤
-        PRECISION_MARGIN · u · s, s the magnitude of z's terms). Batched, on the device."""
+        i, and that face: layer (−1: none), unit, and :meth:`describe`'s account of it. Batched,
+        on the device."""
         b, device = self.batch, self.output.device
         best = torch.full((b,), math.inf, dtype=torch.float64, device=device)
         layer = torch.full((b,), -1, dtype=torch.long, device=device)
@@ -595,10 +633,17 @@ class _Region:
             best = torch.where(better, distance, best)
             layer = torch.where(better, i, layer)
             unit = torch.where(better, nearest, unit)
+        return {"distance": best, "layer": layer, "unit": unit, **self.describe(layer, unit)}
+
+    def describe(self, layer: Tensor, unit: Tensor) -> dict[str, Tensor]:
+        """For each input's face (``layer``, ``unit``; layer −1: none): its value z, the arg-max
+        element of its max-pool window (−1 for units), and whether z is nonzero but within rounding
+        reach of 0 (|z| ≤ PRECISION_MARGIN · u · s, s the magnitude of z's terms)."""
+        b, device = self.batch, self.output.device
         z = torch.zeros(b, dtype=torch.float64, device=device)
         winner = torch.full((b,), -1, dtype=torch.long, device=device)
         imprecise = torch.zeros(b, dtype=torch.bool, device=device)
-        roundoff = PRECISION_MARGIN * torch.finfo(self.engine.dtype).eps
+        roundoff = PRECISION_MARGIN * torch.finfo(self.engine.value_dtype).eps
         for i in self.engine.nonlinear:
             here = layer == i
             units = torch.where(here, unit, 0)[:, None]
@@ -608,7 +653,7 @@ class _Region:
             imprecise |= here & (value != 0) & (value.abs() <= roundoff * scale)
             if i in self.argmax:
                 winner = torch.where(here, self._window_winner(i, units[:, 0]), winner)
-        return {"distance": best, "layer": layer, "unit": unit, "z": z, "winner": winner, "imprecise": imprecise}
+        return {"z": z, "winner": winner, "imprecise": imprecise}
 
     def _window_winner(self, i: int, unit: Tensor) -> Tensor:
         """For max-pool faces ``unit`` (flat over (plane, element, window)), their window's arg-max element."""
@@ -645,7 +690,8 @@ class _Outcome:
     def __init__(self, region: _Region, tensors: dict[str, Tensor]):
         self.network = region.network
         self.norms = region.engine.norms
-        self.dtype = region.engine.dtype
+        self.dtype = region.engine.value_dtype
+        self.tangent_dtype = region.engine.dtype
         self.batch = region.batch
         self.nonlinear = bool(region.engine.nonlinear)
         self.batch_axis = region.network.has_batch_axis
@@ -659,6 +705,8 @@ class _Outcome:
         binding = {p: self._constraints(host, p) for p in self.norms}
         prediction = host["prediction"].tolist() if "prediction" in host else [None] * self.batch
         flagged = np.logical_or.reduce([host[f"{p}.imprecise"] for p in self.norms]).tolist()
+        names = {False: str(self.tangent_dtype).split(".")[-1], True: "float64"}
+        exact = host["exact"].tolist() if "exact" in host else [self.tangent_dtype == torch.float64] * self.batch
         if self.nonlinear:
             patterns = [hashlib.blake2b(row.tobytes(), digest_size=8).hexdigest() for row in host["pattern"]]
         else:
@@ -671,6 +719,7 @@ class _Outcome:
                 binding={p: binding[p][k] for p in self.norms},
                 pattern=patterns[k],
                 precision_warning=flagged[k],
+                dtype=names[exact[k]],
             )
             for k in range(self.batch)
         ]
@@ -752,11 +801,12 @@ def certify(
     norms: Sequence[str] = NORMS,
     directions: Tensor | np.ndarray | None = None,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = "auto",
     batch_size: int | None = None,
 ) -> list[InputResult]:
     """Certify every row of ``x`` (shape ``(N, *network.sample_shape)``) on ``device`` (default:
-    where ``x`` is; ``"auto"``: a GPU when there is one); see :class:`Engine`."""
+    where ``x`` is; ``"auto"``: a GPU when there is one) in ``dtype`` (default ``"auto"``: float64
+    results at float32 speed); see :class:`Engine`."""
     x = devices.as_tensor(x)
     d = None if directions is None else devices.as_tensor(directions)
     engine = Engine(network, norms=norms, device=devices.resolve(device, like=x), dtype=dtype, batch_size=batch_size)

@@ -97,6 +97,12 @@ class Affine(Layer):
     def apply(self, xs: Sequence[Tensor], offset: bool = True) -> Tensor:
         raise NotImplementedError
 
+    @property
+    def terms(self) -> int:
+        """The most products summed into one output of ``A`` (0: ``A`` only moves or copies
+        entries). Floating-point ``A(x)`` is then within γ_terms · (|A| |x|) of the exact one."""
+        return 0
+
 
 class Nonlinearity(Layer):
     """A piecewise-linear nonlinearity whose pieces define the linear region."""
@@ -129,6 +135,10 @@ class Dense(Affine):
     def describe(self):
         return f"{self.weight.shape[1]} → {self.weight.shape[0]}"
 
+    @property
+    def terms(self):
+        return self.weight.shape[1]
+
 
 @dataclass(frozen=True, eq=False)
 class Convolution(Affine):
@@ -155,6 +165,11 @@ class Convolution(Affine):
             ),
         )
 
+    @property
+    def terms(self):
+        channels = self.weight.shape[0] // self.groups if self.transposed else self.weight.shape[1]
+        return channels * math.prod(self.weight.shape[2:])
+
     def describe(self):
         kind = "transposed " if self.transposed else ""
         k = "×".join(map(str, self.weight.shape[2:]))
@@ -172,6 +187,10 @@ class LinearPool(Affine):
 
     def apply(self, xs, offset=True):
         return _on_core(xs[0], self.core_rank, lambda x: self.op(x, *self.args))
+
+    @property
+    def terms(self):  # a pool never mixes channels: at most every element of one plane, and the division
+        return math.prod(self.in_shapes[0][len(self.in_shapes[0]) - self.core_rank + 1 :]) + 1
 
     def describe(self):
         return f"{self.op.__name__} {list(self.args)}"
@@ -206,6 +225,10 @@ class ElementwiseAffine(Affine):
     shift: Tensor | None = field(repr=False, default=None)
     kind: ClassVar[str] = "scale-shift"
 
+    @property
+    def terms(self):
+        return 0 if self.scale is None else 1
+
     def apply(self, xs, offset=True):
         y = _align(xs[0], len(self.in_shapes[0]), len(self.shape))
         if self.scale is not None:
@@ -223,6 +246,10 @@ class Sum(Affine):
 
     coefficients: tuple[float, ...] = ()
     kind: ClassVar[str] = "add"
+
+    @property
+    def terms(self):
+        return len(self.inputs) + any(c != 1 for c in self.coefficients)
 
     def absolute(self):
         return replace(self, coefficients=tuple(abs(c) for c in self.coefficients))
@@ -318,6 +345,10 @@ class Reduce(Affine):
     keepdim: bool = False
     kind: ClassVar[str] = "reduce"
 
+    @property
+    def terms(self):
+        return math.prod(self.in_shapes[0][a] for a in self.axes) + self.mean
+
     def apply(self, xs, offset=True):
         n = len(self.lead(xs[0]))
         axes = [n + a for a in self.axes]
@@ -378,7 +409,9 @@ class ReLU(Elementwise):
     def gain(self, z: Tensor) -> Tensor:
         if isinstance(self.negative_slope, float) and self.negative_slope == 0:
             return (z > 0).to(z.dtype)
-        return torch.where(z > 0, 1.0, self.negative_slope).to(z.dtype)
+        # the slope as a tensor of z's dtype: two Python numbers would make a float32 tensor (0.3 → 0.30000001)
+        slope = self.negative_slope.to(z.dtype) if isinstance(self.negative_slope, Tensor) else torch.full_like(z, self.negative_slope)
+        return torch.where(z > 0, 1.0, slope)
 
     def describe(self):
         if isinstance(self.negative_slope, Tensor):
@@ -434,7 +467,7 @@ class Abs(Elementwise):
         return x.abs()
 
     def gain(self, z: Tensor) -> Tensor:
-        return torch.where(z > 0, 1.0, -1.0).to(z.dtype)
+        return (z > 0).to(z.dtype) * 2 - 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -515,6 +548,12 @@ class MaxPool2d(Nonlinearity):
 
     def pieces(self, x):
         return self.windows(x, float("-inf")).argmax(dim=-2)
+
+    def faces(self, x: Tensor) -> Tensor:
+        """``z_win − z_l`` for every element l of every window, (lead..., faces): the arg-max's own
+        entry is 0 with gradient 0 (no face), padding gives +inf."""
+        windows = self.windows(x, float("-inf"))
+        return (windows.max(dim=-2, keepdim=True).values - windows).reshape(*self.lead(x), -1)
 
     def describe(self):
         return f"{self.kernel[0]}×{self.kernel[1]} stride {list(self.stride)} padding {list(self.padding)}"

@@ -60,9 +60,12 @@ class Tally:
     ties: int = 0  # ... of which at a tied max-pool window
     flagged: list[int] = field(default_factory=list)  # precision warnings
     below: dict[str, list[int]] = field(default_factory=dict)  # thresholds not met
+    dtypes: dict[str, int] = field(default_factory=dict)  # results per precision (auto: float32 kept, float64 refined)
 
-    def add(self, index: int, radius: dict[str, float], kinds: dict[str, str | None], precision_warning: bool) -> None:
+    def add(self, index: int, radius: dict[str, float], kinds: dict[str, str | None], precision_warning: bool,
+            dtype: str = "float32") -> None:
         self.count += 1
+        self.dtypes[dtype] = self.dtypes.get(dtype, 0) + 1
         if any(radius[p] == 0 for p in self.norms):
             self.on_boundary += 1
             self.ties += any(kind == "maxpool" for kind in kinds.values())
@@ -73,13 +76,13 @@ class Tally:
                 self.below.setdefault(p, []).append(index)
 
     def add_result(self, r: InputResult) -> None:
-        self.add(r.index, r.radius, {p: b.kind if b else None for p, b in r.binding.items()}, r.precision_warning)
+        self.add(r.index, r.radius, {p: b.kind if b else None for p, b in r.binding.items()}, r.precision_warning, r.dtype)
 
     def add_record(self, record: dict) -> None:
         """A result read back from JSON (``null`` radius: unbounded)."""
         radius = {p: math.inf if v is None else v for p, v in record["radius"].items()}
         kinds = {p: b["kind"] if b else None for p, b in record["binding"].items()}
-        self.add(record["index"], radius, kinds, record.get("precision_warning", False))
+        self.add(record["index"], radius, kinds, record.get("precision_warning", False), record.get("dtype", "float32"))
 
 
 def summary(results: Sequence[InputResult], norms: Sequence[str]) -> dict:
@@ -96,6 +99,7 @@ def result_record(result: InputResult, norms: Sequence[str]) -> dict:
         "binding": {p: (b.as_dict() if b else None) for p, b in result.binding.items()},
         "pattern": result.pattern,
         "precision_warning": result.precision_warning,
+        "dtype": result.dtype,
     }
     if result.direction is not None:
         record["direction"] = {
@@ -126,7 +130,7 @@ def jsonl_lines(results: Iterable[InputResult], norms: Sequence[str]) -> Iterabl
 
 
 def csv_header(norms: Sequence[str], directional: bool) -> str:
-    columns = ["index", "prediction", *norms, *(f"binding_{p}" for p in norms), "pattern", "precision_warning"]
+    columns = ["index", "prediction", *norms, *(f"binding_{p}" for p in norms), "pattern", "precision_warning", "dtype"]
     if directional:
         columns += ["direction", "binding_direction"]
     return _csv_row(columns)
@@ -137,7 +141,7 @@ def csv_lines(results: Iterable[InputResult], norms: Sequence[str], directional:
         row = [r.index, "" if r.prediction is None else r.prediction]
         row += [_number(r.radius[p]) for p in norms]
         row += [r.binding[p].describe() if r.binding[p] else "" for p in norms]
-        row += [r.pattern, int(r.precision_warning)]
+        row += [r.pattern, int(r.precision_warning), r.dtype]
         if directional:
             row += [_number(r.direction), r.direction_binding.describe() if r.direction_binding else ""]
         yield _csv_row(row)

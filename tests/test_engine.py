@@ -290,3 +290,15 @@ def test_precision_warning_flags_faces_within_float32_rounding_of_zero():
 def test_exact_zero_faces_are_boundaries_not_precision_warnings():
     (result,) = _certify(nn.Sequential(nn.MaxPool2d(2)), [[[[1.0, 1.0], [0.0, 0.0]]]])
     assert result.radius["l2"] == 0.0 and not result.precision_warning
+
+
+def test_leaky_slopes_stay_exact_in_float64():
+    """The frozen slope of a LeakyReLU(0.3) is float64's 0.3, not float32's 0.30000001 (which moved
+    radii by about 4e-8)."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(5, 8), nn.LeakyReLU(0.3), nn.Linear(8, 8), nn.LeakyReLU(0.3), nn.Linear(8, 1), nn.ReLU())
+    model = model.double()
+    x = torch.randn(8, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for k, result in enumerate(lrcert.certify(model, x, dtype=torch.float64)):
+        expected = reference_radii(model, x[k : k + 1])
+        assert all(relative_error(result.radius[p], expected[p]) < 1e-12 for p in expected), (k, result.radius, expected)

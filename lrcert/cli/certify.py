@@ -148,7 +148,7 @@ def certify(
     key: Annotated[Optional[str], typer.Option("--key", help="Array to read from an .npz file with several.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Inputs per batch. Default: as many as fit the memory bound.")] = None,
     device: Annotated[Device, typer.Option("--device", help="Where to compute: auto takes the GPU when PyTorch sees one (batches then sized from its free memory).")] = Device.auto,
-    dtype: Annotated[DType, typer.Option("--dtype", help="float64 for reference-grade radii; float32 is faster (true float32: TF32 is off while lrcert computes).")] = DType.float32,
+    dtype: Annotated[DType, typer.Option("--dtype", help="auto: float64 radii at about float32 speed (float32 work, rigorous rounding bounds, float64 where they do not settle the answer); float32: raw speed; float64: everything in float64.")] = DType.auto,
     input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Shape of one input, e.g. 1,28,28 (only for models that do not record it).")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model or TorchScript file: this runs code stored in the file.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="With --format jsonl --output FILE: continue an interrupted run, keeping the rows already written.")] = False,
@@ -171,7 +171,7 @@ def certify(
     if resume and (output_format != Format.jsonl or output is None):
         raise LrcertError("--resume needs --format jsonl and --output FILE", fix="add them, or drop --resume")
     target = devices.resolve(device.value)
-    torch_dtype = torch.float64 if dtype == DType.float64 else torch.float32
+    torch_dtype = {DType.auto: "auto", DType.float32: torch.float32, DType.float64: torch.float64}[dtype]
 
     source = sys.stdin.buffer.read() if data == "-" else data
     if shape_hint is None:
@@ -253,7 +253,11 @@ def certify(
         raise
     elapsed = time.perf_counter() - started
     fresh = tally.count - done
-    say(f"certified {fresh} inputs in {elapsed:.2f} s ({fresh / max(elapsed, 1e-9):.1f} inputs/s) on {devices.describe(target)}, {dtype.value}")
+    how = dtype.value
+    if dtype == DType.auto:
+        refined = tally.dtypes.get("float64", 0)
+        how = f"auto: {refined} of {tally.count} refined in float64, the rest exact in float32"
+    say(f"certified {fresh} inputs in {elapsed:.2f} s ({fresh / max(elapsed, 1e-9):.1f} inputs/s) on {devices.describe(target)}, {how}")
     _explain(tally, dtype)
     return _check_thresholds(tally)
 
@@ -292,10 +296,10 @@ def _explain(tally, dtype: DType) -> None:
         say(f"note: ε̂ = 0 for {tally.on_boundary} inputs: they lie on a region boundary ({'; '.join(why)})")
     if tally.flagged:
         shown = ", ".join(map(str, tally.flagged[:20])) + (", …" if len(tally.flagged) > 20 else "")
-        fix = "rerun with --dtype float64" if dtype == DType.float32 else "the face is within float64 rounding of 0"
+        fix = "rerun with --dtype auto or float64" if dtype == DType.float32 else "even float64 cannot decide them"
         say(
             f"note: {len(tally.flagged)} inputs (marked †, \"precision_warning\": true) have a binding face so close "
-            f"to 0 that {dtype.value} rounding may change their radius ({shown}); {fix}"
+            f"to 0 that {'float64' if dtype == DType.auto else dtype.value} rounding may change their radius ({shown}); {fix}"
         )
 
 

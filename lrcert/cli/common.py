@@ -44,6 +44,7 @@ class Device(str, Enum):
 
 
 class DType(str, Enum):
+    auto = "auto"
     float32 = "float32"
     float64 = "float64"
 

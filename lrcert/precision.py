@@ -1,0 +1,227 @@
+"""``dtype="auto"``: float64 radii at float32 speed, from rigorous bounds on float32 rounding.
+
+The engine runs the value pass (every face value z, the activation pattern) and the directional
+pass in float64, and only the expensive tangent passes (every face gradient g = ∇ₓz, D input
+directions per input) in float32. Per input and norm the radius is min_j |z_j| / ‖g_j‖_q. If the
+float32 dual norm ĝ_j is within E_j of the true ‖g_j‖_q, face j's true ratio lies in
+[|z_j| / (ĝ_j + E_j), |z_j| / (ĝ_j − E_j)]. Let U be the smallest upper end over all faces of
+the input: a face whose lower end exceeds U cannot bind. The others, the *candidates*, get their
+gradient exactly, from one float64 reverse pass each, and the radius is the smallest exact ratio
+among them: the float64 answer (the binding face is always a candidate). An input with more
+candidates than ``RERUN_SHARE`` of its input dimensions (reverse passes would cost more) is
+recomputed whole in float64 instead. An input whose only candidate's interval is already within
+``TOLERANCE`` keeps its float32 result.
+
+**The bound E_j** (u = 2⁻²⁴, γₙ = n·u / (1 − n·u); every error a worst case, for any order of
+summation). The float32 tangent T̂ of a layer holds, per unit, one row over the D directions;
+let t bound each row's q-norm and e the q-norm of each row's error T̂ − T. At the input, t = 1
+and e = 0. An affine layer A, of at most n products per output (``Affine.terms``), computes in
+float32, with float32 weights, (A T̂) within γₙ₊₁ |A| |T̂| entrywise; by the triangle inequality
+over the rows it reads,
+
+    t_out ≤ (1 + γₙ₊₁) |A| t,        e_out ≤ |A| e + γₙ₊₁ |A| t.
+
+A unit activation multiplies rows by its frozen slope s (the float64 pattern's): t_out = |s| t,
+e_out = |s| e (+ u |s| t for a slope not exact in float32); its faces' gradients are its input
+rows, so E_j = e of that row. Where the engine measured a row's norm (at every unit activation)
+t is that norm, widened by its own rounding. A max-pool face z_w − z_l has the float32 gradient
+row T̂_w − T̂_l, one subtraction: E = e_w + e_l + u (t_w + t_l); an elementwise max/min alike.
+The engine's dual norm of a row is itself rounded: Σ g² and Σ |g| over D terms are sums of
+non-negative numbers, within γ_D+1 of the exact sums; max |g| is exact. All bounds are computed
+in float64 from the float64 pattern, so they hold whatever the float32 arithmetic did.
+
+Cost: the bounds are three passes of |A| over per-unit vectors (like the value pass), and the
+refinement one float64 reverse pass per candidate face.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from . import ir
+
+U32 = 2.0**-24
+#: A float32 radius whose interval is this narrow (relative) is kept as it is.
+TOLERANCE = 1e-5
+#: An input with more candidate faces than this share of its input dimensions is rerun whole in
+#: float64 (a reverse pass per face would cost about as much as the D tangent passes).
+RERUN_SHARE = 0.25
+#: Candidate faces reverse-passed together: at most this many, in at most this much memory.
+REVERSE_ROWS = 256
+REVERSE_BYTES = 256 << 20
+
+
+def gamma(n: int, u: float = U32) -> float:
+    """γₙ = n·u / (1 − n·u): the relative error bound of a sum of n rounded products."""
+    return n * u / (1 - n * u) if n * u < 0.5 else math.inf
+
+
+def dual_norm_bounds(region, p: str) -> dict[int, Tensor]:
+    """Per nonlinear layer, (B, faces): a bound E on |ĝ − ‖g‖_q|, ĝ the float32 tangents' exact
+    q-norm (the rounding of the engine's own norm computation is handled by :func:`true_norms`)."""
+    engine, layers = region.engine, region.network.layers
+    magnitude = engine.magnitudes.layers  # |parameters|, float64
+    b = region.batch
+    shape = engine.network.input_shape
+    t = {0: torch.ones(b, *shape, dtype=torch.float64, device=region.output.device)}
+    e = {0: torch.zeros_like(t[0])}
+    bounds: dict[int, Tensor] = {}
+    for i in engine.order:
+        layer = layers[i]
+        ts, es = [t[j] for j in layer.inputs], [e[j] for j in layer.inputs]
+        if isinstance(layer, ir.Affine):
+            g = gamma(layer.terms + 1) if layer.terms else 0.0
+            spread = magnitude[i].apply(ts, offset=False)
+            t[i] = spread * (1 + g)
+            e[i] = magnitude[i].apply(es, offset=False) + g * spread
+        elif isinstance(layer, ir.MaxPool2d):
+            tw, ew = layer.windows(ts[0], 0.0), layer.windows(es[0], 0.0)
+            winner_t, winner_e = torch.gather(tw, -2, region.argmax[i]), torch.gather(ew, -2, region.argmax[i])
+            bounds[i] = (winner_e + ew + U32 * (winner_t + tw)).reshape(b, -1)
+            t[i], e[i] = winner_t.reshape(b, *layer.shape), winner_e.reshape(b, *layer.shape)
+        elif isinstance(layer, ir.Maximum):
+            first = region.first_wins[i]
+            bounds[i] = layer.faces(es[0] + U32 * ts[0], -(es[1] + U32 * ts[1]))  # e_a + e_b + u (t_a + t_b)
+            t[i], e[i] = layer.select(first, *ts), layer.select(first, *es)
+        else:  # a unit activation: its faces' gradients are its input rows, whose norms the engine measured
+            measured = _measured_rows(region, i, p).reshape(ts[0].shape)
+            row = torch.minimum(ts[0], measured)
+            bounds[i] = es[0].reshape(b, -1)
+            slope = region.gain[i].abs()
+            t[i] = slope * row
+            e[i] = slope * es[0] + (U32 * slope * row if layer.kind not in ("relu", "clip", "abs") else 0.0)
+        for j in set(layer.inputs):
+            if engine.last_use.get(j) == i and j != 0:
+                t.pop(j, None)
+                e.pop(j, None)
+    return bounds
+
+
+def _measured_rows(region, i: int, p: str) -> Tensor:
+    """The q-norms of layer ``i``'s float32 input rows, as measured (upper end of their rounding)."""
+    statistic = region.stats[(i, p)].double()
+    if p == "l2":
+        statistic = statistic.sqrt()
+    return statistic * (1 + _norm_rounding(region, p))
+
+
+def _norm_rounding(region, p: str) -> float:
+    """Relative rounding of the engine's own dual norm of a row of D float32 entries."""
+    d = region.network.input_size
+    return {"l1": 0.0, "l2": gamma(d + 1) / 2 + U32, "linf": gamma(d)}[p]
+
+
+def true_norms(region, i: int, p: str, bound: Tensor) -> tuple[Tensor, Tensor]:
+    """(low, high) per face of layer ``i``: where the exact ‖g‖_q lies, given the float32 one."""
+    measured = region._per_face(i, region.stats[(i, p)].double())
+    measured = measured.sqrt() if p == "l2" else measured
+    rounding = _norm_rounding(region, p)
+    low = (measured / (1 + rounding) - bound).clamp_min(0)
+    return low, measured / (1 - rounding) + bound
+
+
+def refine(region, tensors: dict[str, Tensor], x: Tensor) -> None:
+    """Replace the float32 radii in ``tensors`` (the batch's results, see ``_Region.radii``) by
+    float64 ones: exact ratios of every face the bounds cannot rule out, or a float64 rerun of
+    inputs with too many such faces. Adds ``exact`` (B,) bool: whether float64 decided the input."""
+    engine = region.engine
+    b, device = region.batch, region.output.device
+    candidates = torch.zeros(0, 3, dtype=torch.long, device=device)  # (input, layer, unit)
+    settled = torch.ones(b, dtype=torch.bool, device=device)  # the float32 result is within TOLERANCE
+    if not engine.nonlinear:
+        tensors["exact"] = ~settled
+        return
+    for p in engine.norms:
+        low_ratio, high_ratio = {}, {}
+        for i, bound in dual_norm_bounds(region, p).items():
+            low, high = true_norms(region, i, p, region._per_face(i, bound))
+            z = region.faces[i].double().abs()
+            low_ratio[i] = torch.where(high > 0, z / high, math.inf)
+            high_ratio[i] = torch.where(low > 0, z / low, math.inf)
+        ceiling = torch.stack([r.min(dim=1).values for r in high_ratio.values()]).min(dim=0).values  # U
+        floor = torch.stack([r.min(dim=1).values for r in low_ratio.values()]).min(dim=0).values
+        count = torch.zeros(b, dtype=torch.long, device=device)
+        for i, low_r in low_ratio.items():
+            chosen = low_r <= ceiling[:, None]
+            count += chosen.sum(dim=1)
+            found = chosen.nonzero()
+            layer = torch.full((len(found), 1), i, dtype=torch.long, device=device)
+            candidates = torch.cat([candidates, torch.cat([found[:, :1], layer, found[:, 1:]], dim=1)])
+        distance = tensors[f"{p}.distance"]
+        narrow = (count == 1) & (ceiling <= distance * (1 + TOLERANCE)) & (floor >= distance * (1 - TOLERANCE))
+        settled &= (count == 0) | narrow
+    candidates = torch.unique(candidates, dim=0)
+    per_input = torch.bincount(candidates[:, 0], minlength=b)
+    whole = ~settled & (per_input > int(RERUN_SHARE * region.network.input_size))
+    _exact_candidates(region, tensors, x, candidates[(~settled & ~whole)[candidates[:, 0]]])
+    _rerun(region, tensors, x, whole.nonzero()[:, 0])
+    tensors["exact"] = ~settled
+
+
+def _exact_candidates(region, tensors: dict[str, Tensor], x: Tensor, candidates: Tensor) -> None:
+    """Exact float64 ratios of the candidate faces (one reverse pass each, ``REVERSE_ROWS`` at a
+    time), and per input and norm the smallest of them, with its face."""
+    if len(candidates) == 0:
+        return
+    engine = region.engine
+    per_row = 3 * 8 * sum(layer.size for layer in region.network.layers)  # float64 activations and their graph
+    rows_per_pass = max(1, min(REVERSE_ROWS, REVERSE_BYTES // per_row))
+    gradients = torch.cat([_face_gradients(engine, x, rows) for rows in candidates.split(rows_per_pass)])
+    inputs, layers, units = candidates.unbind(dim=1)
+    z = torch.zeros(len(candidates), dtype=torch.float64, device=x.device)
+    for i in engine.nonlinear:  # no data-dependent branches: the host waits as often for any batch
+        value = region.faces[i][inputs, units.clamp(max=region.faces[i].shape[1] - 1)].double()
+        z = torch.where(layers == i, value, z)
+    dual = {"l1": math.inf, "l2": 2, "linf": 1}
+    b = region.batch
+    for p in engine.norms:
+        norm = torch.linalg.vector_norm(gradients, dual[p], dim=1)
+        ratio = torch.where(norm > 0, z.abs() / torch.where(norm > 0, norm, 1.0), math.inf)
+        best = torch.full((b,), math.inf, dtype=torch.float64, device=x.device).scatter_reduce(0, inputs, ratio, "amin")
+        chosen = torch.isfinite(ratio) & (ratio == best[inputs])
+        first = torch.full((b,), len(candidates), dtype=torch.long, device=x.device)
+        first = first.scatter_reduce(0, inputs[chosen], torch.nonzero(chosen)[:, 0], "amin")
+        done = first < len(candidates)
+        rows = first[done]
+        layer = torch.full((b,), -1, dtype=torch.long, device=x.device)
+        unit = torch.zeros(b, dtype=torch.long, device=x.device)
+        layer[done], unit[done] = layers[rows], units[rows]
+        described = region.describe(layer, unit)
+        involved = torch.zeros(b, dtype=torch.bool, device=x.device)
+        involved[inputs] = True
+        for key, value in {"distance": best, "layer": layer, "unit": unit, **described}.items():
+            tensors[f"{p}.{key}"] = torch.where(involved, value, tensors[f"{p}.{key}"])
+
+
+def _face_gradients(engine, x: Tensor, rows: Tensor) -> Tensor:
+    """∇ₓz for each (input, layer, unit) of ``rows``, exactly in float64: one reverse pass each,
+    all in one batch of copies of their inputs. Returns (rows, D)."""
+    points = x[rows[:, 0]].detach().clone().requires_grad_(True)
+    chosen = torch.zeros(len(rows), dtype=torch.float64, device=x.device)
+
+    def record(i: int, layer: ir.Nonlinearity, *z: Tensor) -> Tensor:
+        nonlocal chosen
+        here = rows[:, 1] == i
+        faces = layer.faces(*z)
+        picked = faces.gather(1, torch.where(here, rows[:, 2], 0)[:, None])[:, 0]
+        chosen = chosen + torch.where(here, picked, 0.0)
+        return layer.apply(*z)
+
+    with torch.enable_grad():
+        engine.network.run(points, nonlinear=record)
+        (gradient,) = torch.autograd.grad(chosen.sum(), points)
+    return gradient.reshape(len(rows), -1)
+
+
+def _rerun(region, tensors: dict[str, Tensor], x: Tensor, index: Tensor) -> None:
+    """Inputs ``index`` (they had too many candidates): the whole computation again, in float64."""
+    if len(index) == 0:
+        return
+    exact = region.engine.exact_engine()
+    _, again = exact.compute(x[index], None, exact.plan(len(index)))
+    for key, value in again.items():
+        if key in tensors and key.split(".")[0] in region.engine.norms:
+            tensors[key] = tensors[key].index_copy(0, index, value)

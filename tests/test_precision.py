@@ -1,0 +1,159 @@
+"""``dtype="auto"``: float64 answers from float32 work. The rounding bounds hold (float32 dual norms
+against exact float64 ones, face by face), auto's radii and binding faces equal float64's on every
+kind of network, and every path of the refinement (kept in float32, exact candidates, whole
+reruns) is taken and right."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from conftest import PROJECT_MODELS
+from hypothesis import given
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+import lrcert
+from lrcert import precision
+from lrcert.cli import app
+from lrcert.engine import Engine, _Region
+from test_activations import MODELS as ACTIVATION_MODELS
+from test_engine import NETWORKS
+from test_properties import PROPERTY_SETTINGS, architectures
+
+ALL = {**NETWORKS, **{f"activations_{k}": v for k, v in ACTIVATION_MODELS.items()}}
+
+
+def _region(network, x, dtype):
+    engine = Engine(network, dtype=dtype, memory_bytes=1 << 26)
+    plan = engine.plan(len(x))
+    with torch.no_grad():
+        region = _Region(engine, x.to(engine.value_dtype))
+        for start in range(0, network.input_size, plan.directions_per_pass):
+            region.push(engine._identity(start, min(network.input_size, start + plan.directions_per_pass)), True, plan.group)
+    return region
+
+
+def _faces(region, p):
+    """Every face's measured dual norm, layer by layer: (B, faces) float64."""
+    out = {}
+    for i in region.engine.nonlinear:
+        stat = region._per_face(i, region.stats[(i, p)].double())
+        out[i] = stat.sqrt() if p == "l2" else stat
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_float32_dual_norms_lie_within_their_bounds(name):
+    """The heart of auto: |float32 norm − exact norm| ≤ the bound, for every face of every input."""
+    make, shape = ALL[name]
+    model = make().double().eval()
+    network = lrcert.from_module(model, shape)
+    x = torch.randn(6, *shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 3
+    auto, exact = _region(network, x, "auto"), _region(network, x, torch.float64)
+    checked = 0
+    for p in ("l1", "l2", "linf"):
+        bounds = precision.dual_norm_bounds(auto, p)
+        measured, truth = _faces(auto, p), _faces(exact, p)
+        for i, bound in bounds.items():
+            low, high = precision.true_norms(auto, i, p, auto._per_face(i, bound))
+            assert torch.all(low <= truth[i] * (1 + 1e-12)) and torch.all(truth[i] <= high * (1 + 1e-12)), (name, p, i)
+            checked += int((measured[i] != truth[i]).sum())
+    assert checked > 0  # float32 really rounded something: the bounds were put to work
+
+
+def _same(results, expected):
+    """Within float64 rounding where auto refined the input, within the tolerance where it kept float32."""
+    for got, want in zip(results, expected):
+        tolerance = 1e-9 if got.dtype == "float64" else precision.TOLERANCE
+        for p in want.radius:
+            a, b = got.radius[p], want.radius[p]
+            assert a == b or abs(a - b) <= tolerance * abs(b), (got.index, got.dtype, p, a, b)
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_auto_equals_float64(name):
+    make, shape = ALL[name]
+    model = make().double().eval()
+    network = lrcert.from_module(model, shape)
+    x = torch.randn(12, *shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    d = torch.randn(1, *shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    auto = lrcert.certify(network, x, directions=d)
+    exact = lrcert.certify(network, x, directions=d, dtype=torch.float64)
+    _same(auto, exact)
+    for got, want in zip(auto, exact):
+        assert got.direction == pytest.approx(want.direction, rel=1e-12) and got.pattern == want.pattern
+        for p in want.binding:
+            if want.binding[p] is not None:
+                assert (got.binding[p].layer, got.binding[p].unit) == (want.binding[p].layer, want.binding[p].unit)
+        assert not got.precision_warning or want.precision_warning
+
+
+def test_auto_fixes_what_float32_gets_wrong():
+    """A face at 1e-4 among terms of 1000: float32 is 20 % off, auto is exact and warns of nothing."""
+    model = nn.Sequential(nn.Linear(2, 1), nn.ReLU()).double()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, -1.0]]))
+        model[0].bias.zero_()
+    x = torch.tensor([[1000.0, 999.9999]], dtype=torch.float64)
+    (fast,) = lrcert.certify(model, x, dtype=torch.float32)
+    (auto,) = lrcert.certify(model, x)
+    assert fast.precision_warning and not auto.precision_warning
+    assert auto.radius["l2"] == pytest.approx((1000.0 - 999.9999) / math.sqrt(2), rel=1e-12)
+
+
+@pytest.mark.parametrize("share", [0.25, 0.0])
+def test_exact_candidates_and_whole_reruns_give_the_same_answer(monkeypatch, share):
+    """share 0: every unsettled input is rerun whole in float64 instead of reverse-passing its candidates."""
+    monkeypatch.setattr(precision, "RERUN_SHARE", share)
+    make, shape = NETWORKS["convnet"]
+    model = make().double().eval()
+    x = torch.randn(8, *shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    auto = lrcert.certify(model, x)
+    assert all(r.dtype == "float64" for r in auto)
+    _same(auto, lrcert.certify(model, x, dtype=torch.float64))
+
+
+def test_inputs_float32_settles_keep_their_float32_result():
+    """Two input dimensions: float32 rounding is so small that the bounds settle most inputs."""
+    network = lrcert.load(PROJECT_MODELS / "moons_mlp.onnx")
+    x = np.load(PROJECT_MODELS / "moons_mlp.inputs.npy")
+    auto, exact = lrcert.certify(network, x), lrcert.certify(network, x, dtype=torch.float64)
+    assert any(r.dtype == "float32" for r in auto)
+    _same(auto, exact)
+
+
+@PROPERTY_SETTINGS
+@given(architectures(), st.integers(0, 2**16))
+def test_auto_equals_float64_on_random_architectures(architecture, seed):
+    model, shape = architecture
+    x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    _same(lrcert.certify(model, x), lrcert.certify(model, x, dtype=torch.float64))
+
+
+def test_auto_is_the_default_and_says_what_it_refined(tmp_path):
+    model, data = PROJECT_MODELS / "bars_cnn.onnx", PROJECT_MODELS / "bars_cnn.inputs.npy"
+    result = CliRunner().invoke(app, ["certify", str(model), str(data), "--format", "json"])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["options"]["dtype"] == "auto"
+    dtypes = [r["dtype"] for r in doc["results"]]
+    assert set(dtypes) <= {"float32", "float64"}
+    assert f"auto: {dtypes.count('float64')} of {len(dtypes)} refined in float64" in result.stderr
+    result = CliRunner().invoke(app, ["certify", str(model), str(data), "--format", "csv", "--dtype", "float32"])
+    assert result.stdout.splitlines()[0].endswith(",dtype") and result.stdout.splitlines()[1].endswith(",float32")
+
+
+def test_real_models_auto_equals_their_references(shared_models):
+    for reference in sorted((shared_models / "reference").glob("*.json")):
+        name = reference.stem
+        expected = json.loads(reference.read_text())["results"]
+        results = lrcert.certify(lrcert.load(shared_models / f"{name}.onnx"), np.load(shared_models / f"{name}.inputs.npy"))
+        for got, want in zip(results, expected):
+            for p in ("l1", "l2", "linf"):
+                truth = math.inf if want[p] is None else want[p]
+                assert got.radius[p] == truth or abs(got.radius[p] - truth) <= 1e-5 * truth, (name, got.index, p)
