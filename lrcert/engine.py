@@ -154,6 +154,8 @@ class Engine:
         if dtype not in ("auto", torch.float32, torch.float64):
             raise LrcertError(f"dtype {dtype!r} is not supported", fix="use auto, torch.float32 or torch.float64")
         self.device = devices.resolve(device)
+        if dtype == "auto" and network.input_size < precision.FLOAT64_BELOW:
+            dtype = torch.float64  # few directions: float64 outright costs less than bounding float32
         self.auto = dtype == "auto"
         self.dtype = torch.float32 if self.auto else dtype  # of the tangent passes
         self.value_dtype = torch.float64 if self.auto else dtype  # of faces, pattern and directions

@@ -10,7 +10,9 @@ gradient exactly, from one float64 reverse pass each, and the radius is the smal
 among them: the float64 answer (the binding face is always a candidate). An input with more
 candidates than ``RERUN_SHARE`` of its input dimensions (reverse passes would cost more) is
 recomputed whole in float64 instead. An input whose only candidate's interval is already within
-``TOLERANCE`` keeps its float32 result.
+``TOLERANCE``, or that lies on a face whose gradient is certainly nonzero (radius 0 exactly, e.g.
+a tied max-pool window), keeps its float32 result. A network of at most ``FLOAT64_BELOW`` input
+dimensions is simply certified in float64: its tangent passes cost less than the bounds.
 
 **The bound E_j** (u = 2⁻²⁴, γₙ = n·u / (1 − n·u); every error a worst case, for any order of
 summation). The float32 tangent T̂ of a layer holds, per unit, one row over the D directions;
@@ -20,6 +22,9 @@ float32, with float32 weights, (A T̂) within γₙ₊₁ |A| |T̂| entrywise; b
 over the rows it reads,
 
     t_out ≤ (1 + γₙ₊₁) |A| t,        e_out ≤ |A| e + γₙ₊₁ |A| t.
+
+Applied to the identity itself (a layer reading the input), each output is a single product of a
+float32 weight and 1, plus zeros: γₙ₊₁ becomes u, the weight's own rounding.
 
 A unit activation multiplies rows by its frozen slope s (the float64 pattern's): t_out = |s| t,
 e_out = |s| e (+ u |s| t for a slope not exact in float32); its faces' gradients are its input
@@ -44,6 +49,8 @@ from torch import Tensor
 from . import ir
 
 U32 = 2.0**-24
+#: Below this many input dimensions, auto computes in float64 outright (cheaper than bounding float32).
+FLOAT64_BELOW = 32
 #: A float32 radius whose interval is this narrow (relative) is kept as it is.
 TOLERANCE = 1e-5
 #: An input with more candidate faces than this share of its input dimensions is rerun whole in
@@ -73,7 +80,12 @@ def dual_norm_bounds(region, p: str) -> dict[int, Tensor]:
         layer = layers[i]
         ts, es = [t[j] for j in layer.inputs], [e[j] for j in layer.inputs]
         if isinstance(layer, ir.Affine):
-            g = gamma(layer.terms + 1) if layer.terms else 0.0
+            if not layer.terms:
+                g = 0.0  # moves or copies entries: exact
+            elif layer.inputs == (0,):
+                g = U32  # on the identity each output is one product (a float32 weight) plus zeros
+            else:
+                g = gamma(layer.terms + 1)
             spread = magnitude[i].apply(ts, offset=False)
             t[i] = spread * (1 + g)
             e[i] = magnitude[i].apply(es, offset=False) + g * spread
@@ -152,7 +164,8 @@ def refine(region, tensors: dict[str, Tensor], x: Tensor) -> None:
             candidates = torch.cat([candidates, torch.cat([found[:, :1], layer, found[:, 1:]], dim=1)])
         distance = tensors[f"{p}.distance"]
         narrow = (count == 1) & (ceiling <= distance * (1 + TOLERANCE)) & (floor >= distance * (1 - TOLERANCE))
-        settled &= (count == 0) | narrow
+        on_boundary = ceiling == 0  # a face with z = 0 and a gradient certainly nonzero: the radius is 0 exactly
+        settled &= (count == 0) | narrow | on_boundary
     candidates = torch.unique(candidates, dim=0)
     per_input = torch.bincount(candidates[:, 0], minlength=b)
     whole = ~settled & (per_input > int(RERUN_SHARE * region.network.input_size))

@@ -48,8 +48,9 @@ def _faces(region, p):
 
 
 @pytest.mark.parametrize("name", sorted(ALL))
-def test_float32_dual_norms_lie_within_their_bounds(name):
+def test_float32_dual_norms_lie_within_their_bounds(name, monkeypatch):
     """The heart of auto: |float32 norm − exact norm| ≤ the bound, for every face of every input."""
+    monkeypatch.setattr(precision, "FLOAT64_BELOW", 0)  # float32 tangents even for the few-input networks
     make, shape = ALL[name]
     model = make().double().eval()
     network = lrcert.from_module(model, shape)
@@ -76,7 +77,8 @@ def _same(results, expected):
 
 
 @pytest.mark.parametrize("name", sorted(ALL))
-def test_auto_equals_float64(name):
+def test_auto_equals_float64(name, monkeypatch):
+    monkeypatch.setattr(precision, "FLOAT64_BELOW", 0)
     make, shape = ALL[name]
     model = make().double().eval()
     network = lrcert.from_module(model, shape)
@@ -119,12 +121,33 @@ def test_exact_candidates_and_whole_reruns_give_the_same_answer(monkeypatch, sha
 
 
 def test_inputs_float32_settles_keep_their_float32_result():
-    """Two input dimensions: float32 rounding is so small that the bounds settle most inputs."""
+    """One hidden layer on 40 inputs: float32 rounds the face gradients by about 1e-6, so the
+    bounds settle most inputs without any float64 work."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 3)).double()
+    x = torch.randn(20, 40, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    auto, exact = lrcert.certify(model, x), lrcert.certify(model, x, dtype=torch.float64)
+    assert sum(r.dtype == "float32" for r in auto) >= 10
+    _same(auto, exact)
+
+
+def test_tied_max_pools_give_zero_without_float64_work():
+    """A max-pool over a constant background: the input is on a boundary whose gradient is surely
+    nonzero, so the radius is 0 in any precision."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * 4 * 4, 2))
+    model = model.double()
+    x = torch.zeros(3, 1, 8, 8, dtype=torch.float64)
+    x[:, :, 2:4, 2:5] = torch.rand(3, 1, 2, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    auto, exact = lrcert.certify(model, x), lrcert.certify(model, x, dtype=torch.float64)
+    assert all(r.radius["l2"] == 0 and r.dtype == "float32" and r.binding["l2"].kind == "maxpool" for r in auto)
+    _same(auto, exact)
+
+
+def test_few_input_dimensions_are_certified_in_float64_outright():
     network = lrcert.load(PROJECT_MODELS / "moons_mlp.onnx")
     x = np.load(PROJECT_MODELS / "moons_mlp.inputs.npy")
-    auto, exact = lrcert.certify(network, x), lrcert.certify(network, x, dtype=torch.float64)
-    assert any(r.dtype == "float32" for r in auto)
-    _same(auto, exact)
+    assert Engine(network).dtype == torch.float64
+    assert all(r.dtype == "float64" for r in lrcert.certify(network, x))
 
 
 @PROPERTY_SETTINGS
@@ -132,7 +155,10 @@ def test_inputs_float32_settles_keep_their_float32_result():
 def test_auto_equals_float64_on_random_architectures(architecture, seed):
     model, shape = architecture
     x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    _same(lrcert.certify(model, x), lrcert.certify(model, x, dtype=torch.float64))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision, "FLOAT64_BELOW", 0)  # float32 tangents even for the few-input networks
+        auto = lrcert.certify(model, x)
+    _same(auto, lrcert.certify(model, x, dtype=torch.float64))
 
 
 def test_auto_is_the_default_and_says_what_it_refined(tmp_path):
