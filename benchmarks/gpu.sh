@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for a GPU check of lrcert, about 5 minutes on one H100:
-#   (a) float64 and float32 certify on every model of $LRCERT_SHARED_MODELS against its reference,
+#   (a) float64, auto and float32 certify on every model of $LRCERT_SHARED_MODELS against its reference,
 #   (b) bench.py --device cuda: 8,192 paper_mlp inputs and 1,024 of the others, against jacrev/jacfwd
 #       (per-neuron autograd is left out: it is never the fastest baseline and takes minutes),
 #   (c) ResNet-18 on one 3×224×224 input, three norms, float32;

@@ -4,10 +4,10 @@
     python3 benchmarks/gpu_check.py --device cpu --resnet-size 32    # the same checks on a CPU
 
 (a) For every model of $LRCERT_SHARED_MODELS (default ../shared/models) with a reference in its
-    ``reference/`` folder: certify every input in float64 and in float32 on the device, and print
-    the worst relative error of each against the reference (float64 must be within 1e-6; float32
-    shows ordinary float32 rounding, plus how many inputs off by more than 0.1 % carried no
-    precision warning). TF32 is left at PyTorch's defaults (on for convolutions): lrcert turns it off.
+    ``reference/`` folder: certify every input in float64, auto and float32 on the device, and
+    print the worst relative error of each against the reference (float64 must be within 1e-6,
+    auto within 1e-5; float32 shows ordinary float32 rounding, plus how many inputs off by more
+    than 0.1 % carried no precision warning). TF32 is left at PyTorch's defaults (on for convolutions): lrcert turns it off.
 (b) ResNet-18 (torchvision, random weights, batch-norm statistics set, eval mode) on one
     3×S×S input, three norms, float32: seconds and peak GPU memory.
 ``benchmarks/gpu.sh`` runs this and bench.py on a GPU in one go.
@@ -62,7 +62,7 @@ def check_models(device: torch.device) -> list[dict]:
         network = lrcert.load(SHARED / f"{name}.onnx")
         x = torch.from_numpy(np.load(SHARED / f"{name}.inputs.npy"))
         row = {"model": name, "inputs": len(x)}
-        for dtype in (torch.float64, torch.float32):
+        for dtype in (torch.float64, "auto", torch.float32):
             label = str(dtype).split(".")[-1]
             started = time.perf_counter()
             results = lrcert.certify(network, x, device=device, dtype=dtype)
@@ -77,6 +77,7 @@ def check_models(device: torch.device) -> list[dict]:
         rows.append(row)
         print(
             f"{name:32s} {len(x):4d} inputs   float64 worst {row['float64']['worst_relative_error']:.1e}   "
+            f"auto worst {row['auto']['worst_relative_error']:.1e}   "
             f"float32 worst {row['float32']['worst_relative_error']:.1e} ({row['float32']['flagged']} flagged, "
             f"{row['float32']['off_by_more_than_0.1%_unflagged']} off by >0.1 % unflagged)",
             flush=True,
@@ -135,9 +136,10 @@ def main(argv=None) -> int:
     report["resnet18"] = resnet18(device, args.resnet_size)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
-    bad = [row["model"] for row in report["models"] if not row["float64"]["worst_relative_error"] <= 1e-6]
+    bad = [row["model"] for row in report["models"]
+           if not (row["float64"]["worst_relative_error"] <= 1e-6 and row["auto"]["worst_relative_error"] <= 1e-5)]
     if bad:
-        print(f"FAILED: float64 radii off by more than 1e-6 on {', '.join(bad)}")
+        print(f"FAILED: float64 radii off by more than 1e-6, or auto's by more than 1e-5, on {', '.join(bad)}")
     return 1 if bad else 0
 
 
