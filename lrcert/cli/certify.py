@@ -4,17 +4,20 @@ JSON, JSON lines or CSV; ``--min-radius`` checks, ``--resume`` of interrupted ru
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Iterator, Optional, TextIO
 
 import typer
 
 from ..errors import LrcertError
+from ..ranks import Ranks, deal
 from .common import (
     EXIT_CHECK_FAILED, EXIT_OK, NORM_NAMES, Device, DType, Format, app, check_output_path, parse_shape, reports_errors,
     say, stop_if_interrupted,
@@ -90,22 +93,60 @@ def open_resumable(path: Path) -> Iterator[TextIO]:
     os.replace(partial, path)
 
 
-def resume_point(path: Path, tally) -> int:
-    """How many results a previous run of this command left in ``path`` (or its .partial).
+def rank_path(path: Path, ranks) -> Path:
+    """Where rank r of a torchrun job keeps the rows it certified, until rank 0 has written them all."""
+    return path.with_name(f"{path.name}.rank{ranks.rank}.partial")
 
-    Reads them into ``tally``, drops a torn last line, and checks they are inputs 0..k-1 in order.
-    """
-    import json
 
+@dataclass
+class _Resumed:
+    """What an interrupted run left: inputs 0..prefix-1 in order in the .partial file, and (from the
+    ranks' own files) rows of later inputs, as JSON lines by input."""
+
+    prefix: int = 0
+    scattered: dict[int, str] = field(default_factory=dict)
+
+    def remaining(self, count: int) -> list[int]:
+        return [i for i in range(self.prefix, count) if i not in self.scattered]
+
+
+def _resume(path: Path, tally, resume: bool, lead: bool) -> _Resumed:
+    """The rows a previous run of this command left (with ``--resume``), read into ``tally``;
+    without it, a left-over run is refused rather than overwritten. Only rank 0 reads."""
+    if not lead:
+        return _Resumed()
+    leftovers = sorted(path.parent.glob(f"{path.name}.rank*.partial"))
+    if not resume:
+        if partial_path(path).exists() or leftovers:
+            raise LrcertError(
+                f"{partial_path(path)} (or a rank's .partial file) holds rows of an interrupted run of this output",
+                fix="add --resume to continue it, or delete those files to start over",
+            )
+        return _Resumed()
+    resumed = _Resumed(prefix=_ordered_rows(path, tally))
+    for leftover in leftovers:
+        for line in _complete_lines(leftover):
+            try:
+                index = json.loads(line)["index"]
+            except (ValueError, KeyError, TypeError):
+                raise LrcertError(
+                    f"cannot resume: {leftover} holds a line that is not a result", fix="delete it to start over"
+                ) from None
+            if index >= resumed.prefix:
+                resumed.scattered.setdefault(index, line)
+    return resumed
+
+
+def _ordered_rows(path: Path, tally) -> int:
+    """How many results a previous run of this command left in ``path`` (or its .partial), inputs
+    0..k-1 in order (checked); read into ``tally``. A torn last line is dropped."""
     partial = partial_path(path)
     if not partial.exists() and path.exists():
         os.replace(path, partial)
     if not partial.exists():
         return 0
-    raw = partial.read_bytes()
-    complete = raw[: raw.rfind(b"\n") + 1]
-    count = 0
-    for number, line in enumerate(complete.decode("utf-8", errors="replace").splitlines()):
+    lines = _complete_lines(partial)
+    for number, line in enumerate(lines):
         try:
             record = json.loads(line)
             ok = record.get("index") == number
@@ -117,11 +158,23 @@ def resume_point(path: Path, tally) -> int:
                 fix="resume only the same command that wrote it, or delete the file to start over",
             )
         tally.add_record(record)
-        count += 1
+    return len(lines)
+
+
+def _complete_lines(path: Path) -> list[str]:
+    """The complete lines of a JSON-lines file, each with its newline; a torn last line is cut off."""
+    raw = path.read_bytes()
+    complete = raw[: raw.rfind(b"\n") + 1]
     if len(complete) != len(raw):
-        with open(partial, "r+b") as handle:
+        with open(path, "r+b") as handle:
             handle.truncate(len(complete))
-    return count
+    return complete.decode("utf-8", errors="replace").splitlines(keepends=True)
+
+
+def _forget_rank_rows(path: Path) -> None:
+    """The run is complete and written: the ranks' own row files are no longer needed."""
+    for leftover in path.parent.glob(f"{path.name}.rank*.partial"):
+        leftover.unlink(missing_ok=True)
 
 
 def file_sha256(path: str) -> str | None:
@@ -140,7 +193,7 @@ def file_sha256(path: str) -> str | None:
 def certify(
     model: Annotated[str, typer.Argument(help="ONNX model, torch.export .pt2 program, or (with --trust-pickle) a TorchScript file or pickled nn.Module.")],
     data: Annotated[str, typer.Argument(help="Inputs: .npy or .npz whose first axis indexes inputs, or - for standard input.")],
-    p: Annotated[Optional[list[str]], typer.Option("--p", help="Norm of the ball: 1, 2 or inf. Repeatable. Default: all three.")] = None,
+    p: Annotated[Optional[list[str]], typer.Option("--p", "--norm", help="Norm of the ball: 1, 2 or inf. Repeatable. Default: all three. (Under torchrun write --norm: its parser takes --p for one of its own options.)")] = None,
     output_format: Annotated[Format, typer.Option("--format", "-f", help="table (for people), json, jsonl or csv (for pipelines).")] = Format.table,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the results to this file (atomically) instead of stdout.")] = None,
     min_radius: Annotated[Optional[list[str]], typer.Option("--min-radius", help="CI check: exit 1 if any radius is below R. 'R' applies to every selected norm, 'l2=R' to one. Repeatable.")] = None,
@@ -170,7 +223,11 @@ def certify(
     check_output_path(output)
     if resume and (output_format != Format.jsonl or output is None):
         raise LrcertError("--resume needs --format jsonl and --output FILE", fix="add them, or drop --resume")
-    target = devices.resolve(device.value)
+    ranks = Ranks.from_environment()  # torchrun's ranks, or this one process
+    lead = ranks.rank == 0  # writes the output and every note
+    if ranks.launched and data == "-":
+        raise LrcertError("under torchrun every rank reads the data itself, so it cannot come from stdin", fix="give a file")
+    target = ranks.start(devices.resolve(device.value))
     torch_dtype = {DType.auto: "auto", DType.float32: torch.float32, DType.float64: torch.float64}[dtype]
 
     source = sys.stdin.buffer.read() if data == "-" else data
@@ -188,7 +245,7 @@ def certify(
                 fix="give one direction per input, or a single direction for all",
             )
         directions = torch.from_numpy(np.asarray(directions, dtype=np.float64))
-    for note in (*network.notes, *notes):
+    for note in (*network.notes, *notes) if lead else ():
         say(f"note: {note}")
 
     engine = Engine(network, norms=norms, device=target, dtype=torch_dtype, batch_size=batch_size)
@@ -213,53 +270,149 @@ def certify(
         "min_radius": thresholds,
     }
     tally = report.Tally(norms, thresholds)
-    done = resume_point(output, tally) if resume else 0
-    if done:
-        say(f"note: resuming after the {done} results already in {partial_path(output)}")
-    streaming = output_format in (Format.jsonl, Format.csv)
-    results = []  # kept whole only for the formats that need them all at the end
+    resumable = output_format == Format.jsonl and output is not None
+    resumed = _resume(output, tally, resume, lead) if resumable else _Resumed()
+    remaining = ranks.share(resumed.remaining(len(rows)) if lead else None)
+    rounds = deal(remaining, _share(plan.batch_size, len(remaining), ranks.size, batch_size), ranks.size)
+    if lead and resumed.prefix:
+        say(f"note: resuming after the {resumed.prefix + len(resumed.scattered)} results already in {partial_path(output)}")
     started = time.perf_counter()
-    writer = open_resumable(output) if output_format == Format.jsonl and output is not None else open_output(output)
+    writer = open_resumable(output) if resumable else open_output(output)
+    ordered = _InOrder(output_format, norms, directions is not None, tally, resumed) if lead else None
+    own_rows = open(rank_path(output, ranks), "a", encoding="utf-8") if resumable and ranks.size > 1 else None
     try:
-        with writer as out, _progress(len(rows) - done) as advance:
-            if output_format == Format.csv:
-                out.write(report.csv_header(norms, directions is not None))
-            batches = data_io.batches(rows[done:], plan.batch_size)
-            for batch in engine.certify(batches, n_inputs=len(rows) - done, directions=directions, start=done):
-                for result in batch:
-                    tally.add_result(result)
-                if output_format == Format.jsonl:
-                    out.writelines(report.jsonl_lines(batch, norms))
-                elif output_format == Format.csv:
-                    out.writelines(report.csv_lines(batch, norms, directions is not None))
-                if not streaming:
-                    results.extend(batch)
-                out.flush()
-                advance(len(batch))
+        with (writer if lead else _nowhere()) as out, _progress(len(remaining) if lead else 0) as advance:
+            if lead:
+                ordered.begin(out)
+            for mine in _my_rounds(engine, rows, directions, rounds, ranks, norms, own_rows):
+                everyone = ranks.gather(mine)
+                if lead:
+                    fresh = [result for rank_rows in everyone for result in rank_rows]
+                    ordered.add(out, fresh)
+                    advance(len(fresh))
                 stop_if_interrupted()
-            if output_format == Format.json:
-                out.write(report.json_document(model_info, options, results, norms))
-            elif output_format == Format.table:
-                report.print_table(
-                    out, results, norms, Path(model).name, directions is not None, color=out.isatty() and output is None
-                )
+            if lead:
+                ordered.end(out, model_info, options, Path(model).name, color=out.isatty() and output is None)
     except KeyboardInterrupt:
-        if output_format == Format.jsonl and output is not None:
+        if resumable:
+            who = f"{ranks.name}: " if ranks.launched else ""
+            kept = f"{partial_path(output)}" + (" and the ranks' own .partial files" if ranks.size > 1 else "")
             say(
-                f"lrcert: interrupted after {tally.count} results; {output} was not written, the completed rows are "
-                f"in {partial_path(output)}. Fix: rerun the same command with --resume to continue."
+                f"lrcert: {who}interrupted after {tally.count} results; {output} was not written, the completed rows "
+                f"are in {kept if lead else rank_path(output, ranks)}. Fix: rerun the same command with --resume to continue."
             )
             raise typer.Exit(130) from None
         raise
-    elapsed = time.perf_counter() - started
-    fresh = tally.count - done
-    how = dtype.value
-    if dtype == DType.auto:
-        refined = tally.dtypes.get("float64", 0)
-        how = f"auto: {refined} of {tally.count} refined in float64, the rest exact in float32"
-    say(f"certified {fresh} inputs in {elapsed:.2f} s ({fresh / max(elapsed, 1e-9):.1f} inputs/s) on {devices.describe(target)}, {how}")
-    _explain(tally, dtype)
-    return _check_thresholds(tally)
+    finally:
+        if own_rows is not None:
+            own_rows.close()
+    code = EXIT_OK
+    if lead:
+        if resumable:
+            _forget_rank_rows(output)
+        elapsed = time.perf_counter() - started
+        fresh = len(remaining)
+        how = dtype.value
+        if dtype == DType.auto:
+            refined = tally.dtypes.get("float64", 0)
+            how = f"auto: {refined} of {tally.count} refined in float64, the rest exact in float32"
+        where = devices.describe(target) + (f", {ranks.size} ranks" if ranks.launched else "")
+        say(f"certified {fresh} inputs in {elapsed:.2f} s ({fresh / max(elapsed, 1e-9):.1f} inputs/s) on {where}, {how}")
+        _explain(tally, dtype)
+        code = _check_thresholds(tally)
+    ranks.close()
+    return code  # rank 0's verdict covers every rank's inputs; torchrun passes it on
+
+
+def _share(batch: int, count: int, ranks: int, requested: int | None) -> int:
+    """Inputs per batch among ranks: the plan's, but small enough that every rank gets about four
+    batches (work to share, and rows leaving in order as it goes), unless --batch-size says."""
+    if requested is not None or ranks == 1:
+        return batch
+    return max(1, min(batch, math.ceil(count / (4 * ranks))))
+
+
+def _my_rounds(engine, rows, directions, rounds, ranks, norms, own_rows):
+    """This rank's results, one list per round (empty where it has no batch), numbered by input,
+    its own batches streamed through the engine (so a GPU works on the next meanwhile)."""
+    import numpy as np
+    import torch
+
+    from .. import report
+
+    mine = [batch[ranks.rank] for batch in rounds if len(batch) > ranks.rank]
+    order = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
+    kind = np.float64 if rows.dtype == np.float64 else np.float32
+    stream = (torch.from_numpy(np.asarray(rows[indices], dtype=kind)) for indices in mine)
+    own = None if directions is None or len(directions) == 1 else directions[torch.from_numpy(order)]
+    produced = engine.certify(stream, n_inputs=len(order), directions=directions if own is None else own)
+    position = 0
+    for batch in rounds:
+        if len(batch) <= ranks.rank:
+            yield []
+            continue
+        results = next(produced)
+        for result in results:
+            result.index = int(order[position])
+            position += 1
+        if own_rows is not None:
+            own_rows.writelines(report.jsonl_lines(results, norms))
+            own_rows.flush()
+        yield results
+
+
+class _InOrder:
+    """Rank 0's writer: results arrive by rounds, from every rank, and leave in input order (with
+    rows a resumed run already had), to a table, JSON, JSON lines or CSV."""
+
+    def __init__(self, output_format, norms, directional: bool, tally, resumed: "_Resumed"):
+        self.format, self.norms, self.directional, self.tally = output_format, norms, directional, tally
+        self.waiting: dict[int, object] = dict(resumed.scattered)  # index -> InputResult, or a JSON line
+        self.next = resumed.prefix
+        self.kept = []  # every result, for the formats written at the end
+
+    def begin(self, out) -> None:
+        from .. import report
+
+        if self.format == Format.csv:
+            out.write(report.csv_header(self.norms, self.directional))
+
+    def add(self, out, results) -> None:
+        import json
+
+        from .. import report
+
+        self.waiting.update((r.index, r) for r in results)
+        while self.next in self.waiting:
+            item = self.waiting.pop(self.next)
+            self.next += 1
+            if isinstance(item, str):  # a row of the interrupted run (JSON lines only)
+                self.tally.add_record(json.loads(item))
+                out.write(item)
+                continue
+            self.tally.add_result(item)
+            if self.format == Format.jsonl:
+                out.writelines(report.jsonl_lines([item], self.norms))
+            elif self.format == Format.csv:
+                out.writelines(report.csv_lines([item], self.norms, self.directional))
+            else:
+                self.kept.append(item)
+        out.flush()
+
+    def end(self, out, model_info, options, model_name: str, color: bool) -> None:
+        from .. import report
+
+        if self.waiting:
+            raise LrcertError(f"internal: results {sorted(self.waiting)[:5]} were never written", internal=True)
+        if self.format == Format.json:
+            out.write(report.json_document(model_info, options, self.kept, self.norms))
+        elif self.format == Format.table:
+            report.print_table(out, self.kept, self.norms, model_name, self.directional, color=color)
+
+
+@contextmanager
+def _nowhere():
+    yield None
 
 
 @contextmanager
