@@ -68,6 +68,18 @@ def test_two_ranks_write_the_single_process_rows(job):
     assert not list(folder.glob("two.jsonl*.partial"))
 
 
+def test_two_ranks_stream_csv_to_stdout(job):
+    folder, model = job
+    run = _torchrun(2, "certify", model, folder / "x.npy", "-f", "csv", "--dtype", "float64", "--batch-size", "8")
+    stdout, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr
+    lines = stdout.splitlines()
+    assert lines[0].startswith("index,prediction,l1,l2,linf") and len(lines) == 138  # one header, written once
+    assert [int(line.split(",")[0]) for line in lines[1:]] == list(range(137))
+    radii = [row["radius"]["l2"] for row in _rows(folder / "alone.jsonl")]
+    assert [float(line.split(",")[3]) for line in lines[1:]] == pytest.approx(radii, rel=1e-9)
+
+
 def test_three_ranks_json_summary_and_the_check_cover_every_rank(job):
     folder, model = job
     radii = [row["radius"]["l2"] for row in _rows(folder / "alone.jsonl")]
