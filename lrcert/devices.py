@@ -86,6 +86,15 @@ def memory_budget(device: torch.device) -> int:
     return CPU_PASS_BYTES
 
 
+#: CUDA compute capabilities whose float64 tensor cores match their float32 rate (A100, A30; H100, H200).
+FULL_RATE_FLOAT64 = {(8, 0), (9, 0)}
+
+
+def full_rate_float64(device: torch.device) -> bool:
+    """Whether float64 matrix products on ``device`` run about as fast as float32 ones (without TF32)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) in FULL_RATE_FLOAT64
+
+
 # ---------------------------------------------------------------------------------------------- float32
 
 

@@ -59,8 +59,6 @@ GATHER_COST = 200
 PRECISION_MARGIN = 1000
 #: Below this many directions per pass, the fixed cost of gathering per pass outweighs the saving.
 MIN_SKIP_DIRECTIONS = 256
-#: numpy.packbits' bit order: the first unit of each group of 8 is the byte's highest bit.
-BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
 
 
 @dataclass(frozen=True)
@@ -154,8 +152,8 @@ class Engine:
         if dtype not in ("auto", torch.float32, torch.float64):
             raise LrcertError(f"dtype {dtype!r} is not supported", fix="use auto, torch.float32 or torch.float64")
         self.device = devices.resolve(device)
-        if dtype == "auto" and network.input_size < precision.FLOAT64_BELOW:
-            dtype = torch.float64  # few directions: float64 outright costs less than bounding float32
+        if dtype == "auto" and precision.float64_outright(network, self.device):
+            dtype = torch.float64
         self.auto = dtype == "auto"
         self.dtype = torch.float32 if self.auto else dtype  # of the tangent passes
         self.value_dtype = torch.float64 if self.auto else dtype  # of faces, pattern and directions
@@ -165,6 +163,7 @@ class Engine:
         self.nonlinear = network.nonlinear
         self.order = self._tangent_order()
         self.last_use = network.last_uses(self.order)
+        self.read = {j for i in self.order for j in network.layers[i].inputs}  # layers whose tangent is used
         self.prefix = self._prefix()
         self.suffix = [i for i in self.order if i not in self.prefix]
         self.memory_bytes = memory_bytes or devices.memory_budget(self.device)
@@ -306,9 +305,6 @@ class Engine:
                 if self.last_use.get(j) == i:
                     live.pop(j, None)
         return int(peak * 1.25) + 1
-
-    # ----------------------------------------------------------------------------------- running
-
 
     # ----------------------------------------------------------------------------------- running
 
@@ -535,16 +531,18 @@ class _Region:
                     tangents[i] = winner.reshape(*index.shape[:2], *layer.shape)
                 elif isinstance(layer, ir.Maximum):
                     self._face_gradients(i, rows, layer.faces(*ins), accumulate)
-                    tangents[i] = layer.select(self.first_wins[i][rows].unsqueeze(1), *ins)
+                    if i in engine.read:
+                        tangents[i] = layer.select(self.first_wins[i][rows].unsqueeze(1), *ins)
                 else:
                     if not (shared and i in engine.entries):
                         self._face_gradients(i, rows, ins[0].flatten(2), accumulate)
-                    one = rows.stop - rows.start == 1 and tangent_dtype
-                    active = self.active[i][rows.start] if i in self.active and one else None
-                    if active is not None:
-                        tangents[i] = _ActiveColumns(torch.index_select(ins[0].flatten(2), 2, active), active)
-                    else:
-                        tangents[i] = self._gain(i, seeds.dtype)[rows].unsqueeze(1) * ins[0]
+                    if i in engine.read:  # (no layer reads the last nonlinearity's tangent: only its faces count)
+                        one = rows.stop - rows.start == 1 and tangent_dtype
+                        active = self.active[i][rows.start] if i in self.active and one else None
+                        if active is not None:
+                            tangents[i] = _ActiveColumns(torch.index_select(ins[0].flatten(2), 2, active), active)
+                        else:
+                            tangents[i] = self._gain(i, seeds.dtype)[rows].unsqueeze(1) * ins[0]
                 for j in set(layer.inputs):
                     if engine.last_use.get(j) == i:
                         tangents.pop(j, None)
@@ -678,8 +676,8 @@ def pattern_bytes(parts: Sequence[Tensor], batch: int, device: torch.device) -> 
         part = part.reshape(batch, -1)
         if part.dtype == torch.bool:
             bits = F.pad(part.to(torch.uint8), (0, -part.shape[1] % 8)).reshape(batch, -1, 8)
-            weights = torch.tensor(BIT_WEIGHTS, dtype=torch.uint8, device=device)
-            rows.append((bits * weights).sum(dim=2, dtype=torch.uint8))
+            shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=device)  # made there: no host copy, no wait
+            rows.append((bits << shifts).sum(dim=2, dtype=torch.uint8))
         else:
             rows.append(part.to(torch.int16).contiguous().view(torch.uint8))
     return torch.cat(rows, dim=1) if rows else torch.zeros(batch, 0, dtype=torch.uint8, device=device)
@@ -698,6 +696,7 @@ class _Outcome:
         self.nonlinear = bool(region.engine.nonlinear)
         self.batch_axis = region.network.has_batch_axis
         self.positions: dict[tuple, tuple[int, ...]] = {}  # (shape, flat index) → coordinates, shared by the batch
+        self.named: dict[tuple, Constraint] = {}  # (layer, unit, z, winner) → its Constraint, shared by the norms
         self.copy = devices.HostCopy(tensors)
 
     def results(self, first_index: int) -> list[InputResult]:
@@ -751,8 +750,16 @@ class _Outcome:
                 raise LrcertError(problem.format(first_index + int(bad[0])), fix=fix)
 
     def _constraints(self, host: dict[str, np.ndarray], prefix: str) -> list[Constraint | None]:
-        layer, unit, z, winner = (host[f"{prefix}.{key}"].tolist() for key in ("layer", "unit", "z", "winner"))
-        return [self.constraint(layer[k], unit[k], z[k], winner[k]) if layer[k] >= 0 else None for k in range(self.batch)]
+        """Each input's binding face under ``prefix`` (a norm, or "ahead"). A face that binds for
+        several norms is named once (Constraint is immutable): most of the per-input host work."""
+        faces = zip(*(host[f"{prefix}.{key}"].tolist() for key in ("layer", "unit", "z", "winner")))
+        out = []
+        for face in faces:
+            named = self.named.get(face)
+            if named is None and face[0] >= 0:
+                named = self.named[face] = self.constraint(*face)
+            out.append(named)
+        return out
 
     def constraint(self, i: int, unit: int, value: float, winner: int) -> Constraint:
         """Name face ``unit`` of layer ``i``, whose value is ``value`` (``winner``: for a max-pool

@@ -11,8 +11,8 @@ among them: the float64 answer (the binding face is always a candidate). An inpu
 candidates than ``RERUN_SHARE`` of its input dimensions (reverse passes would cost more) is
 recomputed whole in float64 instead. An input whose only candidate's interval is already within
 ``TOLERANCE``, or that lies on a face whose gradient is certainly nonzero (radius 0 exactly, e.g.
-a tied max-pool window), keeps its float32 result. A network of at most ``FLOAT64_BELOW`` input
-dimensions is simply certified in float64: its tangent passes cost less than the bounds.
+a tied max-pool window), keeps its float32 result. Where float64 costs about what float32 does,
+auto simply certifies in float64 (:func:`float64_outright`).
 
 **The bound E_j** (u = 2⁻²⁴, γₙ = n·u / (1 − n·u); every error a worst case, for any order of
 summation). The float32 tangent T̂ of a layer holds, per unit, one row over the D directions;
@@ -46,7 +46,7 @@ import math
 import torch
 from torch import Tensor
 
-from . import ir
+from . import devices, ir
 
 U32 = 2.0**-24
 #: Below this many input dimensions, auto computes in float64 outright (cheaper than bounding float32).
@@ -56,9 +56,21 @@ TOLERANCE = 1e-5
 #: An input with more candidate faces than this share of its input dimensions is rerun whole in
 #: float64 (a reverse pass per face would cost about as much as the D tangent passes).
 RERUN_SHARE = 0.25
-#: Candidate faces reverse-passed together: at most this many, in at most this much memory.
+#: Candidate faces reverse-passed together on a CPU: at most this many, in at most this much memory
+#: (a GPU takes as many as the engine's memory budget holds: each pass costs kernel launches).
 REVERSE_ROWS = 256
 REVERSE_BYTES = 256 << 20
+
+
+def float64_outright(network: ir.Network, device: torch.device) -> bool:
+    """Whether auto should certify in float64 outright: a network of fewer than ``FLOAT64_BELOW``
+    input dimensions (its tangent passes cost less than the bounds), or one without convolutions
+    on a GPU whose float64 matrix products run at its float32 rate (measured on an H100: float64
+    42,300 inputs/s on paper_mlp, float32 with bounds and refinement 8,400; with convolutions,
+    which cuDNN runs 3-4x slower in float64, auto wins there too)."""
+    if network.input_size < FLOAT64_BELOW:
+        return True
+    return devices.full_rate_float64(device) and not any(isinstance(layer, ir.Convolution) for layer in network.layers)
 
 
 def gamma(n: int, u: float = U32) -> float:
@@ -175,13 +187,14 @@ def refine(region, tensors: dict[str, Tensor], x: Tensor) -> None:
 
 
 def _exact_candidates(region, tensors: dict[str, Tensor], x: Tensor, candidates: Tensor) -> None:
-    """Exact float64 ratios of the candidate faces (one reverse pass each, ``REVERSE_ROWS`` at a
-    time), and per input and norm the smallest of them, with its face."""
+    """Exact float64 ratios of the candidate faces (one reverse pass each, many at a time), and
+    per input and norm the smallest of them, with its face."""
     if len(candidates) == 0:
         return
     engine = region.engine
     per_row = 3 * 8 * sum(layer.size for layer in region.network.layers)  # float64 activations and their graph
-    rows_per_pass = max(1, min(REVERSE_ROWS, REVERSE_BYTES // per_row))
+    rows, memory = (REVERSE_ROWS, REVERSE_BYTES) if engine.device.type == "cpu" else (len(candidates), engine.memory_bytes)
+    rows_per_pass = max(1, min(rows, memory // per_row))
     gradients = torch.cat([_face_gradients(engine, x, rows) for rows in candidates.split(rows_per_pass)])
     inputs, layers, units = candidates.unbind(dim=1)
     z = torch.zeros(len(candidates), dtype=torch.float64, device=x.device)
@@ -203,8 +216,7 @@ def _exact_candidates(region, tensors: dict[str, Tensor], x: Tensor, candidates:
         unit = torch.zeros(b, dtype=torch.long, device=x.device)
         layer[done], unit[done] = layers[rows], units[rows]
         described = region.describe(layer, unit)
-        involved = torch.zeros(b, dtype=torch.bool, device=x.device)
-        involved[inputs] = True
+        involved = torch.zeros(b, dtype=torch.bool, device=x.device).index_fill_(0, inputs, True)
         for key, value in {"distance": best, "layer": layer, "unit": unit, **described}.items():
             tensors[f"{p}.{key}"] = torch.where(involved, value, tensors[f"{p}.{key}"])
 

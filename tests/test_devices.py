@@ -239,6 +239,33 @@ def test_host_syncs_do_not_grow_with_the_batch(make, dtype):
         assert _syncs(network, 256, 64, dtype=dtype, **kw) <= 4 * small  # per batch, not per input
 
 
+class CountHostData(TorchDispatchMode):
+    """Tensors made from Python data (``torch.tensor([...], device=...)``): on a GPU each is a copy
+    from pageable host memory, which makes the host wait for all the work queued so far."""
+
+    def __init__(self):
+        super().__init__()
+        self.made = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ == "lift_fresh":
+            self.made.append(args[0].shape)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, "auto"], ids=["float32", "float64", "auto"])
+@pytest.mark.parametrize("make", [mlp, cnn], ids=["mlp", "cnn"])
+def test_batches_copy_no_host_data_to_the_device(make, dtype):
+    """A batch queued while the previous one's results are assembled must not wait for the device."""
+    network = lrcert.from_module(make(), (3, 4, 4))
+    engine = Engine(network, dtype=dtype, batch_size=8)
+    x = torch.rand(24, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    for directions in (None, torch.ones(1, 3, 4, 4)):
+        with CountHostData() as counter:
+            results = [r for batch in engine.certify([x], n_inputs=len(x), directions=directions) for r in batch]
+        assert len(results) == len(x) and counter.made == [], counter.made
+
+
 # ------------------------------------------------------------------------------------ GPU plan
 
 

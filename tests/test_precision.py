@@ -183,3 +183,18 @@ def test_real_models_auto_equals_their_references(shared_models):
             for p in ("l1", "l2", "linf"):
                 truth = math.inf if want[p] is None else want[p]
                 assert got.radius[p] == truth or abs(got.radius[p] - truth) <= 1e-5 * truth, (name, got.index, p)
+
+
+def test_auto_is_float64_outright_for_dense_nets_where_float64_runs_at_the_float32_rate(monkeypatch):
+    """On an A100/H100 float64 products cost what float32 ones do: auto skips the float32 bounds
+    for networks without convolutions, and keeps them where cuDNN's float64 convolutions are slow."""
+    torch.manual_seed(0)
+    dense = lrcert.from_module(nn.Sequential(nn.Flatten(), nn.Linear(48, 16), nn.ReLU(), nn.Linear(16, 3)), (3, 4, 4))
+    conv = lrcert.from_module(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 3)), (3, 4, 4))
+    assert Engine(dense).auto and Engine(conv).auto  # on this CPU: float32 passes with bounds
+    monkeypatch.setattr(lrcert.devices, "full_rate_float64", lambda device: True)
+    engine = Engine(dense)
+    assert not engine.auto and engine.dtype == engine.value_dtype == torch.float64
+    assert {r.dtype for r in engine.run(torch.rand(4, 3, 4, 4))} == {"float64"}
+    assert Engine(conv).auto
+    assert not lrcert.devices.FULL_RATE_FLOAT64 & {(8, 6), (8, 9), (12, 0)}  # consumer cards: float64 is 1/64 rate

@@ -316,7 +316,7 @@ def certify(
         if dtype == DType.auto:
             refined = tally.dtypes.get("float64", 0)
             how = f"auto: {refined} of {tally.count} refined in float64, the rest exact in float32"
-        where = devices.describe(target) + (f", {ranks.size} ranks" if ranks.launched else "")
+        where = devices.describe(target) + (f", {ranks.size} rank{'s' if ranks.size > 1 else ''}" if ranks.launched else "")
         say(f"certified {fresh} inputs in {elapsed:.2f} s ({fresh / max(elapsed, 1e-9):.1f} inputs/s) on {where}, {how}")
         _explain(tally, dtype)
         code = _check_thresholds(tally)
