@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import devices, ir, precision
+from . import devices, ir, precision, prediction
 from .errors import LrcertError
 
 NORMS = ("l1", "l2", "linf")
@@ -105,6 +105,24 @@ class InputResult:
     direction: float | None = None  # largest t with x + t·d in the region (+inf: unbounded)
     direction_binding: Constraint | None = None
     notes: list[str] = field(default_factory=list)
+    #: min over classes j ≠ prediction of m_j / ‖∇(f_c − f_j)‖_q (None: one output, or not computed)
+    prediction_radius: dict[str, float] | None = None
+    rival: dict[str, int | None] | None = None  # the class j whose margin sets prediction_radius
+    adversarial: np.ndarray | None = None  # closest input with another prediction (float64), when exact
+
+    @property
+    def certified_radius(self) -> dict[str, float] | None:
+        """min(ε̂, r_pred): within it the prediction provably stays the same."""
+        if self.prediction_radius is None:
+            return None
+        return {p: min(self.radius[p], r) for p, r in self.prediction_radius.items()}
+
+    @property
+    def exact_adversarial(self) -> dict[str, bool] | None:
+        """r_pred ≤ ε̂: the prediction radius is the exact distance to a different prediction."""
+        if self.prediction_radius is None:
+            return None
+        return {p: r <= self.radius[p] for p, r in self.prediction_radius.items()}
 
 
 @dataclass(frozen=True)
@@ -131,6 +149,8 @@ class Engine:
     gives float64 results at float32 speed: the value pass (faces, pattern) and the directional
     pass run in float64, the expensive tangent passes in float32, and :mod:`lrcert.precision`
     bounds their rounding and recomputes in float64 exactly the faces it cannot rule out.
+    ``predictions`` adds each input's prediction radius and certified radius (:mod:`lrcert.prediction`),
+    and ``adversarial_norm`` the closest input with another prediction in that norm.
     """
 
     def __init__(
@@ -143,12 +163,16 @@ class Engine:
         batch_size: int | None = None,
         memory_bytes: int | None = None,
         skip_inactive: bool = True,
+        predictions: bool = True,
+        adversarial_norm: str | None = None,
     ):
         unknown = [p for p in norms if p not in NORMS]
         if unknown or not norms:
             raise LrcertError(f"unknown norm {unknown[0] if unknown else '(none)'!r}", fix="use l1, l2 or linf")
         if batch_size is not None and batch_size < 1:
             raise LrcertError(f"batch size {batch_size} is not positive", fix="use a batch size of 1 or more")
+        if adversarial_norm is not None and adversarial_norm not in norms:
+            raise LrcertError(f"adversarial points for {adversarial_norm!r}, a norm not certified", fix=f"add {adversarial_norm} to the norms")
         if dtype not in ("auto", torch.float32, torch.float64):
             raise LrcertError(f"dtype {dtype!r} is not supported", fix="use auto, torch.float32 or torch.float64")
         self.device = devices.resolve(device)
@@ -186,6 +210,8 @@ class Engine:
             if isinstance(network.layers[i], ir.Elementwise) and set(network.layers[i].inputs) <= {0, *self.prefix}
         ]
         self.requested_batch = batch_size
+        self.predictions = predictions  # the prediction radius (lrcert.prediction) beside ε̂
+        self.adversarial_norm = adversarial_norm if predictions else None  # and x* for this norm
         #: One fused reduction per dual norm (GPU), or |g| shared by the sum and the max (CPU).
         self.fused_norms = self.device.type == "cuda"
         self._exact: Engine | None = None
@@ -366,13 +392,24 @@ class Engine:
         if directions is not None:
             region.push_directions(directions, plan.group)
             tensors |= region.nearest_ahead()
+        if self.predictions:
+            tensors |= self._predictions(x, tensors)
         return region, tensors
+
+    def _predictions(self, x: Tensor, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Per norm the prediction radius and its rival class; x* (NaN where r_pred > ε̂) if asked."""
+        found = prediction.margins(self.network, x, self.norms, self.adversarial_norm, self.memory_bytes)
+        if self.adversarial_norm is not None:
+            p = self.adversarial_norm
+            exact = (found[f"{p}.predicted"] <= tensors[f"{p}.distance"]).reshape(-1, *[1] * (x.dim() - 1))
+            found["adversarial"] = torch.where(exact, found["adversarial"], math.nan)
+        return found
 
     def exact_engine(self) -> "Engine":
         """The same engine in float64 (``dtype="auto"`` reruns the inputs it cannot settle cheaply with it)."""
         if self._exact is None:
             self._exact = Engine(self.network, norms=self.norms, device=self.device, dtype=torch.float64,
-                                 memory_bytes=self.memory_bytes)
+                                 memory_bytes=self.memory_bytes, predictions=False)
         return self._exact
 
     def _identity(self, start: int, stop: int) -> Tensor:
@@ -727,7 +764,20 @@ class _Outcome:
         if "ahead.distance" in host:
             for result, (step, face) in zip(out, self._steps(host)):
                 result.direction, result.direction_binding = step, face
+        if f"{self.norms[0]}.predicted" in host:
+            self._predictions(host, out)
         return out
+
+    def _predictions(self, host: dict[str, np.ndarray], out: list[InputResult]) -> None:
+        radius = {p: host[f"{p}.predicted"].tolist() for p in self.norms}
+        rival = {p: host[f"{p}.rival"].tolist() for p in self.norms}
+        points = host["adversarial"].astype(np.float64) if "adversarial" in host else None
+        for k, result in enumerate(out):
+            if not math.isnan(radius[self.norms[0]][k]):  # NaN: a model with one output
+                result.prediction_radius = {p: radius[p][k] for p in self.norms}
+                result.rival = {p: rival[p][k] if rival[p][k] >= 0 else None for p in self.norms}
+            if points is not None:
+                result.adversarial = points[k]
 
     def steps(self) -> list[tuple[float, Constraint | None]]:
         """For :meth:`Engine.along`: per input, the directional radius and the face that sets it."""
@@ -812,13 +862,15 @@ def certify(
     device: str | torch.device | None = None,
     dtype: torch.dtype | str = "auto",
     batch_size: int | None = None,
+    predictions: bool = True,
 ) -> list[InputResult]:
     """Certify every row of ``x`` (shape ``(N, *network.sample_shape)``) on ``device`` (default:
     where ``x`` is; ``"auto"``: a GPU when there is one) in ``dtype`` (default ``"auto"``: float64
     results at float32 speed); see :class:`Engine`."""
     x = devices.as_tensor(x)
     d = None if directions is None else devices.as_tensor(directions)
-    engine = Engine(network, norms=norms, device=devices.resolve(device, like=x), dtype=dtype, batch_size=batch_size)
+    engine = Engine(network, norms=norms, device=devices.resolve(device, like=x), dtype=dtype, batch_size=batch_size,
+                    predictions=predictions)
     results = []
     for batch in engine.certify([x], directions=d, n_inputs=len(x)):
         results.extend(batch)

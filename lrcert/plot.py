@@ -130,7 +130,7 @@ def _reach_in_plane(network: ir.Network, x: Tensor, u: Tensor, v: Tensor, rays: 
     angles = torch.linspace(0, 2 * math.pi, rays + 1, dtype=torch.float64, device=u.device)[:-1, None]
     directions = (angles.cos() * u + angles.sin() * v).reshape(rays, *network.sample_shape)
     starts = x.reshape(1, *network.sample_shape).expand(rays, *network.sample_shape)
-    results = certify(network, starts, norms=("linf",), directions=directions, dtype=torch.float64)
+    results = certify(network, starts, norms=("linf",), directions=directions, dtype=torch.float64, predictions=False)
     reach = [r.direction for r in results if r.direction is not None and 0 < r.direction < math.inf]
     return float(np.median(reach)) if reach else 1.0
 
@@ -191,7 +191,7 @@ def picture(
         return result
     chosen = data[list(points)].double()
     coords, residual = plane.coordinates(chosen)
-    results = certify(network, chosen, norms=NORMS, dtype=torch.float64)
+    results = certify(network, chosen, norms=NORMS, dtype=torch.float64, predictions=False)
     for k, index in enumerate(points):
         result.radii[index] = dict(results[k].radius)
         if residual[k] <= 1e-9 * max(1.0, float(chosen[k].norm())):  # only points in the plane have a ball in it

@@ -86,7 +86,8 @@ class Crossing:
 def walk(network: ir.Network, a: Tensor, b: Tensor, *, device: str | torch.device | None = None) -> Crossing:
     """Every linear region the segment a → b crosses, boundary to boundary (float64), on
     ``device`` (default: the network's)."""
-    engine = Engine(network, norms=("linf",), device=device or network.device, dtype=torch.float64, batch_size=1)
+    engine = Engine(network, norms=("linf",), device=device or network.device, dtype=torch.float64, batch_size=1,
+                    predictions=False)
     a, d = a.double().reshape(1, -1), (b.double() - a.double()).reshape(1, -1)
     breakpoints: list[float] = []
     flips: list[Constraint | None] = []

@@ -21,6 +21,8 @@ import numpy as np
 from .engine import InputResult
 
 NORM_LABELS = {"l1": "ε̂₁", "l2": "ε̂₂", "linf": "ε̂∞"}
+#: min(ε̂, prediction radius): the radius within which the prediction provably stays the same
+CERTIFIED_LABELS = {"l1": "cert₁", "l2": "cert₂", "linf": "cert∞"}
 PERCENTILES = (("min", 0), ("p25", 25), ("p50", 50), ("p75", 75), ("max", 100))
 
 
@@ -55,16 +57,21 @@ class Tally:
 
     norms: Sequence[str]
     thresholds: dict[str, float]
+    certified_thresholds: dict[str, float] = field(default_factory=dict)  # --min-certified
     count: int = 0
     on_boundary: int = 0  # inputs with some ε̂ = 0
     ties: int = 0  # ... of which at a tied max-pool window
     flagged: list[int] = field(default_factory=list)  # precision warnings
     below: dict[str, list[int]] = field(default_factory=dict)  # thresholds not met
+    below_certified: dict[str, list[int]] = field(default_factory=dict)  # certified thresholds not met
     dtypes: dict[str, int] = field(default_factory=dict)  # results per precision (auto: float32 kept, float64 refined)
 
     def add(self, index: int, radius: dict[str, float], kinds: dict[str, str | None], precision_warning: bool,
-            dtype: str = "float32") -> None:
+            dtype: str = "float32", certified: dict[str, float] | None = None) -> None:
         self.count += 1
+        for p, limit in self.certified_thresholds.items():
+            if (radius if certified is None else certified)[p] < limit:  # one output: certified is ε̂
+                self.below_certified.setdefault(p, []).append(index)
         self.dtypes[dtype] = self.dtypes.get(dtype, 0) + 1
         if any(radius[p] == 0 for p in self.norms):
             self.on_boundary += 1
@@ -76,13 +83,21 @@ class Tally:
                 self.below.setdefault(p, []).append(index)
 
     def add_result(self, r: InputResult) -> None:
-        self.add(r.index, r.radius, {p: b.kind if b else None for p, b in r.binding.items()}, r.precision_warning, r.dtype)
+        kinds = {p: b.kind if b else None for p, b in r.binding.items()}
+        self.add(r.index, r.radius, kinds, r.precision_warning, r.dtype, r.certified_radius)
 
     def add_record(self, record: dict) -> None:
         """A result read back from JSON (``null`` radius: unbounded)."""
-        radius = {p: math.inf if v is None else v for p, v in record["radius"].items()}
+        radius = radii_of(record, "radius")
         kinds = {p: b["kind"] if b else None for p, b in record["binding"].items()}
-        self.add(record["index"], radius, kinds, record.get("precision_warning", False), record.get("dtype", "float32"))
+        certified = radii_of(record, "certified_radius") if record.get("certified_radius") else None
+        self.add(record["index"], radius, kinds, record.get("precision_warning", False), record.get("dtype", "float32"),
+                 certified)
+
+
+def radii_of(record: dict, key: str) -> dict[str, float]:
+    """A JSON record's radii under ``key`` (``null``: unbounded, +inf)."""
+    return {p: math.inf if v is None else v for p, v in record[key].items()}
 
 
 def summary(results: Sequence[InputResult], norms: Sequence[str]) -> dict:
@@ -100,6 +115,10 @@ def result_record(result: InputResult, norms: Sequence[str]) -> dict:
         "pattern": result.pattern,
         "precision_warning": result.precision_warning,
         "dtype": result.dtype,
+        "prediction_radius": _radii(result.prediction_radius, norms),
+        "certified_radius": _radii(result.certified_radius, norms),
+        "exact_adversarial": None if result.exact_adversarial is None else {p: result.exact_adversarial[p] for p in norms},
+        "rival": None if result.rival is None else {p: result.rival[p] for p in norms},
     }
     if result.direction is not None:
         record["direction"] = {
@@ -110,10 +129,17 @@ def result_record(result: InputResult, norms: Sequence[str]) -> dict:
     return record
 
 
-def json_document(model: dict, options: dict, results: Sequence[InputResult], norms: Sequence[str]) -> str:
+def _radii(radius: dict[str, float] | None, norms: Sequence[str]) -> dict | None:
+    return None if radius is None else {p: finite_or_none(radius[p]) for p in norms}
+
+
+def json_document(model: dict, options: dict, results: Sequence[InputResult], norms: Sequence[str],
+                  run: dict | None = None) -> str:
+    """The whole run as one JSON document; ``run``: when and how long (``seconds``, ``date``)."""
     doc = {
         "model": model,
         "options": options,
+        "run": run or {},
         "results": [result_record(r, norms) for r in results],
         "summary": _json_summary(summary(results, norms)),
     }
@@ -131,6 +157,7 @@ def jsonl_lines(results: Iterable[InputResult], norms: Sequence[str]) -> Iterabl
 
 def csv_header(norms: Sequence[str], directional: bool) -> str:
     columns = ["index", "prediction", *norms, *(f"binding_{p}" for p in norms), "pattern", "precision_warning", "dtype"]
+    columns += [f"{what}_{p}" for what in ("prediction_radius", "certified", "exact_adversarial") for p in norms]
     if directional:
         columns += ["direction", "binding_direction"]
     return _csv_row(columns)
@@ -142,6 +169,11 @@ def csv_lines(results: Iterable[InputResult], norms: Sequence[str], directional:
         row += [_number(r.radius[p]) for p in norms]
         row += [r.binding[p].describe() if r.binding[p] else "" for p in norms]
         row += [r.pattern, int(r.precision_warning), r.dtype]
+        if r.prediction_radius is None:  # one output: no other class to reach
+            row += [""] * (3 * len(norms))
+        else:
+            row += [_number(r.prediction_radius[p]) for p in norms] + [_number(r.certified_radius[p]) for p in norms]
+            row += [int(r.exact_adversarial[p]) for p in norms]
         if directional:
             row += [_number(r.direction), r.direction_binding.describe() if r.direction_binding else ""]
         yield _csv_row(row)
@@ -182,13 +214,17 @@ def print_table(
     table.add_column("class", justify="right")
     for p in norms:
         table.add_column(NORM_LABELS[p], justify="right")
+        table.add_column(CERTIFIED_LABELS[p], justify="right")
     if directional:
         table.add_column("t (direction)", justify="right")
     table.add_column(f"binding constraint ({NORM_LABELS[shown]})")
     for r in results:
         cells = [str(r.index), "-" if r.prediction is None else str(r.prediction)]
         mark = " †" if r.precision_warning else ""
-        cells += [_short(r.radius[p]) + mark for p in norms]
+        for p in norms:
+            cells.append(_short(r.radius[p]) + mark)
+            certified = r.certified_radius
+            cells.append("-" if certified is None else _short(certified[p]) + (" *" if r.exact_adversarial[p] else ""))
         if directional:
             cells.append(_short(r.direction))
         binding = r.binding[shown]
@@ -206,7 +242,13 @@ def print_table(
     for p in norms:
         s = stats[p]
         totals.add_row(NORM_LABELS[p], *(_short(s[label]) for label, _ in PERCENTILES), str(s["zero"]), str(s["unbounded"]))
+    certified = [r for r in results if r.certified_radius is not None]
+    for p in norms if certified else ():
+        s = summarize([r.certified_radius[p] for r in certified])
+        totals.add_row(CERTIFIED_LABELS[p], *(_short(s[label]) for label, _ in PERCENTILES), str(s["zero"]), str(s["unbounded"]))
     console.print(totals)
+    if any(any(r.exact_adversarial.values()) for r in certified):
+        console.print("* the prediction radius is at most ε̂: the exact distance to another prediction", highlight=False)
 
 
 def _width(out: TextIO) -> int:

@@ -199,7 +199,7 @@ def certified_radii(model: nn.Module, x: Tensor, norms: Sequence[str] = ("l1", "
     from .load import from_module
 
     network = from_module(model, tuple(x.shape[1:]), source="the trained model")
-    results = certify(network, x.double(), norms=norms, dtype=torch.float64, device=devices.of_module(model))
+    results = certify(network, x.double(), norms=norms, dtype=torch.float64, device=devices.of_module(model), predictions=False)
     radii: dict = {p: np.array([r.radius[p] for r in results]) for p in norms}
     radii["pattern"] = [r.pattern for r in results]
     return radii

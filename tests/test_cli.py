@@ -56,7 +56,8 @@ def test_json_schema(mlp):
     result = invoke("certify", model, data, "--format", "json", "--dtype", "float64")
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert set(doc) == {"model", "options", "results", "summary"}
+    assert set(doc) == {"model", "options", "run", "results", "summary"}
+    assert doc["run"]["seconds"] > 0 and doc["run"]["date"].startswith("20")
     assert doc["model"]["units"] == 8 and len(doc["model"]["sha256"]) == 64
     assert doc["options"]["norms"] == ["l1", "l2", "linf"] and doc["options"]["dtype"] == "float64"
     first = doc["results"][0]

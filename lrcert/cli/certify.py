@@ -37,23 +37,23 @@ def parse_norms(values: list[str] | None) -> tuple[str, ...]:
     return tuple(p for p in ("l1", "l2", "linf") if p in norms)
 
 
-def parse_thresholds(values: list[str] | None, norms: tuple[str, ...]) -> dict[str, float]:
+def parse_thresholds(values: list[str] | None, norms: tuple[str, ...], option: str = "--min-radius") -> dict[str, float]:
     """``R`` applies to every selected norm; ``l2=R`` (or ``2=R``, ``inf=R``) to one."""
     thresholds: dict[str, float] = {}
     for value in values or []:
         name, _, number = value.rpartition("=")
         targets = norms if not name else (NORM_NAMES.get(name.strip().lower()),)
         if None in targets:
-            raise LrcertError(f"--min-radius {value!r} names an unknown norm", fix="write R, l1=R, l2=R or linf=R")
+            raise LrcertError(f"{option} {value!r} names an unknown norm", fix="write R, l1=R, l2=R or linf=R")
         try:
             radius = float(number)
         except ValueError:
-            raise LrcertError(f"--min-radius {value!r} is not a number", fix="write R, l1=R, l2=R or linf=R") from None
+            raise LrcertError(f"{option} {value!r} is not a number", fix="write R, l1=R, l2=R or linf=R") from None
         if not radius >= 0 or math.isinf(radius):
-            raise LrcertError(f"--min-radius {value!r} must be a finite number ≥ 0", fix="give a radius like 0.01")
+            raise LrcertError(f"{option} {value!r} must be a finite number ≥ 0", fix="give a radius like 0.01")
         for p in targets:
             if p not in norms:
-                raise LrcertError(f"--min-radius {value!r} checks {p}, which --p did not select", fix=f"add --p {p}")
+                raise LrcertError(f"{option} {value!r} checks {p}, which --p did not select", fix=f"add --p {p}")
             thresholds[p] = radius
     return thresholds
 
@@ -205,6 +205,10 @@ def certify(
     input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Shape of one input, e.g. 1,28,28 (only for models that do not record it).")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model or TorchScript file: this runs code stored in the file.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="With --format jsonl --output FILE: continue an interrupted run, keeping the rows already written.")] = False,
+    min_certified: Annotated[Optional[list[str]], typer.Option("--min-certified", help="CI check on predictions: exit 1 if any certified radius, min(ε̂, prediction radius), is below R. Same forms as --min-radius.")] = None,
+    adversarial_out: Annotated[Optional[Path], typer.Option("--adversarial-out", help="Write an .npy shaped like the inputs (float64): row i is the closest input with another prediction where the prediction radius is at most ε̂ (exact), NaN elsewhere.")] = None,
+    adversarial_norm: Annotated[Optional[str], typer.Option("--adversarial-norm", help="Norm of the adversarial points: 1, 2 or inf. Default: l2, or the one norm --p selects.")] = None,
+    report_page: Annotated[Optional[Path], typer.Option("--report", help="Also write a self-contained HTML report of the run (see lrcert report).")] = None,
 ) -> int:
     """Certify every input of DATA: the exact l1/l2/linf radius of its linear region and the face that binds."""
     import numpy as np
@@ -213,10 +217,21 @@ def certify(
     from .. import data as data_io
     from .. import devices, report
     from ..engine import Engine
+    from ..html_report import today
     from ..load import load
 
     norms = parse_norms(p)
     thresholds = parse_thresholds(min_radius, norms)
+    certified_thresholds = parse_thresholds(min_certified, norms, "--min-certified")
+    point_norm = _adversarial_norm(adversarial_norm, norms) if adversarial_out or report_page else None
+    for path, suffix, what in ((adversarial_out, ".npy", "--adversarial-out"), (report_page, ".html", "--report")):
+        if path is not None:
+            if path.suffix.lower() != suffix:
+                raise LrcertError(f"{what} {path} does not end in {suffix}", fix=f"name a {suffix} file")
+            check_output_path(path)
+    if adversarial_out is not None and resume:
+        raise LrcertError("--adversarial-out cannot continue an interrupted run (--resume)",
+                          fix="rerun without --resume, or drop --adversarial-out")
     if batch_size is not None and batch_size < 1:
         raise LrcertError(f"--batch-size {batch_size} is not positive", fix="use 1 or more, or leave it out (automatic)")
     shape_hint = parse_shape(input_shape)
@@ -248,7 +263,7 @@ def certify(
     for note in (*network.notes, *notes) if lead else ():
         say(f"note: {note}")
 
-    engine = Engine(network, norms=norms, device=target, dtype=torch_dtype, batch_size=batch_size)
+    engine = Engine(network, norms=norms, device=target, dtype=torch_dtype, batch_size=batch_size, adversarial_norm=point_norm)
     plan = engine.plan(len(rows))
     model_info = {
         "path": model,
@@ -268,8 +283,11 @@ def certify(
         "batch_size": plan.batch_size,
         "direction": direction,
         "min_radius": thresholds,
+        "min_certified": certified_thresholds,
+        "adversarial_out": None if adversarial_out is None else str(adversarial_out),
+        "adversarial_norm": point_norm,
     }
-    tally = report.Tally(norms, thresholds)
+    tally = report.Tally(norms, thresholds, certified_thresholds)
     resumable = output_format == Format.jsonl and output is not None
     resumed = _resume(output, tally, resume, lead) if resumable else _Resumed()
     remaining = ranks.share(resumed.remaining(len(rows)) if lead else None)
@@ -280,8 +298,10 @@ def certify(
     writer = open_resumable(output) if resumable else open_output(output)
     ordered = _InOrder(output_format, norms, directions is not None, tally, resumed) if lead else None
     own_rows = open(rank_path(output, ranks), "a", encoding="utf-8") if resumable and ranks.size > 1 else None
+    points = _AdversarialFile(adversarial_out, (len(rows), *network.sample_shape)) if adversarial_out and lead else _nowhere()
+    page = _ReportRows(norms, point_norm) if report_page and lead else None
     try:
-        with (writer if lead else _nowhere()) as out, _progress(len(remaining) if lead else 0) as advance:
+        with (writer if lead else _nowhere()) as out, points as adversarial, _progress(len(remaining) if lead else 0) as advance:
             if lead:
                 ordered.begin(out)
             for mine in _my_rounds(engine, rows, directions, rounds, ranks, norms, own_rows):
@@ -289,10 +309,16 @@ def certify(
                 if lead:
                     fresh = [result for rank_rows in everyone for result in rank_rows]
                     ordered.add(out, fresh)
+                    for result in fresh:
+                        if adversarial is not None:
+                            adversarial[result.index] = result.adversarial
+                        if page is not None:
+                            page.add(result)
                     advance(len(fresh))
                 stop_if_interrupted()
             if lead:
-                ordered.end(out, model_info, options, Path(model).name, color=out.isatty() and output is None)
+                run = {"seconds": time.perf_counter() - started, "date": today()}
+                ordered.end(out, model_info, options, run, Path(model).name, color=out.isatty() and output is None)
     except KeyboardInterrupt:
         if resumable:
             who = f"{ranks.name}: " if ranks.launched else ""
@@ -319,9 +345,15 @@ def certify(
         where = devices.describe(target) + (f", {ranks.size} rank{'s' if ranks.size > 1 else ''}" if ranks.launched else "")
         say(f"certified {fresh} inputs in {elapsed:.2f} s ({fresh / max(elapsed, 1e-9):.1f} inputs/s) on {where}, {how}")
         _explain(tally, dtype)
+        if page is not None:
+            run = {"model": model_info, "options": options, "seconds": elapsed, "date": today(), "notes": [*network.notes, *notes]}
+            page.write(report_page, run, rows, network.sample_shape)
+            say(f"report: {report_page}")
         code = _check_thresholds(tally)
     ranks.close()
-    return code  # rank 0's verdict covers every rank's inputs; torchrun passes it on
+    if ranks.launched:
+        ranks.leave(code)  # rank 0's verdict covers every rank's inputs; torchrun passes it on
+    return code
 
 
 def _share(batch: int, count: int, ranks: int, requested: int | None) -> int:
@@ -399,13 +431,13 @@ class _InOrder:
                 self.kept.append(item)
         out.flush()
 
-    def end(self, out, model_info, options, model_name: str, color: bool) -> None:
+    def end(self, out, model_info, options, run, model_name: str, color: bool) -> None:
         from .. import report
 
         if self.waiting:
             raise LrcertError(f"internal: results {sorted(self.waiting)[:5]} were never written", internal=True)
         if self.format == Format.json:
-            out.write(report.json_document(model_info, options, self.kept, self.norms))
+            out.write(report.json_document(model_info, options, self.kept, self.norms, run))
         elif self.format == Format.table:
             report.print_table(out, self.kept, self.norms, model_name, self.directional, color=color)
 
@@ -457,11 +489,81 @@ def _explain(tally, dtype: DType) -> None:
 
 
 def _check_thresholds(tally) -> int:
-    for p, radius in tally.thresholds.items():
-        below = tally.below.get(p, [])
-        if below:
-            shown = ", ".join(map(str, below[:20])) + (f", … ({len(below) - 20} more)" if len(below) > 20 else "")
-            say(f"FAILED: {len(below)} of {tally.count} inputs have {p} radius below {radius:g}: inputs {shown}")
-        else:
-            say(f"passed: all {tally.count} inputs have {p} radius ≥ {radius:g}")
-    return EXIT_CHECK_FAILED if tally.below else EXIT_OK
+    """--min-radius and --min-certified: one line per check; exit 1 if any input falls short."""
+    for what, thresholds, below_by_norm in (
+        ("radius", tally.thresholds, tally.below), ("certified radius", tally.certified_thresholds, tally.below_certified)
+    ):
+        for p, radius in thresholds.items():
+            below = below_by_norm.get(p, [])
+            if below:
+                shown = ", ".join(map(str, below[:20])) + (f", … ({len(below) - 20} more)" if len(below) > 20 else "")
+                say(f"FAILED: {len(below)} of {tally.count} inputs have {p} {what} below {radius:g}: inputs {shown}")
+            else:
+                say(f"passed: all {tally.count} inputs have {p} {what} ≥ {radius:g}")
+    return EXIT_CHECK_FAILED if tally.below or tally.below_certified else EXIT_OK
+
+
+def _adversarial_norm(value: str | None, norms: tuple[str, ...]) -> str:
+    """--adversarial-norm, or l2, or the one norm --p selects."""
+    if value is None:
+        return "l2" if "l2" in norms or len(norms) != 1 else norms[0]
+    chosen = parse_norms([value])
+    if len(chosen) != 1 or chosen[0] not in norms:
+        raise LrcertError(f"--adversarial-norm {value!r} is not one of the certified norms ({', '.join(norms)})",
+                          fix="name one norm that --p selects")
+    return chosen[0]
+
+
+class _AdversarialFile:
+    """The --adversarial-out array, NaN until rows arrive; written beside its name and renamed
+    over it only when the run completes (an interrupted run leaves nothing half-written)."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...]):
+        self.path, self.shape = path, shape
+
+    def __enter__(self):
+        import numpy as np
+
+        from ..data import written_atomically
+
+        self._atomic = written_atomically(self.path)
+        tmp = self._atomic.__enter__()
+        self.array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float64, shape=self.shape)
+        self.array[...] = np.nan
+        return self.array
+
+    def __exit__(self, *failure):
+        self.array.flush()
+        del self.array
+        return self._atomic.__exit__(*failure)
+
+
+class _ReportRows:
+    """What ``--report`` needs from the results as they stream past: each one's record (no
+    adversarial pixels) and the adversarial points of the inputs it will picture."""
+
+    def __init__(self, norms, point_norm: str):
+        self.norms, self.norm = norms, point_norm  # (the page lists the smallest radii in this norm)
+        self.records: list[dict] = []
+        self.points: dict[int, object] = {}
+
+    def add(self, result) -> None:
+        from .. import html_report, report
+
+        self.records.append(report.result_record(result, self.norms))
+        if result.adversarial is not None:
+            self.points[result.index] = result.adversarial
+        if len(self.points) > 4 * html_report.SMALLEST:  # keep only those that can still be among the smallest
+            keep = {r["index"] for r in html_report.smallest(self.records, self.norm)}
+            self.points = {i: a for i, a in self.points.items() if i in keep}
+
+    def write(self, path: Path, run: dict, rows, sample_shape) -> None:
+        from .. import html_report
+        from ..data import written_atomically
+
+        pictures = {}
+        if html_report.image_shaped(sample_shape):
+            for record in html_report.smallest(self.records, self.norm):
+                pictures[record["index"]] = (rows[record["index"]].reshape(sample_shape), self.points.get(record["index"]))
+        with written_atomically(path) as tmp:
+            Path(tmp).write_text(html_report.render(run, self.records, pictures), encoding="utf-8")

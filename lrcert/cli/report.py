@@ -1,0 +1,108 @@
+"""``lrcert report RESULTS --out report.html``: one self-contained HTML page from certify's
+JSON or JSON-lines output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import LrcertError
+from .common import EXIT_OK, app, check_output_path, reports_errors, say
+
+
+@app.command()
+@reports_errors
+def report(
+    results: Annotated[Path, typer.Argument(help="lrcert certify's output: --format json or jsonl.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")],
+    data: Annotated[Optional[str], typer.Option("--data", help="The inputs certified (default: the data named in a JSON document), for thumbnails of image-shaped inputs.")] = None,
+    adversarial: Annotated[Optional[Path], typer.Option("--adversarial", help="certify's --adversarial-out file, to picture each input beside its adversarial point.")] = None,
+    key: Annotated[Optional[str], typer.Option("--key", help="Array to read from an .npz data file with several.")] = None,
+) -> int:
+    """Write an HTML report: the run, histograms of ε̂ and of the certified radius, per-class medians,
+    where the binding faces sit, and the inputs closest to another prediction (with thumbnails).
+
+    One file, no network access, no scripts: open it in any browser, attach it to a CI run."""
+    from .. import html_report
+    from ..data import written_atomically
+
+    if out.suffix.lower() != ".html":
+        raise LrcertError(f"--out {out} does not end in .html", fix="name an .html file")
+    check_output_path(out)
+    run, records = _read_results(results)
+    notes = list(run.get("notes") or [])
+    pictures = _pictures(run, records, data, adversarial, key, notes)
+    run["notes"] = notes
+    with written_atomically(out) as tmp:
+        Path(tmp).write_text(html_report.render(run, records, pictures), encoding="utf-8")
+    say(f"report: {out} ({len(records)} inputs)")
+    return EXIT_OK
+
+
+def _read_results(path: Path) -> tuple[dict, list[dict]]:
+    """The run (model, options) and the records of a JSON document, or the records of JSON lines."""
+    if not path.is_file():
+        raise LrcertError(f"results file {str(path)!r} does not exist", fix="give lrcert certify's --format json or jsonl output")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        document = json.loads(text)
+        lines = None
+    except ValueError:
+        document = None
+        try:
+            lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except ValueError:
+            lines = None
+    if isinstance(document, dict) and isinstance(document.get("results"), list):
+        run = {"model": document.get("model"), "options": document.get("options"), **(document.get("run") or {})}
+        records = document["results"]
+    elif isinstance(document, dict):  # JSON lines with a single result
+        run, records = {}, [document]
+    elif lines is not None:
+        run, records = {}, lines
+    else:
+        raise LrcertError(f"{path} is neither JSON nor JSON lines", fix="give lrcert certify's --format json or jsonl output")
+    if not records or not all(isinstance(r, dict) and {"index", "radius", "binding"} <= r.keys() for r in records):
+        raise LrcertError(f"{path} holds no lrcert certify results", fix="give lrcert certify's --format json or jsonl output")
+    return run, records
+
+
+def _pictures(run: dict, records: list[dict], data: str | None, adversarial: Path | None, key: str | None,
+              notes: list[str]) -> dict:
+    """Input (and adversarial point) pixels of the inputs the page lists, when they are images."""
+    import numpy as np
+
+    from .. import data as data_io
+    from .. import html_report
+
+    options = run.get("options") or {}
+    data = data or options.get("data")
+    if adversarial is None and options.get("adversarial_out") and Path(options["adversarial_out"]).is_file():
+        adversarial = Path(options["adversarial_out"])
+    if data is None or data == "-":
+        notes.append("no thumbnails: the data file is not known (give --data)")
+        return {}
+    shape = (run.get("model") or {}).get("input_shape") or data_io.peek_row_shape(data, key)
+    if shape is None or not html_report.image_shaped(shape):
+        return {}
+    try:
+        rows, _ = data_io.read_rows(data, shape, key=key)
+        points = None if adversarial is None else np.load(adversarial, mmap_mode="r", allow_pickle=False)
+    except (LrcertError, OSError, ValueError) as problem:
+        notes.append(f"no thumbnails: {problem}")
+        return {}
+    if points is not None and tuple(points.shape) != tuple(rows.shape):
+        raise LrcertError(f"{adversarial} holds {tuple(points.shape)}, the data {tuple(rows.shape)}",
+                          fix="give the --adversarial-out file of the same certify run")
+    chosen = html_report.smallest(records, html_report.listed_norm(run, records))
+    pictures = {}
+    for record in chosen:
+        if record["index"] >= len(rows):
+            raise LrcertError(f"the results name input {record['index']}, but {data} holds {len(rows)}",
+                              fix="give the data of the same certify run (--data)")
+        point = None if points is None else np.asarray(points[record["index"]], dtype=np.float64)
+        pictures[record["index"]] = (np.asarray(rows[record["index"]]), point)
+    return pictures
