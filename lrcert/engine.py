@@ -45,9 +45,6 @@ from . import devices, ir, precision, prediction
 from .errors import LrcertError
 
 NORMS = ("l1", "l2", "linf")
-#: The dual norm each p needs, as the order of ``torch.linalg.vector_norm``: p = 1 → ‖g‖∞,
-#: p = 2 → ‖g‖₂ (accumulated squared over chunks of directions), p = ∞ → ‖g‖₁.
-DUAL_ORDER = {"l1": math.inf, "l2": 2, "linf": 1}
 #: Inputs per batch when the caller does not say. On the CPU, 256 bounds the value pass and the
 #: results; on a GPU, batches are as large as memory allows up to GPU_BATCH, and small enough
 #: that the host assembles one batch's results while the GPU computes the next.
@@ -603,7 +600,7 @@ class _Region:
                 self.stats[(i, p)] = torch.zeros(self.batch, g.shape[2], dtype=g.dtype, device=g.device)
             target = self.stats[(i, p)][rows]
             if self.engine.fused_norms:
-                norm = torch.linalg.vector_norm(g, DUAL_ORDER[p], dim=1)
+                norm = torch.linalg.vector_norm(g, ir.DUAL_ORDER[p], dim=1)
                 norm = norm.square() if p == "l2" else norm
             else:
                 norm = (g * g).sum(dim=1) if p == "l2" else magnitude.amax(dim=1) if p == "l1" else magnitude.sum(dim=1)

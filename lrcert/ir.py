@@ -31,6 +31,11 @@ from torch import Tensor
 from .devices import exact_float32
 from .errors import LrcertError
 
+#: The dual norm each p needs, as the order of ``torch.linalg.vector_norm`` (1/p + 1/q = 1): a
+#: ball of radius r in norm p reaches the face z + g·δ = 0 at r = |z| / ‖g‖_q. p = 1 → ‖g‖∞,
+#: p = 2 → ‖g‖₂ (the engine accumulates it squared over chunks of directions), p = ∞ → ‖g‖₁.
+DUAL_ORDER = {"l1": math.inf, "l2": 2, "linf": 1}
+
 Shape = tuple[int, ...]
 
 

@@ -201,10 +201,9 @@ def _exact_candidates(region, tensors: dict[str, Tensor], x: Tensor, candidates:
     for i in engine.nonlinear:  # no data-dependent branches: the host waits as often for any batch
         value = region.faces[i][inputs, units.clamp(max=region.faces[i].shape[1] - 1)].double()
         z = torch.where(layers == i, value, z)
-    dual = {"l1": math.inf, "l2": 2, "linf": 1}
     b = region.batch
     for p in engine.norms:
-        norm = torch.linalg.vector_norm(gradients, dual[p], dim=1)
+        norm = torch.linalg.vector_norm(gradients, ir.DUAL_ORDER[p], dim=1)
         ratio = torch.where(norm > 0, z.abs() / torch.where(norm > 0, norm, 1.0), math.inf)
         best = torch.full((b,), math.inf, dtype=torch.float64, device=x.device).scatter_reduce(0, inputs, ratio, "amin")
         chosen = torch.isfinite(ratio) & (ratio == best[inputs])

@@ -43,10 +43,6 @@ from torch import Tensor
 
 from . import ir
 
-#: The dual norm's order per ball norm: ‖g‖_q with 1/p + 1/q = 1.
-DUAL_ORDER = {"l1": math.inf, "l2": 2, "linf": 1}
-
-
 def margins(
     network: ir.Network, x: Tensor, norms: Sequence[str], adversarial_norm: str | None, memory_bytes: int
 ) -> dict[str, Tensor]:
@@ -84,7 +80,7 @@ def _closest_classes(x: Tensor, points: Tensor, outputs: Tensor, norms: Sequence
         margin = margin.detach()
         other = predicted != j
         for p in norms:
-            dual = torch.linalg.vector_norm(gradient, DUAL_ORDER[p], dim=1)
+            dual = torch.linalg.vector_norm(gradient, ir.DUAL_ORDER[p], dim=1)
             ratio = torch.where(other & (dual > 0), margin / torch.where(dual > 0, dual, 1.0), math.inf)
             closer = ratio < best[p]
             best[p] = torch.where(closer, ratio, best[p])
