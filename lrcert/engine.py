@@ -147,7 +147,9 @@ class Engine:
     pass run in float64, the expensive tangent passes in float32, and :mod:`lrcert.precision`
     bounds their rounding and recomputes in float64 exactly the faces it cannot rule out.
     ``predictions`` adds each input's prediction radius and certified radius (:mod:`lrcert.prediction`),
-    and ``adversarial_norm`` the closest input with another prediction in that norm.
+    and ``adversarial_norm`` the closest input with another prediction in that norm. ``progress``
+    is called with the number of (input, direction) pairs pushed after each tangent pass: the
+    work done, in the unit that matters for a single large input as for many small ones.
     """
 
     def __init__(
@@ -162,6 +164,7 @@ class Engine:
         skip_inactive: bool = True,
         predictions: bool = True,
         adversarial_norm: str | None = None,
+        progress: Callable[[int], None] | None = None,
     ):
         unknown = [p for p in norms if p not in NORMS]
         if unknown or not norms:
@@ -207,6 +210,7 @@ class Engine:
             if isinstance(network.layers[i], ir.Elementwise) and set(network.layers[i].inputs) <= {0, *self.prefix}
         ]
         self.requested_batch = batch_size
+        self.progress = progress
         self.predictions = predictions  # the prediction radius (lrcert.prediction) beside ε̂
         self.adversarial_norm = adversarial_norm if predictions else None  # and x* for this norm
         #: One fused reduction per dual norm (GPU), or |g| shared by the sum and the max (CPU).
@@ -382,7 +386,10 @@ class Engine:
         region = _Region(self, x)
         d = self.network.input_size
         for start in range(0, d, plan.directions_per_pass):
-            region.push(self._identity(start, min(d, start + plan.directions_per_pass)), True, plan.group)
+            stop = min(d, start + plan.directions_per_pass)
+            region.push(self._identity(start, stop), True, plan.group)
+            if self.progress is not None:
+                self.progress(len(x) * (stop - start))
         tensors = region.radii()
         if self.auto:
             precision.refine(region, tensors, x)
