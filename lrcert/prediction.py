@@ -17,9 +17,9 @@ the region, so r_pred is the exact distance to a different prediction ("exact ad
     p = ∞:  x* = x − (m_j / ‖g_j‖₁) sign(g_j)
     p = 1:  x* = x − (m_j / g_jk) e_k,  k the coordinate of largest |g_jk|
 
-(each makes m_j + g_j·(x* − x) = 0 at distance m_j / ‖g_j‖_q). The gradients come from one
-reverse pass per output class, in the engine's value dtype (float64 under ``dtype="auto"``):
-a code path independent of the engine's forward tangent push. A model with a single output has
+(each makes m_j + g_j·(x* − x) = 0 at distance m_j / ‖g_j‖_q). The gradients come from
+reverse passes, ∇f_c's and then all classes' at once (batched), in the engine's value dtype
+(float64 under ``dtype="auto"``): a code path independent of the engine's forward tangent push. A model with a single output has
 no second class: its prediction radius is ``None``.
 
 >>> import torch
@@ -53,42 +53,54 @@ def margins(
     chunks whose reverse passes fit ``memory_bytes``."""
     per_row = 3 * (torch.finfo(x.dtype).bits // 8) * sum(layer.size for layer in network.layers)
     rows = max(1, memory_bytes // per_row)
-    parts = [_margins(network, chunk, norms, adversarial_norm) for chunk in x.split(rows)]
+    parts = [_margins(network, chunk, norms, adversarial_norm, memory_bytes) for chunk in x.split(rows)]
     return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
 
-def _margins(network: ir.Network, x: Tensor, norms: Sequence[str], adversarial_norm: str | None) -> dict[str, Tensor]:
+def _margins(network: ir.Network, x: Tensor, norms: Sequence[str], adversarial_norm: str | None,
+             memory_bytes: int) -> dict[str, Tensor]:
     b = len(x)
     with torch.enable_grad():
         points = x.detach().clone().requires_grad_(True)
         outputs = network.run(points).reshape(b, -1)
-        return _closest_classes(x, points, outputs, norms, adversarial_norm)
+        return _closest_classes(points, outputs, norms, adversarial_norm, memory_bytes)
 
 
-def _closest_classes(x: Tensor, points: Tensor, outputs: Tensor, norms: Sequence[str], adversarial_norm: str | None):
-    b = len(x)
-    classes = outputs.shape[1]
+def _closest_classes(points: Tensor, outputs: Tensor, norms: Sequence[str], adversarial_norm: str | None,
+                     memory_bytes: int) -> dict[str, Tensor]:
+    """The ratios m_j / ‖g_j‖_q of every class j, from ∇f_c (one reverse pass) and the ∇f_j of as
+    many classes at once as ``memory_bytes`` holds (one batched reverse pass each)."""
+    b, classes = outputs.shape
+    x, device = points.detach(), points.device
     predicted = outputs.detach().argmax(dim=1)
-    best = {p: torch.full((b,), math.inf, dtype=x.dtype, device=x.device) for p in norms}
-    rival = {p: torch.full((b,), -1, dtype=torch.long, device=x.device) for p in norms}
-    step = torch.zeros_like(x).reshape(b, -1) if adversarial_norm else None  # x* − x for the binding class so far
     top = outputs.gather(1, predicted[:, None])[:, 0]
-    for j in range(classes):
-        margin = top - outputs[:, j]  # ≥ 0; exactly 0 for j = c
-        (gradient,) = torch.autograd.grad(margin.sum(), points, retain_graph=j < classes - 1)
-        gradient = gradient.reshape(b, -1)
-        margin = margin.detach()
-        other = predicted != j
+    (toward,) = torch.autograd.grad(top.sum(), points, retain_graph=True)  # ∇f_c, each input its own c
+    toward = toward.reshape(b, -1)
+    best = {p: torch.full((b,), math.inf, dtype=x.dtype, device=device) for p in norms}
+    rival = {p: torch.full((b,), -1, dtype=torch.long, device=device) for p in norms}
+    step = torch.zeros_like(toward) if adversarial_norm else None  # x* − x for the binding class so far
+    per_pass = max(1, memory_bytes // (4 * toward.numel() * toward.element_size()))
+    seeds = torch.eye(classes, dtype=outputs.dtype, device=device)
+    for first in range(0, classes, per_pass):
+        chosen = torch.arange(first, min(classes, first + per_pass), device=device)
+        (jacobian,) = torch.autograd.grad(outputs, points, grad_outputs=seeds[chosen, None, :].expand(-1, b, -1),
+                                          retain_graph=True, is_grads_batched=True)
+        gradient = toward - jacobian.reshape(len(chosen), b, -1)  # g_j = ∇(f_c − f_j): (classes here, b, D)
+        margin = (top[None] - outputs[:, chosen].T).detach()  # ≥ 0; exactly 0 for j = c
+        other = predicted[None] != chosen[:, None]
         for p in norms:
-            dual = torch.linalg.vector_norm(gradient, ir.DUAL_ORDER[p], dim=1)
+            dual = torch.linalg.vector_norm(gradient, ir.DUAL_ORDER[p], dim=2)
             ratio = torch.where(other & (dual > 0), margin / torch.where(dual > 0, dual, 1.0), math.inf)
-            closer = ratio < best[p]
-            best[p] = torch.where(closer, ratio, best[p])
-            rival[p] = torch.where(closer, j, rival[p])
+            nearest, which = ratio.min(dim=0)  # the first of equals, as classes are scanned in order
+            closer = nearest < best[p]
+            best[p] = torch.where(closer, nearest, best[p])
+            rival[p] = torch.where(closer, chosen[which], rival[p])
             if p == adversarial_norm:
-                step = torch.where(closer[:, None], _closest_step(gradient, margin, dual, p), step)
+                inputs = torch.arange(b, device=device)
+                candidate = _closest_step(gradient[which, inputs], margin[which, inputs], dual[which, inputs], p)
+                step = torch.where(closer[:, None], candidate, step)
     if classes < 2:
-        best = {p: torch.full((b,), math.nan, dtype=x.dtype, device=x.device) for p in norms}
+        best = {p: torch.full((b,), math.nan, dtype=x.dtype, device=device) for p in norms}
     out = {f"{p}.predicted": best[p] for p in norms} | {f"{p}.rival": rival[p] for p in norms}
     if adversarial_norm:
         out["adversarial"] = (x.reshape(b, -1) + step).reshape(x.shape)

@@ -202,9 +202,19 @@ def test_min_certified_check_and_csv_fields(exported):
     (["--adversarial-out", "a.npy", "-f", "jsonl", "-o", "r.jsonl", "--resume"], "cannot continue an interrupted run"),
     (["--min-certified", "l3=1"], "--min-certified"),
     (["--report", "r.pdf"], "does not end in .html"),
+    (["--no-prediction-radius", "--min-certified", "1"], "need the prediction radius"),
 ])
 def test_bad_prediction_options_get_one_line(exported, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     run = CliRunner().invoke(app, ["certify", str(exported / "mlp.onnx"), str(exported / "x.npy"), *args])
     assert run.exit_code == 2 and message in run.stderr and "Traceback" not in run.output
     assert len(run.stderr.strip().splitlines()) == 1 and not run.stdout
+
+
+def test_no_prediction_radius_leaves_the_fields_null(exported):
+    run = CliRunner().invoke(app, ["certify", str(exported / "mlp.onnx"), str(exported / "x.npy"), "-f", "jsonl",
+                                   "--no-prediction-radius"])
+    assert run.exit_code == 0, run.output
+    records = [json.loads(line) for line in run.stdout.splitlines()]
+    assert all(r["prediction_radius"] is None and r["certified_radius"] is None for r in records)
+    assert all(r["radius"]["l2"] > 0 for r in records)
