@@ -11,6 +11,9 @@ engine's achieved GFLOP/s (exact flop count of its matrix products, counted by
 torch.utils.flop_counter) as a fraction of the machine's measured float32 matmul throughput, and
 peak memory (a forked child per workload on the CPU; the CUDA allocator's peak on a GPU).
 
+lrcert computes ε̂ alone here (``predictions=False``), the job the baselines do; the prediction
+radius's own cost is measured by compare_revisions.py (benchmarks/RESULTS.md).
+
 Baselines (all hidden pre-activations z of the ReLUs, gradients w.r.t. the input, then the same
 dual norms): per-neuron ``torch.autograd.grad`` (one backward pass per neuron, batched over
 inputs), ``torch.func.jacrev`` and ``torch.func.jacfwd`` under ``torch.func.vmap``. Slow
@@ -262,7 +265,7 @@ def engine_only(name: str, args) -> int:
     ru_maxrss, which a child inherits from the large parent that forked it.
     """
     w = workloads(args.mlp_inputs, args.other_inputs, args.big_inputs)[name]()
-    engine = Engine(w.network, device="cpu", dtype=torch.float32)
+    engine = Engine(w.network, device="cpu", dtype=torch.float32, predictions=False)
     lrcert_engine(engine)(w, w.inputs.float())
     status = Path("/proc/self/status")
     if status.exists():
@@ -291,7 +294,7 @@ def check_agreement(w: Workload, methods: dict, n: int, device: str) -> dict[str
             continue
         x = w.inputs[:n].to(device, dtype)
         module = w.module.to(device, dtype)
-        expected = lrcert_engine(Engine(w.network, device=device, dtype=dtype))(w, x)
+        expected = lrcert_engine(Engine(w.network, device=device, dtype=dtype, predictions=False))(w, x)
         got = method(Workload(w.name, module, w.network, x, w.kind), x)
         worst = 0.0
         for p in NORMS:
@@ -315,7 +318,7 @@ def run_workload(w: Workload, args, throughput: float) -> dict:
     module = w.module.float().to(device)
     x = w.inputs.float().to(device)
     w = Workload(w.name, module, w.network, x, w.kind)
-    engine = Engine(w.network, device=device, dtype=torch.float32)
+    engine = Engine(w.network, device=device, dtype=torch.float32, predictions=False)  # ε̂, the baselines' job
     row = {"workload": w.name, "inputs": len(x), "agreement": agreement, "not_run": not_run, "methods": {}}
 
     seconds = timed(lambda: lrcert_engine(engine)(w, x), args.repeats, device)
@@ -325,7 +328,7 @@ def run_workload(w: Workload, args, throughput: float) -> dict:
     row["matmul_fraction"] = row["engine_gflops"] / throughput
     row["batch_plan"] = vars(engine.plan(len(x)))
     if engine.sparse:  # the idea "skip inactive units", measured: the same engine without it
-        dense = Engine(w.network, device=device, dtype=torch.float32, skip_inactive=False)
+        dense = Engine(w.network, device=device, dtype=torch.float32, skip_inactive=False, predictions=False)
         dense_seconds = timed(lambda: lrcert_engine(dense)(w, x), args.repeats, device)
         row["methods"]["lrcert-dense"] = {"inputs": len(x), "seconds": dense_seconds, "inputs_per_s": len(x) / dense_seconds}
         dense_flops = engine_flops(dense, x)
@@ -399,7 +402,7 @@ def _fits(name: str, w: Workload, n: int, itemsize: int) -> str | None:
 def scaling(args, throughput: float) -> dict:
     """Is the cost linear in the number of inputs? Time 256 and 1024 inputs of the paper MLP."""
     w = paper_mlp(1024)
-    engine = Engine(w.network, device=args.device, dtype=torch.float32)
+    engine = Engine(w.network, device=args.device, dtype=torch.float32, predictions=False)
     x = w.inputs.to(args.device)
     small = timed(lambda: lrcert_engine(engine)(w, x[:256]), args.repeats, args.device)
     large = timed(lambda: lrcert_engine(engine)(w, x), args.repeats, args.device)

@@ -86,20 +86,11 @@ def check_models(device: torch.device) -> list[dict]:
 
 
 def resnet18(device: torch.device, size: int) -> dict:
-    import torchvision
+    from large import resnet  # benchmarks/large.py: the same network and input as its ResNet-18 figures
 
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = torchvision.models.resnet18(weights=None).eval()
-    with torch.no_grad():  # batch-norm statistics as a trained network would have them, not 0 and 1
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.copy_(0.1 * torch.randn(module.num_features, generator=generator))
-                module.running_var.copy_(0.5 + torch.rand(module.num_features, generator=generator))
+    model, x = resnet("resnet18", size)
     network = lrcert.from_module(model, (3, size, size))
-    x = torch.rand(1, 3, size, size, generator=generator)
-    engine = lrcert.Engine(network, device=device, dtype=torch.float32)
+    engine = lrcert.Engine(network, device=device, dtype=torch.float32, predictions=False)  # ε̂, as large.py
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     _sync(device)

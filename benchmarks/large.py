@@ -31,7 +31,9 @@ class _Budget(Exception):
     """Raised from the progress callback when the time budget is spent."""
 
 
-def resnet(name: str, size: int):
+def resnet(name: str, size: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    """torchvision's ``name`` with random weights and batch-norm statistics as a trained network
+    would have them (not 0 and 1), in eval mode, and one random input of 3×size×size."""
     import torchvision
 
     generator = torch.Generator().manual_seed(0)
