@@ -209,7 +209,7 @@ def certify(
     adversarial_out: Annotated[Optional[Path], typer.Option("--adversarial-out", help="Write an .npy shaped like the inputs (float64): row i is the closest input with another prediction where the prediction radius is at most ε̂ (exact), NaN elsewhere.")] = None,
     adversarial_norm: Annotated[Optional[str], typer.Option("--adversarial-norm", help="Norm of the adversarial points: 1, 2 or inf. Default: l2, or the one norm --p selects.")] = None,
     report_page: Annotated[Optional[Path], typer.Option("--report", help="Also write a self-contained HTML report of the run (see lrcert report).")] = None,
-    prediction_radius: Annotated[bool, typer.Option("--prediction-radius/--no-prediction-radius", help="Also compute each input's prediction radius and certified radius (reverse passes per batch); --no-prediction-radius leaves them null, for ε̂ alone at full speed.")] = True,
+    no_prediction_radius: Annotated[bool, typer.Option("--no-prediction-radius", help="Leave out each input's prediction and certified radius (their reverse passes): ε̂ alone, at full speed.")] = False,
 ) -> int:
     """Certify every input of DATA: the exact l1/l2/linf radius of its linear region and the face that binds."""
     import numpy as np
@@ -230,7 +230,7 @@ def certify(
             if path.suffix.lower() != suffix:
                 raise LrcertError(f"{what} {path} does not end in {suffix}", fix=f"name a {suffix} file")
             check_output_path(path)
-    if not prediction_radius and (certified_thresholds or adversarial_out):
+    if no_prediction_radius and (certified_thresholds or adversarial_out):
         raise LrcertError("--min-certified and --adversarial-out need the prediction radius",
                           fix="drop --no-prediction-radius")
     if adversarial_out is not None and resume:
@@ -269,7 +269,7 @@ def certify(
 
     progress = _Progress(network.input_size, ranks.size, shown=lead)
     engine = Engine(network, norms=norms, device=target, dtype=torch_dtype, batch_size=batch_size,
-                    predictions=prediction_radius, adversarial_norm=point_norm, progress=progress.pushed)
+                    predictions=not no_prediction_radius, adversarial_norm=point_norm, progress=progress.pushed)
     plan = engine.plan(len(rows))
     model_info = {
         "path": model,
