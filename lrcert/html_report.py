@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import base64
 import datetime
+import heapq
 import html
 import math
 import struct
 import zlib
 from collections import Counter, defaultdict
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -188,9 +189,22 @@ def listed_norm(run: dict, records: Sequence[dict]) -> str:
     return chosen if chosen in norms else "l2" if "l2" in norms or not norms else norms[0]
 
 
+def ranking(record: dict, p: str) -> tuple[float, int]:
+    """A record's place in the smallest-radius list: its certified radius in norm ``p`` (ε̂ without
+    one), then its index."""
+    return _certified([record], p)[0], record["index"]
+
+
 def smallest(records: Sequence[dict], p: str, count: int = SMALLEST) -> list[dict]:
-    """The ``count`` records with the smallest certified radius in norm ``p`` (ε̂ without one)."""
-    return sorted(records, key=lambda r: (_certified([r], p)[0], r["index"]))[:count]
+    """The ``count`` records with the smallest certified radius in norm ``p``, in order."""
+    return heapq.nsmallest(count, records, key=lambda r: ranking(r, p))
+
+
+def pictures(records: Sequence[dict], p: str, row: Callable[[int], np.ndarray],
+             point: Callable[[int], np.ndarray | None]) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
+    """The pixels the page shows: each input it lists (:func:`smallest`), by index, with its
+    adversarial point where ``point`` has one."""
+    return {r["index"]: (np.asarray(row(r["index"])), point(r["index"])) for r in smallest(records, p)}
 
 
 # ------------------------------------------------------------------------------------ figures

@@ -642,6 +642,11 @@ class Network:
         """Nonlinear units: ReLU/LeakyReLU units plus max-pool outputs."""
         return sum(self.layers[i].size for i in self.nonlinear)
 
+    def reverse_bytes_per_row(self, dtype: torch.dtype) -> int:
+        """Memory one input's reverse pass holds in ``dtype``: its activations and their autograd
+        graph, about three copies of every layer's output."""
+        return 3 * (torch.finfo(dtype).bits // 8) * sum(layer.size for layer in self.layers)
+
     def last_uses(self, needed: Sequence[int] | None = None) -> dict[int, int]:
         """For each layer, the index of the last layer (among ``needed``) that reads it."""
         last: dict[int, int] = {}

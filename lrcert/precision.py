@@ -192,7 +192,7 @@ def _exact_candidates(region, tensors: dict[str, Tensor], x: Tensor, candidates:
     if len(candidates) == 0:
         return
     engine = region.engine
-    per_row = 3 * 8 * sum(layer.size for layer in region.network.layers)  # float64 activations and their graph
+    per_row = region.network.reverse_bytes_per_row(torch.float64)
     rows, memory = (REVERSE_ROWS, REVERSE_BYTES) if engine.device.type == "cpu" else (len(candidates), engine.memory_bytes)
     rows_per_pass = max(1, min(rows, memory // per_row))
     gradients = torch.cat([_face_gradients(engine, x, rows) for rows in candidates.split(rows_per_pass)])

@@ -51,8 +51,7 @@ def margins(
     ``p.rival`` (−1: none); with ``adversarial_norm``, ``adversarial`` holds x* for that norm
     (B, *sample_shape), meaningful where the caller finds r_pred ≤ ε̂. Inputs are taken in
     chunks whose reverse passes fit ``memory_bytes``."""
-    per_row = 3 * (torch.finfo(x.dtype).bits // 8) * sum(layer.size for layer in network.layers)
-    rows = max(1, memory_bytes // per_row)
+    rows = max(1, memory_bytes // network.reverse_bytes_per_row(x.dtype))
     parts = [_margins(network, chunk, norms, adversarial_norm, memory_bytes) for chunk in x.split(rows)]
     return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 

@@ -304,7 +304,7 @@ def certify(
     writer = open_resumable(output) if resumable else open_output(output)
     ordered = _InOrder(output_format, norms, directions is not None, tally, resumed) if lead else None
     own_rows = open(rank_path(output, ranks), "a", encoding="utf-8") if resumable and ranks.size > 1 else None
-    points = _AdversarialFile(adversarial_out, (len(rows), *network.sample_shape)) if adversarial_out and lead else _nowhere()
+    points = _adversarial_file(adversarial_out, (len(rows), *network.sample_shape)) if adversarial_out and lead else _nowhere()
     page = _ReportRows(norms, point_norm) if report_page and lead else None
     try:
         with (writer if lead else _nowhere()) as out, points as adversarial, progress.counting(len(remaining)):
@@ -546,28 +546,22 @@ def _adversarial_norm(value: str | None, norms: tuple[str, ...]) -> str:
     return chosen[0]
 
 
-class _AdversarialFile:
+@contextmanager
+def _adversarial_file(path: Path, shape: tuple[int, ...]):
     """The --adversarial-out array, NaN until rows arrive; written beside its name and renamed
     over it only when the run completes (an interrupted run leaves nothing half-written)."""
+    import numpy as np
 
-    def __init__(self, path: Path, shape: tuple[int, ...]):
-        self.path, self.shape = path, shape
+    from ..data import written_atomically
 
-    def __enter__(self):
-        import numpy as np
-
-        from ..data import written_atomically
-
-        self._atomic = written_atomically(self.path)
-        tmp = self._atomic.__enter__()
-        self.array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float64, shape=self.shape)
-        self.array[...] = np.nan
-        return self.array
-
-    def __exit__(self, *failure):
-        self.array.flush()
-        del self.array
-        return self._atomic.__exit__(*failure)
+    with written_atomically(path) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float64, shape=shape)
+        array[...] = np.nan
+        try:
+            yield array
+        finally:
+            array.flush()
+            del array
 
 
 class _ReportRows:
@@ -577,17 +571,24 @@ class _ReportRows:
     def __init__(self, norms, point_norm: str):
         self.norms, self.norm = norms, point_norm  # (the page lists the smallest radii in this norm)
         self.records: list[dict] = []
-        self.points: dict[int, object] = {}
+        self.closest: list[tuple[float, int]] = []  # max-heap of (−radius, −index): the smallest so far
+        self.points: dict[int, object] = {}  # their adversarial points
 
     def add(self, result) -> None:
+        import heapq
+
         from .. import html_report, report
 
-        self.records.append(report.result_record(result, self.norms))
-        if result.adversarial is not None:
-            self.points[result.index] = result.adversarial
-        if len(self.points) > 4 * html_report.SMALLEST:  # keep only those that can still be among the smallest
-            keep = {r["index"] for r in html_report.smallest(self.records, self.norm)}
-            self.points = {i: a for i, a in self.points.items() if i in keep}
+        record = report.result_record(result, self.norms)
+        self.records.append(record)
+        if result.adversarial is None:
+            return
+        radius, index = html_report.ranking(record, self.norm)
+        heapq.heappush(self.closest, (-radius, -index))
+        self.points[index] = result.adversarial
+        if len(self.closest) > html_report.SMALLEST:
+            _, dropped = heapq.heappop(self.closest)
+            del self.points[-dropped]
 
     def write(self, path: Path, run: dict, rows, sample_shape) -> None:
         from .. import html_report
@@ -595,7 +596,6 @@ class _ReportRows:
 
         pictures = {}
         if html_report.image_shaped(sample_shape):
-            for record in html_report.smallest(self.records, self.norm):
-                pictures[record["index"]] = (rows[record["index"]].reshape(sample_shape), self.points.get(record["index"]))
+            pictures = html_report.pictures(self.records, self.norm, rows.__getitem__, self.points.get)
         with written_atomically(path) as tmp:
             Path(tmp).write_text(html_report.render(run, self.records, pictures), encoding="utf-8")

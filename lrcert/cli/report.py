@@ -97,12 +97,9 @@ def _pictures(run: dict, records: list[dict], data: str | None, adversarial: Pat
     if points is not None and tuple(points.shape) != tuple(rows.shape):
         raise LrcertError(f"{adversarial} holds {tuple(points.shape)}, the data {tuple(rows.shape)}",
                           fix="give the --adversarial-out file of the same certify run")
-    chosen = html_report.smallest(records, html_report.listed_norm(run, records))
-    pictures = {}
-    for record in chosen:
-        if record["index"] >= len(rows):
-            raise LrcertError(f"the results name input {record['index']}, but {data} holds {len(rows)}",
-                              fix="give the data of the same certify run (--data)")
-        point = None if points is None else np.asarray(points[record["index"]], dtype=np.float64)
-        pictures[record["index"]] = (np.asarray(rows[record["index"]]), point)
-    return pictures
+    last = max(record["index"] for record in records)
+    if last >= len(rows):
+        raise LrcertError(f"the results name input {last}, but {data} holds {len(rows)}",
+                          fix="give the data of the same certify run (--data)")
+    point = (lambda i: None) if points is None else (lambda i: np.asarray(points[i], dtype=np.float64))
+    return html_report.pictures(records, html_report.listed_norm(run, records), rows.__getitem__, point)
