@@ -35,22 +35,22 @@ class Refinements:
 
     def __init__(self):
         self.candidates = self.reruns = 0
-        self._exact, self._rerun = precision._exact_candidates, precision._rerun
+        self._exact, self._rerun = precision.exact_ratios, precision._rerun
 
     def __enter__(self):
-        def exact(region, tensors, x, candidates):
+        def exact(region, tensors, x, candidates, merge=False):
             self.candidates += len(candidates)
-            return self._exact(region, tensors, x, candidates)
+            return self._exact(region, tensors, x, candidates, merge)
 
         def rerun(region, tensors, x, index):
             self.reruns += len(index)
             return self._rerun(region, tensors, x, index)
 
-        precision._exact_candidates, precision._rerun = exact, rerun
+        precision.exact_ratios, precision._rerun = exact, rerun
         return self
 
     def __exit__(self, *exc):
-        precision._exact_candidates, precision._rerun = self._exact, self._rerun
+        precision.exact_ratios, precision._rerun = self._exact, self._rerun
 
 
 def worst_difference(results, reference) -> float:

@@ -25,12 +25,15 @@ from .load import from_module, load  # noqa: E402
 from .roll import roll_loss  # noqa: E402
 
 
-def certify(model, x, *, norms: Sequence[str] = NORMS, directions=None, device=None, dtype=None, batch_size=None):
+def certify(model, x, *, norms: Sequence[str] = NORMS, directions=None, device=None, dtype=None, batch_size=None,
+            screen: bool = True):
     """Certify the rows of ``x`` for ``model``: a :class:`Network`, an ``nn.Module`` or a model file path.
 
     Computes on ``device`` (default: where ``x`` is; ``"auto"``: a GPU when there is one), in
     ``dtype`` (default ``"auto"``: float64 radii at float32 speed; or torch.float32, torch.float64).
     Returns one :class:`InputResult` per row (radius per norm, binding constraint, prediction).
+    ``screen=False`` takes every face's gradient instead of ruling out those that cannot bind
+    first (the same radii; see :mod:`lrcert.screen`).
     """
     import torch
 
@@ -42,7 +45,8 @@ def certify(model, x, *, norms: Sequence[str] = NORMS, directions=None, device=N
     elif not isinstance(model, Network):
         model = load(model, sample_shape=tuple(x.shape[1:]))
     return engine.certify(
-        model, x, norms=norms, directions=directions, device=device, dtype=dtype or "auto", batch_size=batch_size
+        model, x, norms=norms, directions=directions, device=device, dtype=dtype or "auto", batch_size=batch_size,
+        screen=screen,
     )
 
 

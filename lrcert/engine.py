@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import devices, ir, precision, prediction
+from . import devices, ir, precision, prediction, screen
 from .errors import LrcertError
 
 NORMS = ("l1", "l2", "linf")
@@ -150,6 +150,8 @@ class Engine:
     and ``adversarial_norm`` the closest input with another prediction in that norm. ``progress``
     is called with the number of (input, direction) pairs pushed after each tangent pass: the
     work done, in the unit that matters for a single large input as for many small ones.
+    ``screen`` first rules out the faces that cannot bind (:mod:`lrcert.screen`): a few reverse
+    passes per input instead of D tangent directions where that pays, the dense way elsewhere.
     """
 
     def __init__(
@@ -165,6 +167,7 @@ class Engine:
         predictions: bool = True,
         adversarial_norm: str | None = None,
         progress: Callable[[int], None] | None = None,
+        screen: bool = True,
     ):
         unknown = [p for p in norms if p not in NORMS]
         if unknown or not norms:
@@ -215,7 +218,16 @@ class Engine:
         self.adversarial_norm = adversarial_norm if predictions else None  # and x* for this norm
         #: One fused reduction per dual norm (GPU), or |g| shared by the sum and the max (CPU).
         self.fused_norms = self.device.type == "cuda"
+        #: Whether batches are screened first (:mod:`lrcert.screen`). It stops for the rest of a
+        #: run after a batch whose inputs mostly had to go the dense way (the bounds are loose on
+        #: that network): screening them cost a little and saved nothing.
+        self.screening = screen and bool(self.nonlinear)
         self._exact: Engine | None = None
+        self._cache: dict[str, object] = {}  # computed once, when first needed
+        if self.screening:  # where each layer's faces start among all layers' (made here: no host data per batch)
+            counts = [0, *(network.layers[i].face_count for i in self.nonlinear)]
+            self.face_starts = torch.tensor(counts, device=self.device).cumsum(0)
+            self.face_layers = torch.tensor(self.nonlinear, dtype=torch.long, device=self.device)
 
     # ----------------------------------------------------------------------------------- planning
 
@@ -303,13 +315,15 @@ class Engine:
 
     def bytes_per_input(self) -> int:
         """Memory one input of a batch holds while its tangents are pushed: its face values, their
-        rounding scales and gradient statistics (float64 copies while results are assembled), and
-        the activations of the value and magnitude passes."""
+        rounding scales and gradient statistics (float64 copies while results are assembled), the
+        activations of the value and magnitude passes, and when screening each face's float64
+        floor per norm, a masked copy of them and a mask."""
         layers = self.network.layers
-        faces = sum(layers[i].size * getattr(layers[i], "window_size", 1) for i in self.nonlinear)
+        faces = sum(layers[i].face_count for i in self.nonlinear)
         activations = sum(layer.size for layer in layers)
         itemsize = torch.finfo(self.value_dtype).bits // 8
-        return (faces * (3 + len(self.norms)) + 2 * activations) * itemsize + 3 * 8 * faces
+        screening = 17 * len(self.norms) * faces if self.screening else 0
+        return (faces * (3 + len(self.norms)) + 2 * activations) * itemsize + 3 * 8 * faces + screening
 
     def peak_elements_per_row(self) -> int:
         """Largest number of tangent elements alive at once, per (input, direction) row."""
@@ -384,6 +398,16 @@ class Engine:
         """One batch's region and its results as batched tensors on the device (see ``_Region.radii``)."""
         x = x.to(self.device, self.value_dtype)
         region = _Region(self, x)
+        tensors = self._screened(region, x, plan) if self.screening else self._dense(region, x, plan)
+        if directions is not None:
+            region.push_directions(directions, plan.group)
+            tensors |= region.nearest_ahead()
+        if self.predictions:
+            tensors |= self._predictions(x, tensors)
+        return region, tensors
+
+    def _dense(self, region: "_Region", x: Tensor, plan: Plan) -> dict[str, Tensor]:
+        """The radii from every face's gradient: all D input directions pushed, in chunks."""
         d = self.network.input_size
         for start in range(0, d, plan.directions_per_pass):
             stop = min(d, start + plan.directions_per_pass)
@@ -393,12 +417,46 @@ class Engine:
         tensors = region.radii()
         if self.auto:
             precision.refine(region, tensors, x)
-        if directions is not None:
-            region.push_directions(directions, plan.group)
-            tensors |= region.nearest_ahead()
-        if self.predictions:
-            tensors |= self._predictions(x, tensors)
-        return region, tensors
+        return tensors
+
+    def _screened(self, region: "_Region", x: Tensor, plan: Plan) -> dict[str, Tensor]:
+        """The radii from the faces that may bind (:mod:`lrcert.screen`); the inputs that have
+        too many go the dense way. One host wait for the count of those inputs."""
+        radii, dense = screen.certify(region, x)
+        tensors = region.summary() | radii
+        if self.auto:
+            tensors["exact"] = torch.ones(len(x), dtype=torch.bool, device=self.device)
+        index = dense.nonzero()[:, 0]
+        if self.progress is not None:
+            self.progress((len(x) - len(index)) * self.network.input_size)
+        if len(index):
+            again = self._dense(_Region(self, x[index]), x[index], plan)
+            for key, value in again.items():
+                if key in tensors and (key.split(".")[0] in self.norms or key in ("exact", "gradients_finite")):
+                    tensors[key] = tensors[key].index_copy(0, index, value)
+        if 2 * len(index) > len(x):
+            self.screening = False
+        return tensors
+
+    def float64_network(self) -> ir.Network:
+        """The network in float64 (the value network under auto and float64)."""
+        if "network" not in self._cache:
+            same = self.value_dtype == torch.float64
+            self._cache["network"] = self.network if same else self.network.to(self.device, torch.float64)
+        return self._cache["network"]
+
+    def float64_magnitudes(self) -> ir.Network:
+        """|parameters| in float64, for :mod:`lrcert.screen`'s bounds."""
+        if "magnitudes" not in self._cache:
+            same = self.value_dtype == torch.float64
+            self._cache["magnitudes"] = self.magnitudes if same else self.float64_network().absolute()
+        return self._cache["magnitudes"]
+
+    def entry_norms(self) -> dict[tuple[int, str], Tensor]:
+        """:func:`screen.entry_norms`, computed once: they do not depend on the input."""
+        if "entries" not in self._cache:
+            self._cache["entries"] = screen.entry_norms(self)
+        return self._cache["entries"]
 
     def _predictions(self, x: Tensor, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         """Per norm the prediction radius and its rival class; x* (NaN where r_pred > ε̂) if asked."""
@@ -413,7 +471,7 @@ class Engine:
         """The same engine in float64 (``dtype="auto"`` reruns the inputs it cannot settle cheaply with it)."""
         if self._exact is None:
             self._exact = Engine(self.network, norms=self.norms, device=self.device, dtype=torch.float64,
-                                 memory_bytes=self.memory_bytes, predictions=False)
+                                 memory_bytes=self.memory_bytes, predictions=False, screen=False)
         return self._exact
 
     def _identity(self, start: int, stop: int) -> Tensor:
@@ -619,10 +677,10 @@ class _Region:
     # ----------------------------------------------------------------------------------- results
 
     def radii(self) -> dict[str, Tensor]:
-        """Every input's ε̂ per norm and its binding face (see :meth:`_nearest`), its prediction,
-        pattern bytes and overflow checks: batched tensors, still on the device."""
+        """Every input's ε̂ per norm and its binding face (see :meth:`_nearest`) from the pushed
+        tangents, with :meth:`summary`: batched tensors, still on the device."""
         gradients_finite = torch.ones(self.batch, dtype=torch.bool, device=self.output.device)
-        out: dict[str, Tensor] = {}
+        out: dict[str, Tensor] = self.summary()
         for p in self.engine.norms:
 
             def ratios(i: int) -> Tensor:
@@ -634,11 +692,17 @@ class _Region:
                 return torch.where(positive, self.faces[i].double().abs() / torch.where(positive, dual, 1.0), math.inf)
 
             out |= {f"{p}.{key}": value for key, value in self._nearest(ratios).items()}
+        out["gradients_finite"] = gradients_finite
+        return out
+
+    def summary(self) -> dict[str, Tensor]:
+        """What the value pass alone gives: prediction, pattern bytes, whether the values stayed
+        finite (and ``gradients_finite`` True, for the gradients' own check to narrow)."""
         flat = self.output.reshape(self.batch, -1)
         values_finite = torch.isfinite(flat).all(dim=1)
         for faces in self.faces.values():
             values_finite &= ~torch.isnan(faces).any(dim=1)  # +inf gaps are padding; NaN means overflow
-        out |= {"values_finite": values_finite, "gradients_finite": gradients_finite}
+        out = {"values_finite": values_finite, "gradients_finite": torch.ones_like(values_finite)}
         out["pattern"] = pattern_bytes([self.pieces[i] for i in self.engine.nonlinear], self.batch, self.output.device)
         if flat.shape[1] >= 2:
             out["prediction"] = flat.argmax(dim=1)
@@ -867,6 +931,7 @@ def certify(
     dtype: torch.dtype | str = "auto",
     batch_size: int | None = None,
     predictions: bool = True,
+    screen: bool = True,
 ) -> list[InputResult]:
     """Certify every row of ``x`` (shape ``(N, *network.sample_shape)``) on ``device`` (default:
     where ``x`` is; ``"auto"``: a GPU when there is one) in ``dtype`` (default ``"auto"``: float64
@@ -874,7 +939,7 @@ def certify(
     x = devices.as_tensor(x)
     d = None if directions is None else devices.as_tensor(directions)
     engine = Engine(network, norms=norms, device=devices.resolve(device, like=x), dtype=dtype, batch_size=batch_size,
-                    predictions=predictions)
+                    predictions=predictions, screen=screen)
     results = []
     for batch in engine.certify([x], directions=d, n_inputs=len(x)):
         results.extend(batch)

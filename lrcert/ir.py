@@ -120,6 +120,11 @@ class Nonlinearity(Layer):
         max-pool, each window's arg-max. Equal pieces everywhere ⇔ the same linear region."""
         raise NotImplementedError
 
+    @property
+    def face_count(self) -> int:
+        """Faces per input (the length of ``faces``'s last axis): one per unit here."""
+        return self.size
+
 
 @dataclass(frozen=True, eq=False)
 class Input(Layer):
@@ -376,6 +381,10 @@ class Elementwise(Nonlinearity):
         """The slope of each unit's current piece: the frozen network multiplies tangents by it."""
         raise NotImplementedError
 
+    @property
+    def face_count(self):
+        return self.size * len(self.kinks())
+
     def faces(self, z: Tensor) -> Tensor:
         """``z − b`` for every kink b, (lead..., k·n): block j holds every unit's distance to kink j."""
         lead = self.lead(z)
@@ -530,6 +539,10 @@ class MaxPool2d(Nonlinearity):
     @property
     def window_size(self) -> int:
         return self.kernel[0] * self.kernel[1]
+
+    @property
+    def face_count(self):
+        return self.size * self.window_size
 
     def windows(self, x: Tensor, fill: float) -> Tensor:
         """``(..., C, kh·kw, out_h·out_w)``: every window's elements, padding filled with ``fill``.

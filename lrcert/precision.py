@@ -181,14 +181,16 @@ def refine(region, tensors: dict[str, Tensor], x: Tensor) -> None:
     candidates = torch.unique(candidates, dim=0)
     per_input = torch.bincount(candidates[:, 0], minlength=b)
     whole = ~settled & (per_input > int(RERUN_SHARE * region.network.input_size))
-    _exact_candidates(region, tensors, x, candidates[(~settled & ~whole)[candidates[:, 0]]])
+    exact_ratios(region, tensors, x, candidates[(~settled & ~whole)[candidates[:, 0]]])
     _rerun(region, tensors, x, whole.nonzero()[:, 0])
     tensors["exact"] = ~settled
 
 
-def _exact_candidates(region, tensors: dict[str, Tensor], x: Tensor, candidates: Tensor) -> None:
-    """Exact float64 ratios of the candidate faces (one reverse pass each, many at a time), and
-    per input and norm the smallest of them, with its face."""
+def exact_ratios(region, tensors: dict[str, Tensor], x: Tensor, candidates: Tensor, merge: bool = False) -> None:
+    """Exact ratios of the ``candidates`` faces, (input, layer, unit) rows, from their gradients
+    (one reverse pass each, many at a time, in the engine's value dtype); per input and norm the
+    smallest replaces the entries of ``tensors`` (``merge``: only where it is smaller). Inputs with
+    a gradient that overflows get ``gradients_finite`` False when ``tensors`` has it."""
     if len(candidates) == 0:
         return
     engine = region.engine
@@ -202,20 +204,25 @@ def _exact_candidates(region, tensors: dict[str, Tensor], x: Tensor, candidates:
         value = region.faces[i][inputs, units.clamp(max=region.faces[i].shape[1] - 1)].double()
         z = torch.where(layers == i, value, z)
     b = region.batch
+    if "gradients_finite" in tensors:
+        overflow = torch.zeros(b, dtype=torch.long, device=x.device).index_add_(
+            0, inputs, (~torch.isfinite(gradients).all(dim=1)).long())
+        tensors["gradients_finite"] = tensors["gradients_finite"] & (overflow == 0)
     for p in engine.norms:
         norm = torch.linalg.vector_norm(gradients, ir.DUAL_ORDER[p], dim=1)
         ratio = torch.where(norm > 0, z.abs() / torch.where(norm > 0, norm, 1.0), math.inf)
         best = torch.full((b,), math.inf, dtype=torch.float64, device=x.device).scatter_reduce(0, inputs, ratio, "amin")
-        chosen = torch.isfinite(ratio) & (ratio == best[inputs])
-        first = torch.full((b,), len(candidates), dtype=torch.long, device=x.device)
-        first = first.scatter_reduce(0, inputs[chosen], torch.nonzero(chosen)[:, 0], "amin")
-        done = first < len(candidates)
-        rows = first[done]
-        layer = torch.full((b,), -1, dtype=torch.long, device=x.device)
-        unit = torch.zeros(b, dtype=torch.long, device=x.device)
-        layer[done], unit[done] = layers[rows], units[rows]
+        n = len(candidates)
+        order = torch.arange(n, device=x.device)
+        chosen = torch.where(torch.isfinite(ratio) & (ratio == best[inputs]), order, n)  # the first row that binds
+        first = torch.full((b,), n, dtype=torch.long, device=x.device).scatter_reduce(0, inputs, chosen, "amin")
+        done, rows = first < n, first.clamp(max=n - 1)
+        layer = torch.where(done, layers[rows], -1)
+        unit = torch.where(done, units[rows], 0)
         described = region.describe(layer, unit)
         involved = torch.zeros(b, dtype=torch.bool, device=x.device).index_fill_(0, inputs, True)
+        if merge:
+            involved &= best < tensors[f"{p}.distance"]
         for key, value in {"distance": best, "layer": layer, "unit": unit, **described}.items():
             tensors[f"{p}.{key}"] = torch.where(involved, value, tensors[f"{p}.{key}"])
 

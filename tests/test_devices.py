@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from typer.testing import CliRunner
 
 import lrcert
-from lrcert import devices, regions
+from lrcert import devices, regions, screen
 from lrcert.cli import app
 from lrcert.engine import Engine, pattern_bytes
 from lrcert.plot import make_plane, picture
@@ -225,18 +225,34 @@ def _syncs(network, n, batch_size, **kw) -> int:
     return counter.count
 
 
+def _dense_syncs(network, dtype) -> int:
+    """float32: the CPU's inactive-unit skipping, one nonzero per layer; auto: choosing the
+    candidate faces, a few per layer and norm (never per input)."""
+    return 2 if dtype == torch.float32 else 4 + 2 * len(network.nonlinear) * 3
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, "auto"], ids=["float32", "auto"])
 @pytest.mark.parametrize("make", [mlp, cnn], ids=["mlp", "cnn"])
 def test_host_syncs_do_not_grow_with_the_batch(make, dtype):
     network = lrcert.from_module(make(), (3, 4, 4))
     one_direction = torch.ones(1, 3, 4, 4)
-    # float32: the CPU's inactive-unit skipping, one nonzero per layer; auto: choosing the candidate
-    # faces, a few per layer and norm (never per input)
-    most = 2 if dtype == torch.float32 else 4 + 2 * len(network.nonlinear) * 3
+    most = _dense_syncs(network, dtype)
     for kw in ({}, {"directions": one_direction}):
-        small, large = _syncs(network, 16, 16, dtype=dtype, **kw), _syncs(network, 256, 256, dtype=dtype, **kw)
+        small = _syncs(network, 16, 16, dtype=dtype, screen=False, **kw)
+        large = _syncs(network, 256, 256, dtype=dtype, screen=False, **kw)
         assert large <= small <= most, (kw, small, large)
-        assert _syncs(network, 256, 64, dtype=dtype, **kw) <= 4 * small  # per batch, not per input
+        assert _syncs(network, 256, 64, dtype=dtype, screen=False, **kw) <= 4 * small  # per batch, not per input
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, "auto"], ids=["float32", "auto"])
+@pytest.mark.parametrize("make", [mlp, cnn], ids=["mlp", "cnn"])
+def test_screening_waits_a_bounded_number_of_times_per_batch(make, dtype):
+    """Screening waits once per round of exact gradients (at most screen.rounds(D)) and once for
+    the inputs that go the dense way, whatever the batch size."""
+    network = lrcert.from_module(make(), (3, 4, 4))
+    most = _dense_syncs(network, dtype) + screen.rounds(network.input_size) + 1
+    for n in (16, 256):
+        assert _syncs(network, n, n, dtype=dtype) <= most, n
 
 
 class CountHostData(TorchDispatchMode):

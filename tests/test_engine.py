@@ -162,25 +162,27 @@ NETWORKS = {
 }
 
 
+@pytest.mark.parametrize("screen", [True, False], ids=["screened", "dense"])
 @pytest.mark.parametrize("name", sorted(NETWORKS))
-def test_radii_equal_an_independent_float64_computation(name):
+def test_radii_equal_an_independent_float64_computation(name, screen):
     make, shape = NETWORKS[name]
     model = make().double().eval()
     x = torch.randn(6, *shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-    results = lrcert.certify(model, x, dtype=torch.float64)
+    results = lrcert.certify(model, x, dtype=torch.float64, screen=screen)
     for k, result in enumerate(results):
         expected = reference_radii(model, x[k : k + 1])
         for p in ("l1", "l2", "linf"):
             assert relative_error(result.radius[p], expected[p]) < 1e-9, (name, k, p, result.radius[p], expected[p])
 
 
+@pytest.mark.parametrize("screen", [True, False], ids=["screened", "dense"])
 @pytest.mark.parametrize("name", sorted(NETWORKS))
-def test_float32_radii_are_close(name):
+def test_float32_radii_are_close(name, screen):
     make, shape = NETWORKS[name]
     model = make().eval()
     x = torch.randn(6, *shape, generator=torch.Generator().manual_seed(7))
-    exact = lrcert.certify(model, x.double(), dtype=torch.float64)
-    fast = lrcert.certify(model, x, dtype=torch.float32)
+    exact = lrcert.certify(model, x.double(), dtype=torch.float64, screen=False)
+    fast = lrcert.certify(model, x, dtype=torch.float32, screen=screen)
     for a, b in zip(fast, exact):
         assert a.radius["l2"] == pytest.approx(b.radius["l2"], rel=1e-2, abs=1e-6)
 
@@ -247,9 +249,9 @@ def test_chunking_over_inputs_and_directions_gives_identical_radii(name):
     model = make().double()
     network = lrcert.from_module(model, shape)
     x = torch.randn(5, *shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    whole = Engine(network, dtype=torch.float64, memory_bytes=1 << 30).run(x)
+    whole = Engine(network, dtype=torch.float64, memory_bytes=1 << 30, screen=False).run(x)
     memory = 1 << 20 if name == "mlp" else network.input_size * 600  # the convnet: chunks of directions
-    tiny = Engine(network, dtype=torch.float64, batch_size=2, memory_bytes=memory)
+    tiny = Engine(network, dtype=torch.float64, batch_size=2, memory_bytes=memory, screen=False)
     plan = tiny.plan(len(x))
     if name == "mlp":  # one input at a time, dense layers skip inactive units
         assert tiny.sparse and plan.group == 1 and plan.batch_size == 2

@@ -78,16 +78,17 @@ def _same(results, expected):
             assert a == b or abs(a - b) <= tolerance * abs(b), (got.index, got.dtype, p, a, b)
 
 
+@pytest.mark.parametrize("screen", [True, False], ids=["screened", "dense"])
 @pytest.mark.parametrize("name", sorted(ALL))
-def test_auto_equals_float64(name, monkeypatch):
+def test_auto_equals_float64(name, screen, monkeypatch):
     monkeypatch.setattr(precision, "FLOAT64_BELOW", 0)
     make, shape = ALL[name]
     model = make().double().eval()
     network = lrcert.from_module(model, shape)
     x = torch.randn(12, *shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     d = torch.randn(1, *shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
-    auto = lrcert.certify(network, x, directions=d)
-    exact = lrcert.certify(network, x, directions=d, dtype=torch.float64)
+    auto = lrcert.certify(network, x, directions=d, screen=screen)
+    exact = lrcert.certify(network, x, directions=d, dtype=torch.float64, screen=False)
     _same(auto, exact)
     for got, want in zip(auto, exact):
         assert got.direction == pytest.approx(want.direction, rel=1e-12) and got.pattern == want.pattern
@@ -104,8 +105,8 @@ def test_auto_fixes_what_float32_gets_wrong():
         model[0].weight.copy_(torch.tensor([[1.0, -1.0]]))
         model[0].bias.zero_()
     x = torch.tensor([[1000.0, 999.9999]], dtype=torch.float64)
-    (fast,) = lrcert.certify(model, x, dtype=torch.float32)
-    (auto,) = lrcert.certify(model, x)
+    (fast,) = lrcert.certify(model, x, dtype=torch.float32, screen=False)
+    (auto,) = lrcert.certify(model, x, screen=False)
     assert fast.precision_warning and not auto.precision_warning
     assert auto.radius["l2"] == pytest.approx((1000.0 - 999.9999) / math.sqrt(2), rel=1e-12)
 
@@ -117,7 +118,7 @@ def test_exact_candidates_and_whole_reruns_give_the_same_answer(monkeypatch, sha
     make, shape = NETWORKS["convnet"]
     model = make().double().eval()
     x = torch.randn(8, *shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
-    auto = lrcert.certify(model, x)
+    auto = lrcert.certify(model, x, screen=False)
     assert all(r.dtype == "float64" for r in auto)
     _same(auto, lrcert.certify(model, x, dtype=torch.float64))
 
@@ -128,7 +129,7 @@ def test_inputs_float32_settles_keep_their_float32_result():
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 3)).double()
     x = torch.randn(20, 40, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    auto, exact = lrcert.certify(model, x), lrcert.certify(model, x, dtype=torch.float64)
+    auto, exact = lrcert.certify(model, x, screen=False), lrcert.certify(model, x, dtype=torch.float64)
     assert sum(r.dtype == "float32" for r in auto) >= 10
     _same(auto, exact)
 
@@ -140,7 +141,7 @@ def test_tied_max_pools_give_zero_without_float64_work():
     model = model.double()
     x = torch.zeros(3, 1, 8, 8, dtype=torch.float64)
     x[:, :, 2:4, 2:5] = torch.rand(3, 1, 2, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    auto, exact = lrcert.certify(model, x), lrcert.certify(model, x, dtype=torch.float64)
+    auto, exact = lrcert.certify(model, x, screen=False), lrcert.certify(model, x, dtype=torch.float64)
     assert all(r.radius["l2"] == 0 and r.dtype == "float32" and r.binding["l2"].kind == "maxpool" for r in auto)
     _same(auto, exact)
 
@@ -153,13 +154,13 @@ def test_few_input_dimensions_are_certified_in_float64_outright():
 
 
 @PROPERTY_SETTINGS
-@given(architectures(), st.integers(0, 2**16))
-def test_auto_equals_float64_on_random_architectures(architecture, seed):
+@given(architectures(), st.integers(0, 2**16), st.booleans())
+def test_auto_equals_float64_on_random_architectures(architecture, seed, screen):
     model, shape = architecture
     x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(precision, "FLOAT64_BELOW", 0)  # float32 tangents even for the few-input networks
-        auto = lrcert.certify(model, x)
+        auto = lrcert.certify(model, x, screen=screen)
     _same(auto, lrcert.certify(model, x, dtype=torch.float64))
 
 

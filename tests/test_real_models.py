@@ -40,11 +40,12 @@ def _load(shared_models, name):
     return network, x
 
 
+@pytest.mark.parametrize("screen", [True, False], ids=["screened", "dense"])
 @pytest.mark.parametrize("name", CERTIFIED)
-def test_radii_match_reference(shared_models, name):
+def test_radii_match_reference(shared_models, name, screen):
     network, x = _load(shared_models, name)
     reference = json.loads((shared_models / "reference" / f"{name}.json").read_text())["results"]
-    results = lrcert.certify(network, x, dtype=torch.float64)
+    results = lrcert.certify(network, x, dtype=torch.float64, screen=screen)
     assert len(results) == len(reference)
     for result, expected in zip(results, reference):
         for p in ("l1", "l2", "linf"):
