@@ -7,7 +7,10 @@ For each workload (bench.py's, same inputs): the three dtypes timed alternately 
 --repeats), how far each is from float64 (worst relative difference of any radius; auto must stay
 within 1e-5, in practice float64 rounding), what share of inputs auto refined in float64, how many
 candidate faces it reverse-passed per input, and how many inputs it reran whole. Targets (issue 12):
-auto ≤ 1.3× the float32 time on the MLPs, ≤ 2× on the conv and residual nets.
+auto ≤ 1.3× the float32 time on the MLPs, ≤ 2× on the conv and residual nets. The engines push
+every face's gradient (``screen=False``: the refinement is what is measured); ``--screen`` times
+the screening engines instead (lrcert.screen: auto's reverse passes are then float64 ones, and
+the candidate counts include screening's exact gradients).
 """
 
 from __future__ import annotations
@@ -65,7 +68,8 @@ def worst_difference(results, reference) -> float:
 
 def measure(w: bench.Workload, args) -> dict:
     x = w.inputs.double()
-    engines = {name: Engine(w.network, device=args.device, dtype=dtype, predictions=False) for name, dtype in DTYPES.items()}
+    engines = {name: Engine(w.network, device=args.device, dtype=dtype, predictions=False, screen=args.screen)
+               for name, dtype in DTYPES.items()}
 
     def run(name):
         results = [r for batch in engines[name].certify([x], n_inputs=len(x)) for r in batch]
@@ -107,9 +111,11 @@ def main(argv=None) -> int:
     parser.add_argument("--other-inputs", type=int, default=128)
     parser.add_argument("--big-inputs", type=int, default=16)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--screen", action="store_true", help="time the screening engines (default: every face's gradient)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
-    report = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(), "workloads": []}
+    report = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(), "screen": args.screen,
+              "workloads": []}
     makers = bench.workloads(args.mlp_inputs, args.other_inputs, args.big_inputs)
     print(f"{'workload':22s} {'inputs':>6s} {'float32/s':>10s} {'auto/s':>9s} {'float64/s':>10s} {'auto÷f32':>9s} "
           f"{'auto÷f64':>9s} {'refined':>8s} {'cand.':>6s} {'reruns':>6s} {'f32 vs f64':>11s} {'auto vs f64':>11s}")

@@ -452,9 +452,12 @@ class Engine:
             self._cache["magnitudes"] = self.magnitudes if same else self.float64_network().absolute()
         return self._cache["magnitudes"]
 
-    def entry_norms(self) -> dict[tuple[int, str], Tensor]:
-        """:func:`screen.entry_norms`, computed once: they do not depend on the input."""
+    def entry_norms(self, batch: int) -> dict[tuple[int, str], Tensor]:
+        """:func:`screen.entry_norms`, computed once (they do not depend on the input), when the
+        first batch large enough for them to pay comes (``screen.ENTRY_WORK``); {} before."""
         if "entries" not in self._cache:
+            if not self.entries or screen.entry_work(self) > screen.ENTRY_WORK * batch:
+                return {}
             self._cache["entries"] = screen.entry_norms(self)
         return self._cache["entries"]
 

@@ -9,9 +9,11 @@ at least its *floor* |z_j| / G_j, and per input
 2. every other face whose floor is at most C gets its exact gradient, and ε̂ is the smallest
    exact ratio: a face left out has ratio ≥ floor > C ≥ ε̂, so it cannot bind.
 
-An input with more than ``SHARE`` · D faces in step 2 is certified densely instead: that many
-reverse passes would cost more than the D tangent passes. The answer is the dense one either
-way (the same faces, ratios from exact gradients; ties between exactly equal ratios aside).
+Step 2 runs in rounds, smallest floors first, each round's ratios lowering the ceiling before the
+next one chooses. An input whose next round would take its exact gradients past ``SHARE`` · D is
+certified densely instead (more reverse passes would cost more than the D tangent passes); it
+has spent at most that many. The answer is the dense one either way (the same faces, ratios from
+exact gradients; ties between exactly equal ratios aside).
 
 **The bound G.** A layer's tangent holds, per unit, a row over the D input directions. If every
 row that an affine layer reads has q-norm ≤ t, each output row has q-norm ≤ |A| t (triangle
@@ -23,9 +25,9 @@ their exact q-norms, computed once per engine when that is cheap, start the prop
 All of it runs in float64, and floors are compared with a relative ``SLACK``.
 
 The bound is tight on shallow networks and loosens by about an order of magnitude per layer:
-it rules out all but a few faces per input on small conv nets (2 on oval21_cifar_base_kw, where
-D = 3072) and almost none on ResNet-18 or on deep MLPs, where the engine soon stops screening
-(see ``Engine.screening``) and pushes tangents.
+it rules out all but a few faces per input on small conv nets (5 exact gradients per input on
+oval21_cifar_base_kw, where D = 3072) and almost none on ResNet-18 or on deep MLPs, where the
+engine soon stops screening (see ``Engine.screening``) and pushes tangents.
 """
 
 from __future__ import annotations
@@ -37,30 +39,34 @@ from torch import Tensor
 
 from . import ir, precision
 
-#: An input goes the dense way when more than this share of D faces need exact gradients. A face's
+#: An input goes the dense way before its exact gradients would pass this share of D. A face's
 #: reverse pass (value pass, backward pass, float64) costs about as much as 11 tangent directions of
 #: the dense way (measured on cifar10_resnet_2b, 2-core CPU: 0.17 ms against 15 µs).
 SHARE = 1 / 16
 #: Floors are compared with the ceiling widened by this (relative): the float64 rounding of the
 #: bounds and ratios is far below it, and float32 ratios (``dtype=float32``) are not exact anyway.
 SLACK = 1e-3
-#: The exact norms of the first faces are computed once per engine when pushing the identity
-#: through the layers before them costs at most this many multiply-adds.
-ENTRY_WORK = 2e10
+#: The exact norms of the first faces are computed (once per engine, in float64) when pushing the
+#: identity through the layers before them costs at most this many multiply-adds per input of the
+#: batch: they make screening pay far more often (cifar10_resnet_2b 3.5x faster with them,
+#: conv_3x64x64 8x) but cost about a second on conv_3x64x64, too much for one or two inputs.
+ENTRY_WORK = 1e9
 #: Faces per input and norm in the first round of exact gradients, and the growth per round.
 FIRST = 4
 GROWTH = 8
 
 
+def entry_work(engine) -> int:
+    """Multiply-adds of :func:`entry_norms`: the D input directions through the first affine layers."""
+    layers = engine.network.layers
+    return engine.network.input_size * sum(layers[i].size * max(1, layers[i].terms) for i in engine.prefix)
+
+
 def entry_norms(engine) -> dict[tuple[int, str], Tensor]:
     """Per (layer, norm) of the nonlinearities that read only the input-independent first affine
-    layers: the exact q-norms of their faces' gradients, (1, units), float64. Empty when the push
-    of the D input directions through those layers would cost more than ``ENTRY_WORK``."""
+    layers: the exact q-norms of their faces' gradients, (1, units), float64."""
     network = engine.float64_network()
     layers, d = network.layers, network.input_size
-    work = d * sum(layers[i].size * max(1, layers[i].terms) for i in engine.prefix)
-    if not engine.entries or work > ENTRY_WORK:
-        return {}
     row = sum(layers[i].size for i in [0, *engine.prefix])
     step = max(1, min(d, engine.memory_bytes // (8 * row)))
     sums: dict[tuple[int, str], Tensor] = {}
@@ -121,17 +127,23 @@ def certify(region, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
     The faces are taken in rounds, smallest floors first (``FIRST`` per input and norm, then
     ``GROWTH`` times more each round), so that each round's ratios lower the ceiling before the
     next round chooses: only faces whose floor is within the ceiling are taken, and the rounds
-    end when no face is (within :func:`rounds`; one host wait each)."""
+    end when no face is (within :func:`rounds`; one host wait each). An input goes dense when
+    the faces it still needs, capped at what the next round can take, would bring its exact
+    gradients past SHARE·D (a loose early ceiling alone does not send it there), or at once when
+    more faces than D are still open after a round (a bound that loose will not get there: on
+    cifar10_resnet_2b at most 1,103 faces are open after the first round and at most 295 exact
+    gradients needed in the end, D = 3072; on ResNet-18 83,964 are open, all of them)."""
     engine = region.engine
     b, device = region.batch, region.output.device
-    entry = engine.entry_norms()
+    entry = engine.entry_norms(b)
     floor = torch.stack([floors(region, p, entry) for p in engine.norms])  # (P, B, F)
     starts, nonlinear = engine.face_starts, engine.face_layers
     known = torch.full((), math.inf, dtype=torch.float64, device=device)  # a floor once the ratio is exact
     tensors = _unknown(region)
     done = torch.zeros(b, dtype=torch.long, device=device)  # exact gradients taken, per input
     dense = torch.zeros(b, dtype=torch.bool, device=device)
-    limit = SHARE * region.network.input_size
+    d = region.network.input_size
+    limit = SHARE * d
     k = FIRST
 
     def open_faces() -> Tensor:
@@ -140,10 +152,10 @@ def certify(region, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         ceiling = torch.stack([tensors[f"{p}.distance"] for p in engine.norms])[..., None] * (1 + SLACK)
         return (floor <= ceiling) & torch.isfinite(floor) & ~dense[None, :, None]
 
-    for _ in range(rounds(region.network.input_size)):
+    for _ in range(rounds(d)):
         wanted = open_faces()
         count = wanted.any(dim=0).sum(dim=1)
-        dense |= (count > 0) & (done > 0) & (done + count > limit)
+        dense |= (count > 0) & (done > 0) & ((done + count.clamp(max=len(engine.norms) * k) > limit) | (count > d))
         wanted &= ~dense[None, :, None]
         smallest, flat = torch.where(wanted, floor, math.inf).topk(min(k, floor.shape[2]), dim=2, largest=False)
         norm, rows, rank = torch.isfinite(smallest).nonzero().unbind(dim=1)
@@ -163,8 +175,8 @@ def certify(region, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
 def rounds(d: int) -> int:
     """The most rounds :func:`certify` takes for inputs of ``d`` dimensions. Round r takes up to
     FIRST·GROWTHʳ faces per input and norm; an input with faces left for round r + 1 took that many
-    in round r, and goes the dense way once it would need more than SHARE·d: so rounds take faces
-    only while FIRST·GROWTHʳ < SHARE·d, one more, and a last one finds none."""
+    in round r, and goes the dense way unless at least one more fits within SHARE·d: so rounds take
+    faces only while FIRST·GROWTHʳ < SHARE·d, one more, and a last one finds none."""
     count, k = 2, FIRST
     while k < SHARE * d:
         count, k = count + 1, k * GROWTH

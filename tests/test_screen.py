@@ -52,7 +52,7 @@ def test_every_floor_is_below_its_faces_exact_ratio(name):
     """|z| / G ≤ |z| / ‖g‖_q for every face of every input: G bounds ‖g‖_q from above."""
     network, shape = _network(name)
     region = _region(network, _inputs(shape, 6, 1) * 2, torch.float64)
-    entry = region.engine.entry_norms()
+    entry = region.engine.entry_norms(region.batch)
     positive = 0
     for p in ("l1", "l2", "linf"):
         floors = screen.floors(region, p, entry)
@@ -70,7 +70,7 @@ def test_every_floor_is_below_its_faces_exact_ratio(name):
 def test_entry_norms_are_the_first_faces_exact_norms(name):
     network, shape = _network(name)
     region = _region(network, _inputs(shape, 2, 2), torch.float64)
-    entry = region.engine.entry_norms()
+    entry = region.engine.entry_norms(region.batch)
     assert {i for i, _ in entry} == set(region.engine.entries)
     for (i, p), norms in entry.items():
         assert torch.allclose(region._per_face(i, norms.expand(2, -1)), _faces(region, p)[i], rtol=1e-12, atol=0)
@@ -107,7 +107,7 @@ def test_inputs_left_after_the_last_round_go_dense(monkeypatch):
 def test_without_exact_entry_norms_the_bound_starts_at_the_input(monkeypatch):
     monkeypatch.setattr(screen, "ENTRY_WORK", 0)
     network, shape = _network("convnet")
-    assert Engine(network).entry_norms() == {}
+    assert Engine(network).entry_norms(256) == {}
     _same_as_dense(network, _inputs(shape, 8, 6))
 
 
@@ -156,3 +156,12 @@ def test_real_conv_nets_are_screened_and_exact(shared_models, name):
         _, dense = screen.certify(_Region(engine, x), x)
     assert int(dense.sum()) <= len(x) // 2  # screening carries most of them
     _same_as_dense(network, x)
+
+
+def test_entry_norms_wait_for_a_batch_they_pay_for(monkeypatch):
+    network, _ = _network("convnet")
+    engine = Engine(network, dtype=torch.float64)
+    monkeypatch.setattr(screen, "ENTRY_WORK", screen.entry_work(engine) / 10)
+    assert engine.entry_norms(4) == {}
+    assert set(engine.entry_norms(16)) == {(i, p) for i in engine.entries for p in engine.norms}
+    assert engine.entry_norms(1) is engine.entry_norms(16)  # computed once
