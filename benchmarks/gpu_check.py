@@ -4,7 +4,8 @@
     python3 benchmarks/gpu_check.py --device cpu --resnet-size 32    # the same checks on a CPU
 
 (a) For every model of $LRCERT_SHARED_MODELS (default ../shared/models) with a reference in its
-    ``reference/`` folder: certify every input in float64, auto and float32 on the device, and
+    ``reference/`` folder: certify every input in float64 (screened, the default, and unscreened:
+    both of the engine's ways), auto and float32 on the device, and
     print the worst relative error of each against the reference (float64 must be within 1e-6,
     auto within 1e-5; float32 shows ordinary float32 rounding, plus how many inputs off by more
     than 0.1 % carried no precision warning). TF32 is left at PyTorch's defaults (on for convolutions): lrcert turns it off.
@@ -62,10 +63,10 @@ def check_models(device: torch.device) -> list[dict]:
         network = lrcert.load(SHARED / f"{name}.onnx")
         x = torch.from_numpy(np.load(SHARED / f"{name}.inputs.npy"))
         row = {"model": name, "inputs": len(x)}
-        for dtype in (torch.float64, "auto", torch.float32):
-            label = str(dtype).split(".")[-1]
+        for label, dtype, screen in (("float64", torch.float64, True), ("float64-unscreened", torch.float64, False),
+                                     ("auto", "auto", True), ("float32", torch.float32, True)):
             started = time.perf_counter()
-            results = lrcert.certify(network, x, device=device, dtype=dtype)
+            results = lrcert.certify(network, x, device=device, dtype=dtype, screen=screen)
             _sync(device)
             errors = relative_errors(results, reference)
             row[label] = {
@@ -77,7 +78,7 @@ def check_models(device: torch.device) -> list[dict]:
         rows.append(row)
         print(
             f"{name:32s} {len(x):4d} inputs   float64 worst {row['float64']['worst_relative_error']:.1e}   "
-            f"auto worst {row['auto']['worst_relative_error']:.1e}   "
+            f"(unscreened {row['float64-unscreened']['worst_relative_error']:.1e})   auto worst {row['auto']['worst_relative_error']:.1e}   "
             f"float32 worst {row['float32']['worst_relative_error']:.1e} ({row['float32']['flagged']} flagged, "
             f"{row['float32']['off_by_more_than_0.1%_unflagged']} off by >0.1 % unflagged)",
             flush=True,
