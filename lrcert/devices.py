@@ -22,6 +22,7 @@ True
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
@@ -38,6 +39,17 @@ from .errors import LrcertError
 CPU_PASS_BYTES = 32 << 20
 #: On a GPU, the share of its free memory one batch may use (values, statistics and tangents).
 GPU_MEMORY_SHARE = 0.4
+#: On the CPU, the share of the machine's memory that one batch's per-input state may hold (its
+#: face values, statistics and activations): a batch of 256 ResNet-50 inputs would need ~300 GB.
+CPU_STATE_SHARE = 1 / 8
+
+
+def cpu_state_budget() -> int:
+    """Bytes one CPU batch's per-input state may hold: ``CPU_STATE_SHARE`` of physical memory."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * CPU_STATE_SHARE)
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): assume 16 GB
+        return int((16 << 30) * CPU_STATE_SHARE)
 
 
 def resolve(device: str | torch.device | None, like: Tensor | None = None) -> torch.device:

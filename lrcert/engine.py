@@ -293,7 +293,8 @@ class Engine:
         return min(self.network.input_size, max(1, self.memory_bytes // self._bytes_per_row()))
 
     def plan(self, n_inputs: int) -> Plan:
-        """Choose the batch, the group and the directions per pass so one tangent pass fits in memory."""
+        """Choose the batch, the group and the directions per pass so one tangent pass fits in
+        memory, and (CPU) the batch so its inputs' state fits in ``devices.cpu_state_budget``."""
         row = self._bytes_per_row()
         if self.device.type == "cuda":
             return self._gpu_plan(n_inputs, row)
@@ -301,7 +302,8 @@ class Engine:
         directions = self._directions_per_pass()
         # one input at a time lets dense layers skip inactive units (worth more than bigger passes on a CPU)
         group = 1 if self.sparse else max(1, rows // directions)
-        batch = self.requested_batch or max(1, min(n_inputs, max(group, DEFAULT_BATCH)))
+        fits = devices.cpu_state_budget() // self.bytes_per_input()  # inputs whose state fits in memory
+        batch = self.requested_batch or max(1, min(n_inputs, max(group, DEFAULT_BATCH), fits))
         return Plan(batch, min(group, batch), directions, row)
 
     def _gpu_plan(self, n_inputs: int, row: int) -> Plan:

@@ -304,3 +304,21 @@ def test_leaky_slopes_stay_exact_in_float64():
     for k, result in enumerate(lrcert.certify(model, x, dtype=torch.float64)):
         expected = reference_radii(model, x[k : k + 1])
         assert all(relative_error(result.radius[p], expected[p]) < 1e-12 for p in expected), (k, result.radius, expected)
+
+
+def test_cpu_batches_hold_no_more_input_state_than_the_memory_budget(monkeypatch):
+    """Large networks get smaller CPU batches (a batch of 256 ResNet-50 inputs would need ~300 GB);
+    results do not depend on it."""
+    make, shape = NETWORKS["convnet"]
+    network = lrcert.from_module(make().double(), shape)
+    x = torch.randn(25, *shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    engine = Engine(network, dtype=torch.float64)
+    assert engine.plan(1000).batch_size == 256  # the default where memory is plentiful
+    monkeypatch.setattr(lrcert.devices, "cpu_state_budget", lambda: 10 * engine.bytes_per_input() + 1)
+    assert engine.plan(1000).batch_size == 10
+    assert Engine(network, dtype=torch.float64, batch_size=64).plan(1000).batch_size == 64  # asked for: as asked
+    small = [r for batch in engine.certify([x], n_inputs=len(x)) for r in batch]
+    whole = Engine(network, dtype=torch.float64, batch_size=25).run(x)
+    assert [r.index for r in small] == list(range(25))
+    for a, b in zip(small, whole):
+        assert a.radius == pytest.approx(b.radius, rel=1e-12) and a.pattern == b.pattern
