@@ -172,7 +172,10 @@ def test_auto_is_the_default_and_says_what_it_refined(tmp_path):
     assert doc["options"]["dtype"] == "auto"
     dtypes = [r["dtype"] for r in doc["results"]]
     assert set(dtypes) <= {"float32", "float64"}
-    assert f"auto: {dtypes.count('float64')} of {len(dtypes)} refined in float64" in result.stderr
+    exact64 = dtypes.count("float64")
+    expected = ("auto: all exact in float64" if exact64 == len(dtypes) else "auto: all exact in float32" if exact64 == 0
+                else f"auto: {exact64} of {len(dtypes)} exact in float64, the rest in float32")
+    assert expected in result.stderr
     result = CliRunner().invoke(app, ["certify", str(model), str(data), "--format", "csv", "--dtype", "float32"])
     header, first = list(csv.reader(io.StringIO(result.stdout)))[:2]
     assert first[header.index("dtype")] == "float32"

@@ -346,8 +346,9 @@ def certify(
         fresh = len(remaining)
         how = dtype.value
         if dtype == DType.auto:
-            refined = tally.dtypes.get("float64", 0)
-            how = f"auto: {refined} of {tally.count} refined in float64, the rest exact in float32"
+            exact64 = tally.dtypes.get("float64", 0)
+            how = ("auto: all exact in float64" if exact64 == tally.count else "auto: all exact in float32" if exact64 == 0
+                   else f"auto: {exact64} of {tally.count} exact in float64, the rest in float32")
         where = devices.describe(target) + (f", {ranks.size} rank{'s' if ranks.size > 1 else ''}" if ranks.launched else "")
         say(f"certified {fresh} inputs in {elapsed:.2f} s ({fresh / max(elapsed, 1e-9):.1f} inputs/s) on {where}, {how}")
         _explain(tally, dtype)
