@@ -413,7 +413,7 @@ class Engine:
         d = self.network.input_size
         for start in range(0, d, plan.directions_per_pass):
             stop = min(d, start + plan.directions_per_pass)
-            region.push(self._identity(start, stop), True, plan.group)
+            region.push(self.identity(start, stop), True, plan.group)
             if self.progress is not None:
                 self.progress(len(x) * (stop - start))
         tensors = region.radii()
@@ -479,9 +479,10 @@ class Engine:
                                  memory_bytes=self.memory_bytes, predictions=False, screen=False)
         return self._exact
 
-    def _identity(self, start: int, stop: int) -> Tensor:
-        """The input directions e_start … e_(stop−1), as one seed shared by all inputs: (1, K, *input_shape)."""
-        identity = torch.zeros(stop - start, self.network.input_size, device=self.device, dtype=self.dtype)
+    def identity(self, start: int, stop: int, dtype: torch.dtype | None = None) -> Tensor:
+        """The input directions e_start … e_(stop−1), as one seed shared by all inputs: (1, K, *input_shape),
+        in ``dtype`` (default: the tangent passes')."""
+        identity = torch.zeros(stop - start, self.network.input_size, device=self.device, dtype=dtype or self.dtype)
         identity.diagonal(offset=start).fill_(1)
         return identity.reshape(1, stop - start, *self.network.input_shape)
 

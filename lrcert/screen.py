@@ -72,9 +72,7 @@ def entry_norms(engine) -> dict[tuple[int, str], Tensor]:
     sums: dict[tuple[int, str], Tensor] = {}
     for start in range(0, d, step):
         stop = min(d, start + step)
-        identity = torch.zeros(stop - start, d, dtype=torch.float64, device=engine.device)
-        identity.diagonal(offset=start).fill_(1)
-        tangents = {0: identity.reshape(stop - start, *network.input_shape)}
+        tangents = {0: engine.identity(start, stop, torch.float64)[0]}
         for i in engine.prefix:
             tangents[i] = layers[i].apply([tangents[j] for j in layers[i].inputs], offset=False)
         for i in engine.entries:

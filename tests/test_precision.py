@@ -36,7 +36,7 @@ def _region(network, x, dtype):
     with torch.no_grad():
         region = _Region(engine, x.to(engine.value_dtype))
         for start in range(0, network.input_size, plan.directions_per_pass):
-            region.push(engine._identity(start, min(network.input_size, start + plan.directions_per_pass)), True, plan.group)
+            region.push(engine.identity(start, min(network.input_size, start + plan.directions_per_pass)), True, plan.group)
     return region
 
 
