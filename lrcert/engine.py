@@ -524,6 +524,8 @@ class _Region:
         self.gain: dict[int, Tensor] = {}  # elementwise layer -> (B, *shape) frozen slopes
         self.gain_in: dict[tuple[int, torch.dtype], Tensor] = {}  # the same in the tangents' dtype
         self.argmax: dict[int, Tensor] = {}  # max-pool layer -> (B, ..., C, 1, L) window arg-max
+        self.scratch: dict[torch.dtype, Tensor] = {}  # dtype -> the CPU reductions' reused buffer (flat)
+        self.winner_at: dict[int, Tensor] = {}  # max-pool layer -> (B, ..., C, L) arg-max's place in its input plane
         self.first_wins: dict[int, Tensor] = {}  # max/min layer -> (B, *shape) where its first input is the output
         self.pieces: dict[int, Tensor] = {}  # layer -> (B, n) the piece each unit is on (the pattern)
         self.stats: dict[tuple[int, str], Tensor] = {}  # (layer, norm) -> (B, faces) dual norm, accumulated
@@ -628,12 +630,12 @@ class _Region:
                 elif isinstance(layer, ir.Affine):
                     tangents[i] = layer.apply(ins, offset=False)
                 elif isinstance(layer, ir.MaxPool2d):
-                    windows = layer.windows(ins[0], 0.0)
-                    index = self.argmax[i][rows].unsqueeze(1)
-                    index = index.expand(len(index), windows.shape[1], *index.shape[2:])
-                    winner = torch.gather(windows.expand(len(index), *windows.shape[1:]), -2, index)
-                    self._face_gradients(i, rows, (winner - windows).flatten(2), accumulate)
-                    tangents[i] = winner.reshape(*index.shape[:2], *layer.shape)
+                    winner = self._winner_tangent(i, rows, ins[0])
+                    windows = layer.window_view(ins[0], 0.0)
+                    faces = winner.new_empty(*winner.shape[:-1], *windows.shape[-4:])  # in window order, not the view's
+                    torch.sub(winner.unflatten(-1, (1, 1, *layer.shape[-2:])), windows, out=faces)
+                    self._face_gradients(i, rows, faces.flatten(2), accumulate)
+                    tangents[i] = winner.reshape(*winner.shape[:2], *layer.shape)
                 elif isinstance(layer, ir.Maximum):
                     self._face_gradients(i, rows, layer.faces(*ins), accumulate)
                     if i in engine.read:
@@ -647,11 +649,34 @@ class _Region:
                         if active is not None:
                             tangents[i] = _ActiveColumns(torch.index_select(ins[0].flatten(2), 2, active), active)
                         else:
-                            tangents[i] = self._gain(i, seeds.dtype)[rows].unsqueeze(1) * ins[0]
+                            gain = self._gain(i, seeds.dtype)[rows].unsqueeze(1)
+                            owned = self._sole_reader(i, layer.inputs[0], tangents, [seeds, *base.values()])
+                            tangents[i] = ins[0].mul_(gain) if owned and len(gain) == len(ins[0]) else gain * ins[0]
                 for j in set(layer.inputs):
                     if engine.last_use.get(j) == i:
                         tangents.pop(j, None)
 
+
+    def _sole_reader(self, i: int, j: int, tangents: dict, kept: list[Tensor]) -> bool:
+        """Whether layer ``i`` may overwrite tangent ``j`` instead of allocating its own: it is
+        the last to read it, and no other memory is shared with it (not the caller's seeds, not
+        the tensors ``kept`` for every group of inputs, not another layer's tangent)."""
+        tangent = tangents[j]
+        if self.engine.last_use.get(j) != i or not tangent.is_contiguous():
+            return False
+        memory = tangent.untyped_storage().data_ptr()
+        others = [t for k, t in tangents.items() if k != j and not isinstance(t, _ActiveColumns)] + kept
+        return all(t.untyped_storage().data_ptr() != memory for t in others)
+
+    def _winner_tangent(self, i: int, rows: slice, tangent: Tensor) -> Tensor:
+        """Max-pool ``i``'s output tangent, ``(b, K, ..., C, out_h·out_w)``: each window's arg-max
+        element of ``tangent`` (``(1 or b, K, ..., C, h, w)``), gathered from the input plane."""
+        if i not in self.winner_at:
+            self.winner_at[i] = self.network.layers[i].winner_positions(self.argmax[i]).squeeze(-2)
+        index = self.winner_at[i][rows].unsqueeze(1)
+        planes = tangent.flatten(-2)
+        index = index.expand(len(index), planes.shape[1], *index.shape[2:])
+        return torch.gather(planes.expand(len(index), *planes.shape[1:]), -1, index)
 
     def _face_gradients(self, i: int, rows: slice, g: Tensor, accumulate: bool) -> None:
         """Fold face gradients ``g`` (shape ``(1 or b, K, faces)``) of inputs ``rows`` into the dual
@@ -665,20 +690,36 @@ class _Region:
                 self.rates[i] = torch.zeros(self.batch, g.shape[2], dtype=g.dtype, device=g.device)
             self.rates[i][rows] = g[:, 0, :]
             return
-        magnitude = None if self.engine.fused_norms or not {"l1", "linf"} & set(self.engine.norms) else g.abs()
+        norms = None if self.engine.fused_norms else self._cpu_norms(g)
         for p in self.engine.norms:
             if (i, p) not in self.stats:
                 self.stats[(i, p)] = torch.zeros(self.batch, g.shape[2], dtype=g.dtype, device=g.device)
             target = self.stats[(i, p)][rows]
-            if self.engine.fused_norms:
+            if norms is None:
                 norm = torch.linalg.vector_norm(g, ir.DUAL_ORDER[p], dim=1)
                 norm = norm.square() if p == "l2" else norm
             else:
-                norm = (g * g).sum(dim=1) if p == "l2" else magnitude.amax(dim=1) if p == "l1" else magnitude.sum(dim=1)
+                norm = norms[p]
             if p == "l1":
                 torch.maximum(target, norm, out=target)
             else:
                 target += norm
+
+    def _cpu_norms(self, g: Tensor) -> dict[str, Tensor]:
+        """The CPU's per-face statistics of ``g`` over its K directions, through one reused
+        buffer: |g| formed once for the max and the sum, then squared in place (|g|² = g²
+        exactly). A fresh temporary per layer would cost page faults as large as the work."""
+        wanted = self.engine.norms
+        n = g.numel()
+        if g.dtype not in self.scratch or self.scratch[g.dtype].numel() < n:
+            self.scratch[g.dtype] = torch.empty(n, dtype=g.dtype, device=g.device)
+        work = self.scratch[g.dtype][:n].view(g.shape)
+        if "l1" not in wanted and "linf" not in wanted:
+            return {"l2": torch.mul(g, g, out=work).sum(dim=1)}
+        torch.abs(g, out=work)
+        norms = {"l1": work.amax(dim=1)} if "l1" in wanted else {}
+        norms |= {"linf": work.sum(dim=1)} if "linf" in wanted else {}
+        return norms | ({"l2": work.mul_(work).sum(dim=1)} if "l2" in wanted else {})
 
     # ----------------------------------------------------------------------------------- results
 

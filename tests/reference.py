@@ -20,20 +20,20 @@ DUAL = {"l1": math.inf, "l2": 2.0, "linf": 1.0}
 def _pool_faces(z: torch.Tensor, pool: nn.MaxPool2d) -> torch.Tensor:
     """``z_win − z_l`` for every window and every element l, by explicit slicing."""
     k, s, p, d = (_pair(v) for v in (pool.kernel_size, pool.stride or pool.kernel_size, pool.padding, pool.dilation))
-    assert d == (1, 1), "the reference handles max-pools without dilation"
+    reach = [d[axis] * (k[axis] - 1) + 1 for axis in (0, 1)]  # a window's extent, dilation included
     sizes = []
     for axis in (0, 1):
-        span = z.shape[-2 + axis] + 2 * p[axis] - k[axis]
+        span = z.shape[-2 + axis] + 2 * p[axis] - reach[axis]
         out = (-(-span // s[axis]) if pool.ceil_mode else span // s[axis]) + 1
         if pool.ceil_mode and (out - 1) * s[axis] >= z.shape[-2 + axis] + p[axis]:
             out -= 1  # the last window must start inside the input or its left padding
         sizes.append(out)
     oh, ow = sizes
-    extra_h = max(0, (oh - 1) * s[0] + k[0] - (z.shape[-2] + 2 * p[0]))
-    extra_w = max(0, (ow - 1) * s[1] + k[1] - (z.shape[-1] + 2 * p[1]))
+    extra_h = max(0, (oh - 1) * s[0] + reach[0] - (z.shape[-2] + 2 * p[0]))
+    extra_w = max(0, (ow - 1) * s[1] + reach[1] - (z.shape[-1] + 2 * p[1]))
     z = F.pad(z, (p[1], p[1] + extra_w, p[0], p[0] + extra_h), value=-1e300)
     elements = [
-        z[..., i : i + s[0] * (oh - 1) + 1 : s[0], j : j + s[1] * (ow - 1) + 1 : s[1]]
+        z[..., i * d[0] : i * d[0] + s[0] * (oh - 1) + 1 : s[0], j * d[1] : j * d[1] + s[1] * (ow - 1) + 1 : s[1]]
         for i in range(k[0])
         for j in range(k[1])
     ]

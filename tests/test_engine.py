@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import lrcert
 from lrcert.engine import Engine
-from reference import pattern_of, point_on_unit_sphere, reference_radii, relative_error
+from reference import faces_of, pattern_of, point_on_unit_sphere, reference_radii, relative_error
 
 
 def _set(layer: nn.Linear, weight, bias) -> nn.Linear:
@@ -131,6 +132,27 @@ class _ConvNet(nn.Module):
         return self.fc(self.avg(x).flatten(1))
 
 
+class _PoolNet(nn.Module):
+    """Max-pools of every geometry the window views must handle (dilated and padded, ceil mode
+    with a rectangular kernel and unequal strides) and 1×1 convolutions (matrix products over
+    channels), strided and not."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.dilated = nn.MaxPool2d(3, stride=2, padding=1, dilation=2)
+        self.point = nn.Conv2d(3, 4, 1)
+        self.relu2 = nn.ReLU()
+        self.ceil = nn.MaxPool2d((2, 3), stride=(1, 2), ceil_mode=True)
+        self.shortcut = nn.Conv2d(2, 4, 1, stride=(3, 5))
+        self.fc = nn.Linear(4 * 3 * 2, 3)
+
+    def forward(self, x):
+        h = self.ceil(self.relu2(self.point(self.dilated(self.relu(self.conv(x))))))
+        return self.fc((h + self.shortcut(x)).flatten(1))
+
+
 class _Decoder(nn.Module):
     def __init__(self):
         super().__init__()
@@ -159,6 +181,7 @@ NETWORKS = {
     "leaky_mlp": (lambda: _mlp(1, leaky=True), (6,)),
     "convnet": (lambda: (torch.manual_seed(2), _randomize_batchnorm(_ConvNet()))[1], (2, 8, 8)),
     "decoder": (lambda: (torch.manual_seed(3), _Decoder())[1], (3,)),
+    "pools": (lambda: (torch.manual_seed(4), _PoolNet())[1], (2, 9, 9)),
 }
 
 
@@ -322,3 +345,48 @@ def test_cpu_batches_hold_no_more_input_state_than_the_memory_budget(monkeypatch
     assert [r.index for r in small] == list(range(25))
     for a, b in zip(small, whole):
         assert a.radius == pytest.approx(b.radius, rel=1e-12) and a.pattern == b.pattern
+
+
+class _CountCalls(TorchDispatchMode):
+    """Counts calls of one aten operator."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name, self.calls = name, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += str(func) == self.name
+        return func(*args, **(kwargs or {}))
+
+
+def test_frozen_slopes_overwrite_only_tangents_nobody_else_reads():
+    """The CPU engine multiplies a ReLU's input tangent by the frozen slopes in place when the ReLU
+    is its last reader: on the convnet it does, with radii still equal to the reference; where the
+    tangent is the caller's seeds or a view of them (a network that starts with a ReLU), it does not
+    touch them, and the radii are still exact."""
+    make, shape = NETWORKS["convnet"]
+    model = make().double().eval()
+    x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    with _CountCalls("aten.mul_.Tensor") as counter:
+        results = lrcert.certify(model, x, dtype=torch.float64, screen=False)
+    assert counter.calls > 0
+    for k, result in enumerate(results):
+        assert relative_error(result.radius["l2"], reference_radii(model, x[k : k + 1])["l2"]) < 1e-9
+
+    torch.manual_seed(6)
+    shape = (2, 4)
+    head = lambda: [nn.Conv1d(2, 3, 2), nn.ReLU(), nn.Flatten(), nn.Linear(9, 3)]  # noqa: E731 (a conv: no skipping of inactive units)
+    for model in (nn.Sequential(nn.ReLU(), *head()), nn.Sequential(nn.Flatten(), nn.ReLU(), nn.Unflatten(1, shape), *head())):
+        model = model.double()
+        x = torch.randn(4, *shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+        engine = Engine(lrcert.from_module(model, shape), dtype=torch.float64, screen=False)
+        directions = torch.randn(4, *shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+        kept = directions.clone()
+        steps = engine.along(x, directions)
+        assert torch.equal(directions, kept)
+        for k, (step, _) in enumerate(steps):  # the first face reached along d: min over z·ż < 0 of −z/ż
+            z, rate = torch.func.jvp(lambda point: faces_of(model, point), (x[k : k + 1],), (directions[k : k + 1],))
+            ahead = z * rate < 0
+            assert step == pytest.approx((-z[ahead] / rate[ahead]).min().item(), rel=1e-9)
+        for k, result in enumerate(engine.run(x)):
+            assert relative_error(result.radius["linf"], reference_radii(model, x[k : k + 1])["linf"]) < 1e-9
