@@ -33,7 +33,7 @@ import statistics
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 
 import lrcert
+from lrcert import devices
 from lrcert.devices import exact_float32
 from lrcert.engine import Engine
 
@@ -57,6 +58,7 @@ class Workload:
     network: lrcert.Network  # for lrcert
     inputs: torch.Tensor
     kind: str  # "mlp" or "conv"
+    not_run: dict[str, str] = field(default_factory=dict)  # baseline -> why it is not run (measured)
 
 
 # ------------------------------------------------------------------------------------------ workloads
@@ -105,6 +107,21 @@ def wide_conv(n: int) -> Workload:
     return Workload("conv_3x64x64", module, lrcert.from_module(module, (3, 64, 64)), x, "conv")
 
 
+def resnet18_32(n: int) -> Workload:
+    """torchvision's ResNet-18 on 3×32×32 inputs (random weights, set batch-norm statistics, as in
+    large.py); its ReLUs made out-of-place so the baselines' hooks see the pre-activations."""
+    from large import resnet
+
+    module, _ = resnet("resnet18", 32)
+    for m in module.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    x = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    network = lrcert.from_module(module, (3, 32, 32))
+    too_big = {"jacrev": "out of memory: more than 24 GB for one input (measured: killed on a 24 GB machine)"}
+    return Workload("resnet18_3x32x32", module, network, x, "conv", too_big)
+
+
 def shared(name: str, kind: str, n: int) -> Callable[[], Workload]:
     def make() -> Workload:
         import onnx
@@ -127,19 +144,35 @@ def workloads(n_mlp: int, n_other: int, n_big: int) -> dict[str, Callable[[], Wo
         "oval21_cifar_base_kw": shared("oval21_cifar_base_kw", "conv", n_other),
         "cifar10_resnet_2b": shared("cifar10_resnet_2b", "conv", n_other),
         "conv_3x64x64": lambda: wide_conv(n_big),
+        "resnet18_3x32x32": lambda: resnet18_32(n_big),
     }
 
 
 # ------------------------------------------------------------------------------------------ methods
 
 
+def _pool_faces(pool: nn.MaxPool2d, z: torch.Tensor) -> torch.Tensor:
+    """A max-pool's faces at its input ``z``: each window's maximum minus every element of the
+    window (padding gives +inf), flattened per input."""
+    assert not pool.ceil_mode, "the baselines' max-pool faces cover floor mode only"
+    k, s, p = (nn.modules.utils._pair(v) for v in (pool.kernel_size, pool.stride or pool.kernel_size, pool.padding))
+    padded = nn.functional.pad(z, (p[1], p[1], p[0], p[0]), value=-math.inf)
+    windows = nn.functional.unfold(padded, k, dilation=pool.dilation, stride=s).unflatten(1, (z.shape[1], -1))
+    return (windows.amax(dim=2, keepdim=True) - windows).reshape(len(z), -1)
+
+
 def _faces(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """All ReLU pre-activations of ``module`` at ``x``, flattened per input: (B, units)."""
+    """All faces of ``module`` at ``x``, flattened per input: (B, faces): the ReLUs'
+    pre-activations, and the max-pools' window differences."""
     captured = []
     hooks = [
         m.register_forward_pre_hook(lambda m, args: captured.append(args[0].reshape(args[0].shape[0], -1)))
         for m in module.modules()
         if isinstance(m, nn.ReLU)
+    ] + [
+        m.register_forward_pre_hook(lambda m, args: captured.append(_pool_faces(m, args[0])))
+        for m in module.modules()
+        if isinstance(m, nn.MaxPool2d)
     ]
     try:
         module(x)
@@ -195,8 +228,9 @@ def lrcert_engine(engine: Engine):
 
 #: jacrev's documented ``chunk_size``: how many vector-Jacobian products run at once.
 JACREV_CHUNK = 512
-#: A baseline whose estimated memory exceeds this is reported as out of memory instead of run.
-MEMORY_CAP = 8 << 30
+#: A baseline whose estimated memory exceeds this is reported as out of memory instead of run:
+#: half the machine's memory (4 × the engine's CPU state budget), at least 8 GB.
+MEMORY_CAP = max(8 << 30, 4 * devices.cpu_state_budget())
 #: Per-neuron autograd is left out above this many neurons (it would run for tens of minutes).
 AUTOGRAD_MAX_UNITS = 20_000
 
@@ -295,7 +329,7 @@ def check_agreement(w: Workload, methods: dict, n: int, device: str) -> dict[str
         x = w.inputs[:n].to(device, dtype)
         module = w.module.to(device, dtype)
         expected = lrcert_engine(Engine(w.network, device=device, dtype=dtype, predictions=False))(w, x)
-        got = method(Workload(w.name, module, w.network, x, w.kind), x)
+        got = method(Workload(w.name, module, w.network, x, w.kind, w.not_run), x)
         worst = 0.0
         for p in NORMS:
             a, b = got[p].cpu().double(), expected[p].cpu().double()
@@ -312,12 +346,12 @@ def check_agreement(w: Workload, methods: dict, n: int, device: str) -> dict[str
 def run_workload(w: Workload, args, throughput: float) -> dict:
     device = args.device
     baselines = {k: v for k, v in BASELINES.items() if k in args.baselines}
-    agreement = check_agreement(w, baselines, n=2 if w.network.units * w.network.input_size < 5e7 else 1, device=device)
+    agreement = check_agreement(w, baselines, n=2 if faces(w) * w.network.input_size < 5e7 else 1, device=device)
     not_run = {k: _fits(k, w, 1, 4) or "does not fit in memory" for k in baselines if k not in agreement}
     baselines = {k: v for k, v in baselines.items() if k in agreement}
     module = w.module.float().to(device)
     x = w.inputs.float().to(device)
-    w = Workload(w.name, module, w.network, x, w.kind)
+    w = Workload(w.name, module, w.network, x, w.kind, w.not_run)
     engine = Engine(w.network, device=device, dtype=torch.float32, predictions=False)  # ε̂, the baselines' job
     row = {"workload": w.name, "inputs": len(x), "agreement": agreement, "not_run": not_run, "methods": {}}
 
@@ -369,23 +403,28 @@ def run_workload(w: Workload, args, throughput: float) -> dict:
     return row
 
 
+def faces(w: Workload) -> int:
+    """Faces per input: what the baselines take a gradient of (ReLU units, max-pool window elements)."""
+    return sum(layer.face_count for layer in w.network.layers if isinstance(layer, lrcert.ir.Nonlinearity))
+
+
 def _baseline_inputs(name: str, w: Workload, n: int) -> int:
     """How many inputs a baseline is timed on (its cost is linear in them, so inputs/s compare).
 
     Per-neuron autograd runs one backward pass per neuron: enough inputs to amortise it, few
-    enough to finish in minutes. jacrev/jacfwd hold the whole Jacobian, units × D per input:
+    enough to finish in minutes. jacrev/jacfwd hold the whole Jacobian, faces × D per input:
     keep it near 1 GB.
     """
     if name == "autograd":
-        return max(1, min(n, 64, 50_000 // w.network.units))
-    per_input = w.network.units * w.network.input_size * 4
+        return max(1, min(n, 64, 50_000 // faces(w)))
+    per_input = faces(w) * w.network.input_size * 4
     return max(1, min(n, (1 << 30) // per_input))
 
 
 def estimated_bytes(name: str, w: Workload, n: int, itemsize: int) -> int:
     """Rough memory a baseline needs for ``n`` inputs: activations per vmapped row plus the Jacobian."""
     activations = sum(layer.size for layer in w.network.layers)
-    jacobian = 4 * w.network.units * w.network.input_size  # the result, its pieces, the norms' temporaries
+    jacobian = 3 * faces(w) * w.network.input_size  # the result and the norms' temporaries (2× measured)
     if name == "autograd":
         return 3 * n * activations * itemsize
     if name == "jacrev":
@@ -395,9 +434,11 @@ def estimated_bytes(name: str, w: Workload, n: int, itemsize: int) -> int:
 
 def _fits(name: str, w: Workload, n: int, itemsize: int) -> str | None:
     """Why baseline ``name`` cannot run on ``n`` inputs (memory, or hours of per-neuron passes), or None."""
-    if name == "autograd" and w.network.units > AUTOGRAD_MAX_UNITS:
+    if name in w.not_run:
+        return w.not_run[name]
+    if name == "autograd" and faces(w) > AUTOGRAD_MAX_UNITS:
         return (
-            f"not run: one backward pass per neuron, {w.network.units} neurons (tens of minutes); "
+            f"not run: one backward pass per face, {faces(w)} faces (tens of minutes); "
             "jacrev is the same computation, batched"
         )
     need = estimated_bytes(name, w, n, itemsize)
@@ -425,7 +466,7 @@ def main(argv=None) -> int:
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=list(BASELINES))
     parser.add_argument("--mlp-inputs", type=int, default=512)
     parser.add_argument("--other-inputs", type=int, default=256)
-    parser.add_argument("--big-inputs", type=int, default=32, help="timed inputs of conv_3x64x64 (minutes each)")
+    parser.add_argument("--big-inputs", type=int, default=32, help="timed inputs of conv_3x64x64 and resnet18_3x32x32 (minutes each)")
     parser.add_argument("--memory-inputs", type=int, default=256, help="inputs of the peak-memory runs")
     parser.add_argument("--no-memory", action="store_true", help="skip the forked peak-memory runs")
     parser.add_argument("--no-scaling", action="store_true")

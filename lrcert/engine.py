@@ -193,6 +193,8 @@ class Engine:
         self.read = {j for i in self.order for j in network.layers[i].inputs}  # layers whose tangent is used
         self.prefix = self._prefix()
         self.suffix = [i for i in self.order if i not in self.prefix]
+        #: One fused reduction per dual norm (GPU), or |g| shared by the sum and the max (CPU).
+        self.fused_norms = self.device.type == "cuda"
         self.memory_bytes = memory_bytes or devices.memory_budget(self.device)
         directions = self._directions_per_pass()
         skip_inactive = skip_inactive and self.device.type == "cpu" and (
@@ -216,8 +218,6 @@ class Engine:
         self.progress = progress
         self.predictions = predictions  # the prediction radius (lrcert.prediction) beside ε̂
         self.adversarial_norm = adversarial_norm if predictions else None  # and x* for this norm
-        #: One fused reduction per dual norm (GPU), or |g| shared by the sum and the max (CPU).
-        self.fused_norms = self.device.type == "cuda"
         #: Whether batches are screened first (:mod:`lrcert.screen`). It stops for the rest of a
         #: run after a batch whose inputs mostly had to go the dense way (the bounds are loose on
         #: that network): screening them cost a little and saved nothing.
@@ -328,22 +328,25 @@ class Engine:
         return (faces * (3 + len(self.norms)) + 2 * activations) * itemsize + 3 * 8 * faces + screening
 
     def peak_elements_per_row(self) -> int:
-        """Largest number of tangent elements alive at once, per (input, direction) row."""
+        """Largest number of tangent elements alive at once, per (input, direction) row: the live
+        tangents, a layer's temporaries (a max-pool's padded input and face gradients, a slope
+        product), and on a CPU the face statistics' reused buffer (the most face gradients)."""
         layers = self.network.layers
         live = {0: self.network.input_size}
         peak = live[0]
+        faces = [layers[i].face_count for i in self.order if isinstance(layers[i], ir.Nonlinearity)]
+        scratch = 0 if self.fused_norms else max(faces, default=0)
         for i in self.order:
             layer = layers[i]
             inputs = sum(layers[j].size for j in set(layer.inputs))
             if isinstance(layer, ir.MaxPool2d):
-                windows = layer.size * layer.window_size
-                transient = 3 * windows
+                transient = 2 * inputs + layer.face_count
             elif isinstance(layer, ir.Nonlinearity):
-                transient = 2 * inputs
+                transient = inputs
             else:
                 transient = 0
             live[i] = layer.size
-            peak = max(peak, sum(live.values()) + transient)
+            peak = max(peak, sum(live.values()) + transient + scratch)
             for j in set(layer.inputs):
                 if self.last_use.get(j) == i:
                     live.pop(j, None)
