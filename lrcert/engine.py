@@ -56,6 +56,8 @@ GATHER_COST = 200
 PRECISION_MARGIN = 1000
 #: Below this many directions per pass, the fixed cost of gathering per pass outweighs the saving.
 MIN_SKIP_DIRECTIONS = 256
+#: Matrix products shorter than this many rows take more inputs at once where they fit (CPU).
+STAGE_ROWS = 4096
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,7 @@ class Engine:
         self.sparse = {  # ReLU → most active units at which skipping the inactive ones still pays
             i: self._skip_limit(i) for i in self.nonlinear if skip_inactive and self._feeds_only_dense(i)
         }
+        self.stages = self._stages()
         reach = self._sparse_reach(set(self.sparse))
         self.transposed = {  # Wᵀ of the dense layers fed by those ReLUs: rows gather fast
             j: layer.weight.t().contiguous()
@@ -331,11 +334,14 @@ class Engine:
         """Largest number of tangent elements alive at once, per (input, direction) row: the live
         tangents, a layer's temporaries (a max-pool's padded input and face gradients, a slope
         product), and on a CPU the face statistics' reused buffer (the most face gradients)."""
+        return int((max(self._row_peaks()) + self._scratch_elements(self.order)) * 1.25) + 1
+
+    def _row_peaks(self) -> list[int]:
+        """Per layer of ``self.order``: the tangent elements alive while it runs, per row (the
+        reduction buffer aside)."""
         layers = self.network.layers
         live = {0: self.network.input_size}
-        peak = live[0]
-        faces = [layers[i].face_count for i in self.order if isinstance(layers[i], ir.Nonlinearity)]
-        scratch = 0 if self.fused_norms else max(faces, default=0)
+        peaks = []
         for i in self.order:
             layer = layers[i]
             inputs = sum(layers[j].size for j in set(layer.inputs))
@@ -346,11 +352,39 @@ class Engine:
             else:
                 transient = 0
             live[i] = layer.size
-            peak = max(peak, sum(live.values()) + transient + scratch)
+            peaks.append(sum(live.values()) + transient)
             for j in set(layer.inputs):
                 if self.last_use.get(j) == i:
                     live.pop(j, None)
-        return int(peak * 1.25) + 1
+        return peaks or [self.network.input_size]
+
+    def _scratch_elements(self, walk: Sequence[int]) -> int:
+        """The CPU reduction buffer's elements per row for the layers ``walk``: their most faces."""
+        faces = [self.network.layers[i].face_count for i in walk if isinstance(self.network.layers[i], ir.Nonlinearity)]
+        return 0 if self.fused_norms else max(faces, default=0)
+
+    def _stages(self) -> list[tuple[int, int]]:
+        """``[(layer, m), ...]``: from ``layer`` on, the layers take ``m`` times the inputs of the
+        stage before in one pass. A stage starts where the tangents have shrunk so that at least
+        twice the inputs fit in a pass's working set and the layer's matrix products would be
+        short (under STAGE_ROWS rows: directions × inputs × positions of its output), as in
+        ResNets' deeper stages; bigger products reuse each weight more. None on a GPU (its passes
+        take whole batches) or with inactive units skipped (one input at a time)."""
+        if self.device.type == "cuda" or self.sparse:
+            return []
+        layers, directions = self.network.layers, self._directions_per_pass()
+        peaks = self._row_peaks()
+        total = max(peaks) + self._scratch_elements(self.order)
+        stages, inputs = [], 1  # inputs per pass, in groups
+        for position, i in enumerate(self.order):
+            if i in self.prefix or position == 0:
+                continue
+            fit = total // (max(peaks[position:]) + self._scratch_elements(self.order[position:]))
+            rows = directions * inputs * math.prod(layers[i].shape[2:])
+            if fit >= 2 * inputs and rows < STAGE_ROWS:
+                stages.append((i, fit // inputs))
+                inputs = fit // inputs * inputs
+        return stages
 
     # ----------------------------------------------------------------------------------- running
 
@@ -607,7 +641,8 @@ class _Region:
 
         Shared seeds (the identity) make every layer before the first nonlinearity the same for
         all inputs: that prefix is computed once, the rest in groups of ``group`` inputs, small
-        enough to stay in cache. The layers and frozen slopes are taken in the seeds' dtype
+        enough to stay in cache, and from each of ``Engine.stages`` on, several of the stage
+        before's groups together. The layers and frozen slopes are taken in the seeds' dtype
         (under ``dtype="auto"``: float32 for the identity, float64 for a direction).
         """
         engine = self.engine
@@ -622,43 +657,69 @@ class _Region:
                 self._face_gradients(i, slice(None), base[layers[i].inputs[0]].flatten(2), accumulate)
             read_later = {j for i in engine.suffix for j in layers[i].inputs}
             base = {j: t for j, t in base.items() if j in read_later}
-        for start in range(0, self.batch, group):
-            rows = slice(start, min(start + group, self.batch))
-            tangents = dict(base) if shared else {0: seeds[rows]}
-            for i in engine.suffix if shared else engine.order:
-                layer = layers[i]
-                ins = [tangents[j] for j in layer.inputs]
-                if isinstance(ins[0], _ActiveColumns):
-                    tangents[i] = ins[0].through(layer, engine.transposed.get(i))
-                elif isinstance(layer, ir.Affine):
-                    tangents[i] = layer.apply(ins, offset=False)
-                elif isinstance(layer, ir.MaxPool2d):
-                    winner = self._winner_tangent(i, rows, ins[0])
-                    windows = layer.window_view(ins[0], 0.0)
-                    faces = winner.new_empty(*winner.shape[:-1], *windows.shape[-4:])  # in window order, not the view's
-                    torch.sub(winner.unflatten(-1, (1, 1, *layer.shape[-2:])), windows, out=faces)
-                    self._face_gradients(i, rows, faces.flatten(2), accumulate)
-                    tangents[i] = winner.reshape(*winner.shape[:2], *layer.shape)
-                elif isinstance(layer, ir.Maximum):
-                    self._face_gradients(i, rows, layer.faces(*ins), accumulate)
-                    if i in engine.read:
-                        tangents[i] = layer.select(self.first_wins[i][rows].unsqueeze(1), *ins)
-                else:
-                    if not (shared and i in engine.entries):
-                        self._face_gradients(i, rows, ins[0].flatten(2), accumulate)
-                    if i in engine.read:  # (no layer reads the last nonlinearity's tangent: only its faces count)
-                        one = rows.stop - rows.start == 1 and tangent_dtype
-                        active = self.active[i][rows.start] if i in self.active and one else None
-                        if active is not None:
-                            tangents[i] = _ActiveColumns(torch.index_select(ins[0].flatten(2), 2, active), active)
-                        else:
-                            gain = self._gain(i, seeds.dtype)[rows].unsqueeze(1)
-                            owned = self._sole_reader(i, layer.inputs[0], tangents, [seeds, *base.values()])
-                            tangents[i] = ins[0].mul_(gain) if owned and len(gain) == len(ins[0]) else gain * ins[0]
-                for j in set(layer.inputs):
-                    if engine.last_use.get(j) == i:
-                        tangents.pop(j, None)
+        walk = engine.suffix if shared else engine.order
+        cuts = [walk.index(i) for i, _ in engine.stages if shared and i in walk]
+        merges = [m for i, m in engine.stages if shared and i in walk]
+        segments = [walk[a:b] for a, b in zip([0, *cuts], [*cuts, len(walk)])]
+        spans = [group]
+        for m in merges:
+            spans.append(spans[-1] * m)
+        kept = [seeds, *base.values()]
 
+        def stage(k: int, rows: slice) -> dict:
+            """Push inputs ``rows`` through segments 0…k; the tangents alive after segment k."""
+            if k == 0:
+                tangents = dict(base) if shared else {0: seeds[rows]}
+            else:  # the inputs of the stage before, a span at a time, together
+                parts = [stage(k - 1, slice(a, min(a + spans[k - 1], rows.stop))) for a in range(rows.start, rows.stop, spans[k - 1])]
+                tangents = {j: t if t is base.get(j) else torch.cat([part[j] for part in parts]) for j, t in parts[0].items()}
+            self._walk(segments[k], tangents, rows, seeds.dtype, shared, kept, accumulate)
+            return tangents
+
+        for start in range(0, self.batch, spans[-1]):
+            stage(len(segments) - 1, slice(start, min(start + spans[-1], self.batch)))
+
+    def _walk(
+        self, walk: Sequence[int], tangents: dict, rows: slice, dtype: torch.dtype, shared: bool, kept: list, accumulate: bool
+    ) -> None:
+        """Push the tangents of inputs ``rows`` through layers ``walk``, in place in ``tangents``
+        (``shared``: seeds common to all inputs; ``kept``: tensors never to overwrite)."""
+        engine = self.engine
+        tangent_dtype = dtype == engine.dtype
+        layers = (engine.tangent_network if tangent_dtype else self.network).layers
+        for i in walk:
+            layer = layers[i]
+            ins = [tangents[j] for j in layer.inputs]
+            if isinstance(ins[0], _ActiveColumns):
+                tangents[i] = ins[0].through(layer, engine.transposed.get(i))
+            elif isinstance(layer, ir.Affine):
+                tangents[i] = layer.apply(ins, offset=False)
+            elif isinstance(layer, ir.MaxPool2d):
+                winner = self._winner_tangent(i, rows, ins[0])
+                windows = layer.window_view(ins[0], 0.0)
+                faces = winner.new_empty(*winner.shape[:-1], *windows.shape[-4:])  # in window order, not the view's
+                torch.sub(winner.unflatten(-1, (1, 1, *layer.shape[-2:])), windows, out=faces)
+                self._face_gradients(i, rows, faces.flatten(2), accumulate)
+                tangents[i] = winner.reshape(*winner.shape[:2], *layer.shape)
+            elif isinstance(layer, ir.Maximum):
+                self._face_gradients(i, rows, layer.faces(*ins), accumulate)
+                if i in engine.read:
+                    tangents[i] = layer.select(self.first_wins[i][rows].unsqueeze(1), *ins)
+            else:
+                if not (shared and i in engine.entries):  # (done once for all inputs in push)
+                    self._face_gradients(i, rows, ins[0].flatten(2), accumulate)
+                if i in engine.read:  # (no layer reads the last nonlinearity's tangent: only its faces count)
+                    one = rows.stop - rows.start == 1 and tangent_dtype
+                    active = self.active[i][rows.start] if i in self.active and one else None
+                    if active is not None:
+                        tangents[i] = _ActiveColumns(torch.index_select(ins[0].flatten(2), 2, active), active)
+                    else:
+                        gain = self._gain(i, dtype)[rows].unsqueeze(1)
+                        owned = self._sole_reader(i, layer.inputs[0], tangents, kept)
+                        tangents[i] = ins[0].mul_(gain) if owned and len(gain) == len(ins[0]) else gain * ins[0]
+            for j in set(layer.inputs):
+                if engine.last_use.get(j) == i:
+                    tangents.pop(j, None)
 
     def _sole_reader(self, i: int, j: int, tangents: dict, kept: list[Tensor]) -> bool:
         """Whether layer ``i`` may overwrite tangent ``j`` instead of allocating its own: it is

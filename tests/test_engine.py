@@ -390,3 +390,41 @@ def test_frozen_slopes_overwrite_only_tangents_nobody_else_reads():
             assert step == pytest.approx((-z[ahead] / rate[ahead]).min().item(), rel=1e-9)
         for k, result in enumerate(engine.run(x)):
             assert relative_error(result.radius["linf"], reference_radii(model, x[k : k + 1])["linf"]) < 1e-9
+
+
+class _LargestConvolution(TorchDispatchMode):
+    """The most rows (batch entries) any convolution or matrix product was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func).startswith(("aten.convolution", "aten.mm", "aten.bmm")):
+            self.rows = max(self.rows, args[0].shape[0])
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", ["convnet", "pools"])
+def test_deeper_stages_take_several_groups_of_inputs_at_once_with_identical_radii(name):
+    """Where the tangents have shrunk, the CPU engine pushes several groups of inputs through the
+    deeper layers together: the radii and binding faces are those of one group at a time, and of
+    the independent reference."""
+    make, shape = NETWORKS[name]
+    model = make().double().eval()
+    network = lrcert.from_module(model, shape)
+    x = torch.randn(7, *shape, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    memory = network.input_size * 600  # a few directions and one input per pass
+    staged = Engine(network, dtype=torch.float64, memory_bytes=memory, screen=False)
+    plan = staged.plan(len(x))
+    assert staged.stages and plan.group == 1 and plan.directions_per_pass < network.input_size
+    flat = Engine(network, dtype=torch.float64, memory_bytes=memory, screen=False)
+    flat.stages = []
+    with _LargestConvolution() as largest:
+        together = staged.run(x)
+    assert largest.rows > plan.directions_per_pass * plan.group  # the deeper layers did take more inputs
+    for a, b, k in zip(together, flat.run(x), range(len(x))):
+        assert a.radius == pytest.approx(b.radius, rel=1e-12)
+        assert a.binding == b.binding
+        expected = reference_radii(model, x[k : k + 1])
+        assert all(relative_error(a.radius[p], expected[p]) < 1e-9 for p in ("l1", "l2", "linf"))
