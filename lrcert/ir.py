@@ -179,8 +179,12 @@ class Convolution(Affine):
 
     @property
     def pointwise(self) -> bool:
-        """A 1×1 convolution without padding or groups: a matrix product over channels."""
-        return not self.transposed and self.groups == 1 and set(self.weight.shape[2:]) == {1} and not any(self.padding)
+        """A 1×1 convolution without padding or groups, on a CPU: a matrix product over channels
+        there (GPUs keep their convolution, whose speed was measured)."""
+        return (
+            self.weight.device.type == "cpu" and not self.transposed and self.groups == 1
+            and set(self.weight.shape[2:]) == {1} and not any(self.padding)
+        )
 
     def _pointwise(self, x: Tensor, bias: Tensor | None) -> Tensor:
         """y = W·x per output position (x subsampled by the stride first), as matrix products

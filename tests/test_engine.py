@@ -3,6 +3,7 @@ computation on random networks, and sound and tight by sampling."""
 
 from __future__ import annotations
 
+import collections
 import math
 
 import pytest
@@ -347,15 +348,18 @@ def test_cpu_batches_hold_no_more_input_state_than_the_memory_budget(monkeypatch
         assert a.radius == pytest.approx(b.radius, rel=1e-12) and a.pattern == b.pattern
 
 
-class _CountCalls(TorchDispatchMode):
-    """Counts calls of one aten operator."""
+class _Calls(TorchDispatchMode):
+    """Per aten operator: how often it ran, and the most rows (first-argument entries) it got."""
 
-    def __init__(self, name: str):
+    def __init__(self):
         super().__init__()
-        self.name, self.calls = name, 0
+        self.count, self.rows = collections.Counter(), collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.calls += str(func) == self.name
+        name = str(func)
+        self.count[name] += 1
+        if args and isinstance(args[0], torch.Tensor) and args[0].dim():
+            self.rows[name] = max(self.rows[name], args[0].shape[0])
         return func(*args, **(kwargs or {}))
 
 
@@ -367,9 +371,9 @@ def test_frozen_slopes_overwrite_only_tangents_nobody_else_reads():
     make, shape = NETWORKS["convnet"]
     model = make().double().eval()
     x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    with _CountCalls("aten.mul_.Tensor") as counter:
+    with _Calls() as calls:
         results = lrcert.certify(model, x, dtype=torch.float64, screen=False)
-    assert counter.calls > 0
+    assert calls.count["aten.mul_.Tensor"] > 0
     for k, result in enumerate(results):
         assert relative_error(result.radius["l2"], reference_radii(model, x[k : k + 1])["l2"]) < 1e-9
 
@@ -392,19 +396,6 @@ def test_frozen_slopes_overwrite_only_tangents_nobody_else_reads():
             assert relative_error(result.radius["linf"], reference_radii(model, x[k : k + 1])["linf"]) < 1e-9
 
 
-class _LargestConvolution(TorchDispatchMode):
-    """The most rows (batch entries) any convolution or matrix product was given."""
-
-    def __init__(self):
-        super().__init__()
-        self.rows = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if str(func).startswith(("aten.convolution", "aten.mm", "aten.bmm")):
-            self.rows = max(self.rows, args[0].shape[0])
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("name", ["convnet", "pools"])
 def test_deeper_stages_take_several_groups_of_inputs_at_once_with_identical_radii(name):
     """Where the tangents have shrunk, the CPU engine pushes several groups of inputs through the
@@ -420,9 +411,10 @@ def test_deeper_stages_take_several_groups_of_inputs_at_once_with_identical_radi
     assert staged.stages and plan.group == 1 and plan.directions_per_pass < network.input_size
     flat = Engine(network, dtype=torch.float64, memory_bytes=memory, screen=False)
     flat.stages = []
-    with _LargestConvolution() as largest:
+    with _Calls() as calls:
         together = staged.run(x)
-    assert largest.rows > plan.directions_per_pass * plan.group  # the deeper layers did take more inputs
+    products = [rows for name, rows in calls.rows.items() if name.startswith(("aten.convolution", "aten.mm", "aten.bmm"))]
+    assert max(products) > plan.directions_per_pass * plan.group  # the deeper layers did take more inputs
     for a, b, k in zip(together, flat.run(x), range(len(x))):
         assert a.radius == pytest.approx(b.radius, rel=1e-12)
         assert a.binding == b.binding
