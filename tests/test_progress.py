@@ -82,13 +82,13 @@ def _stderr_on_a_terminal(command: list[str], interrupt: bool = False) -> tuple[
 
 
 def test_the_bar_moves_within_a_single_input(tmp_path):
-    model, data = _export(tmp_path, 8, 32)
+    model, data = _export(tmp_path, 8, 48)  # one input: about a second of tangent passes on two cores
     code, stderr, _ = _stderr_on_a_terminal([sys.executable, "-m", "lrcert", "certify", str(model), str(data),
                                              "--dtype", "float32", "-f", "jsonl"])
     assert code == 0, stderr[-2000:]
     frames = {line.split("directions")[0][-40:] for line in stderr.split("certifying") if "0 of 1 inputs" in line}
     assert len(frames) >= 3, frames  # several counts of directions pushed before the input is done
-    assert "of 3,072 directions" in stderr and "certified 1 inputs" in stderr
+    assert "of 6,912 directions" in stderr and "certified 1 inputs" in stderr
 
 
 def test_ctrl_c_stops_a_single_large_input_cleanly(tmp_path):
