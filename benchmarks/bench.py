@@ -346,7 +346,7 @@ def check_agreement(w: Workload, methods: dict, n: int, device: str) -> dict[str
 def run_workload(w: Workload, args, throughput: float) -> dict:
     device = args.device
     baselines = {k: v for k, v in BASELINES.items() if k in args.baselines}
-    agreement = check_agreement(w, baselines, n=2 if faces(w) * w.network.input_size < 5e7 else 1, device=device)
+    agreement = check_agreement(w, baselines, n=2 if w.network.faces * w.network.input_size < 5e7 else 1, device=device)
     not_run = {k: _fits(k, w, 1, 4) or "does not fit in memory" for k in baselines if k not in agreement}
     baselines = {k: v for k, v in baselines.items() if k in agreement}
     module = w.module.float().to(device)
@@ -403,11 +403,6 @@ def run_workload(w: Workload, args, throughput: float) -> dict:
     return row
 
 
-def faces(w: Workload) -> int:
-    """Faces per input: what the baselines take a gradient of (ReLU units, max-pool window elements)."""
-    return sum(layer.face_count for layer in w.network.layers if isinstance(layer, lrcert.ir.Nonlinearity))
-
-
 def _baseline_inputs(name: str, w: Workload, n: int) -> int:
     """How many inputs a baseline is timed on (its cost is linear in them, so inputs/s compare).
 
@@ -416,15 +411,15 @@ def _baseline_inputs(name: str, w: Workload, n: int) -> int:
     keep it near 1 GB.
     """
     if name == "autograd":
-        return max(1, min(n, 64, 50_000 // faces(w)))
-    per_input = faces(w) * w.network.input_size * 4
+        return max(1, min(n, 64, 50_000 // w.network.faces))
+    per_input = w.network.faces * w.network.input_size * 4
     return max(1, min(n, (1 << 30) // per_input))
 
 
 def estimated_bytes(name: str, w: Workload, n: int, itemsize: int) -> int:
     """Rough memory a baseline needs for ``n`` inputs: activations per vmapped row plus the Jacobian."""
     activations = sum(layer.size for layer in w.network.layers)
-    jacobian = 3 * faces(w) * w.network.input_size  # the result and the norms' temporaries (2× measured)
+    jacobian = 3 * w.network.faces * w.network.input_size  # the result and the norms' temporaries (2× measured)
     if name == "autograd":
         return 3 * n * activations * itemsize
     if name == "jacrev":
@@ -436,9 +431,9 @@ def _fits(name: str, w: Workload, n: int, itemsize: int) -> str | None:
     """Why baseline ``name`` cannot run on ``n`` inputs (memory, or hours of per-neuron passes), or None."""
     if name in w.not_run:
         return w.not_run[name]
-    if name == "autograd" and faces(w) > AUTOGRAD_MAX_UNITS:
+    if name == "autograd" and w.network.faces > AUTOGRAD_MAX_UNITS:
         return (
-            f"not run: one backward pass per face, {faces(w)} faces (tens of minutes); "
+            f"not run: one backward pass per face, {w.network.faces} faces (tens of minutes); "
             "jacrev is the same computation, batched"
         )
     need = estimated_bytes(name, w, n, itemsize)

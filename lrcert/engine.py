@@ -323,9 +323,8 @@ class Engine:
         rounding scales and gradient statistics (float64 copies while results are assembled), the
         activations of the value and magnitude passes, and when screening each face's float64
         floor per norm, a masked copy of them and a mask."""
-        layers = self.network.layers
-        faces = sum(layers[i].face_count for i in self.nonlinear)
-        activations = sum(layer.size for layer in layers)
+        faces = self.network.faces
+        activations = sum(layer.size for layer in self.network.layers)
         itemsize = torch.finfo(self.value_dtype).bits // 8
         screening = 17 * len(self.norms) * faces if self.screening else 0
         return (faces * (3 + len(self.norms)) + 2 * activations) * itemsize + 3 * 8 * faces + screening
@@ -754,20 +753,21 @@ class _Region:
                 self.rates[i] = torch.zeros(self.batch, g.shape[2], dtype=g.dtype, device=g.device)
             self.rates[i][rows] = g[:, 0, :]
             return
-        norms = None if self.engine.fused_norms else self._cpu_norms(g)
+        norms = self._fused_norms(g) if self.engine.fused_norms else self._cpu_norms(g)
         for p in self.engine.norms:
             if (i, p) not in self.stats:
                 self.stats[(i, p)] = torch.zeros(self.batch, g.shape[2], dtype=g.dtype, device=g.device)
             target = self.stats[(i, p)][rows]
-            if norms is None:
-                norm = torch.linalg.vector_norm(g, ir.DUAL_ORDER[p], dim=1)
-                norm = norm.square() if p == "l2" else norm
-            else:
-                norm = norms[p]
             if p == "l1":
-                torch.maximum(target, norm, out=target)
+                torch.maximum(target, norms[p], out=target)
             else:
-                target += norm
+                target += norms[p]
+
+    def _fused_norms(self, g: Tensor) -> dict[str, Tensor]:
+        """The GPU's per-face statistics of ``g`` over its K directions: one fused reduction
+        (one read of g) per norm."""
+        norms = {p: torch.linalg.vector_norm(g, ir.DUAL_ORDER[p], dim=1) for p in self.engine.norms}
+        return norms | ({"l2": norms["l2"].square()} if "l2" in norms else {})
 
     def _cpu_norms(self, g: Tensor) -> dict[str, Tensor]:
         """The CPU's per-face statistics of ``g`` over its K directions, through one reused

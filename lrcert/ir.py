@@ -694,6 +694,11 @@ class Network:
         """Nonlinear units: ReLU/LeakyReLU units plus max-pool outputs."""
         return sum(self.layers[i].size for i in self.nonlinear)
 
+    @property
+    def faces(self) -> int:
+        """Faces per input: every nonlinear layer's (a max-pool has one per window element)."""
+        return sum(self.layers[i].face_count for i in self.nonlinear)
+
     def reverse_bytes_per_row(self, dtype: torch.dtype) -> int:
         """Memory one input's reverse pass holds in ``dtype``: its activations and their autograd
         graph, about three copies of every layer's output."""
