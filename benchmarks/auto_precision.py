@@ -9,7 +9,7 @@ within 1e-5, in practice float64 rounding), what share of inputs auto refined in
 candidate faces it reverse-passed per input, and how many inputs it reran whole. Targets (issue 12):
 auto ≤ 1.3× the float32 time on the MLPs, ≤ 2× on the conv and residual nets. The engines push
 every face's gradient (``screen=False``: the refinement is what is measured); ``--screen`` times
-the screening engines instead (lrcert.screen: auto's reverse passes are then float64 ones, and
+the screening engines instead (lrcert.engine.screen: auto's reverse passes are then float64 ones, and
 the candidate counts include screening's exact gradients).
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import bench
-from lrcert import precision
+from lrcert.engine import precision
 from lrcert.devices import exact_float32
 from lrcert.engine import Engine
 

@@ -33,7 +33,7 @@ def certify(model, x, *, norms: Sequence[str] = NORMS, directions=None, device=N
     ``dtype`` (default ``"auto"``: float64 radii at float32 speed; or torch.float32, torch.float64).
     Returns one :class:`InputResult` per row (radius per norm, binding constraint, prediction).
     ``screen=False`` takes every face's gradient instead of ruling out those that cannot bind
-    first (the same radii; see :mod:`lrcert.screen`).
+    first (the same radii; see :mod:`lrcert.engine.screen`).
     """
     import torch
 

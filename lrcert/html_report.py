@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .report import CERTIFIED_LABELS, NORM_LABELS, radii_of
+from .report import CERTIFIED_LABELS, NORM_LABELS, guarantee_text, radii_of
 
 #: How many of the inputs with the smallest radius the page lists (and pictures).
 SMALLEST = 10
@@ -90,6 +90,10 @@ def _run_section(run: dict, records: Sequence[dict], norms: Sequence[str]) -> st
         ("norms", ", ".join(norms)),
         ("dtype", options.get("dtype")),
         ("results exact to", ", ".join(f"{k}: {v}" for k, v in sorted(dtypes.items()))),
+        ("guarantee", guarantee_text(len(records), [r["guarantee"] for r in records
+                                                    if r.get("guarantee", "deterministic") != "deterministic"])),
+        ("sketch", f"{options['sketch_directions']} random directions, seed {options.get('seed')}"
+         if options.get("sketch_directions") else None),
         ("device", options.get("device")),
         ("time", f"{run['seconds']:.2f} s" if run.get("seconds") is not None else None),
         ("date", run.get("date")),

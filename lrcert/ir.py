@@ -724,15 +724,18 @@ class Network:
         x: Tensor,
         nonlinear: Callable[[int, Nonlinearity, Tensor], Tensor] | None = None,
         check_shapes: bool = False,
+        until: int | None = None,
     ) -> Tensor:
-        """Evaluate on a batch ``x`` of shape ``(B, *sample_shape)``; returns ``(B, *output_shape)``.
+        """Evaluate on a batch ``x`` of shape ``(B, *sample_shape)``; returns ``(B, *output_shape)``,
+        or with ``until`` the values of that layer, ``(B, *its shape)``, computing no further.
 
         ``nonlinear(i, layer, *z)``, when given, evaluates nonlinear layer ``i`` on its inputs ``z``
         (the engine uses it to record the activation pattern on the way).
         """
+        target = self.output if until is None else until
         values = {0: x.reshape(x.shape[0], *self.input_shape)}
         last = self.last_uses()
-        for i, layer in enumerate(self.layers[1:], 1):
+        for i, layer in enumerate(self.layers[1 : target + 1], 1):
             ins = [values[j] for j in layer.inputs]
             if isinstance(layer, Affine):
                 values[i] = layer.apply(ins)
@@ -746,9 +749,9 @@ class Network:
                     internal=True,
                 )
             for j in set(layer.inputs):
-                if last.get(j) == i and j != self.output:
+                if last.get(j) == i and j != target:
                     del values[j]
-        return values[self.output]
+        return values[target]
 
     def _check_shapes(self) -> None:
         with torch.no_grad(), exact_float32():

@@ -65,10 +65,13 @@ class Tally:
     below: dict[str, list[int]] = field(default_factory=dict)  # thresholds not met
     below_certified: dict[str, list[int]] = field(default_factory=dict)  # certified thresholds not met
     dtypes: dict[str, int] = field(default_factory=dict)  # results per precision (auto: float32 kept, float64 refined)
+    deltas: list[float] = field(default_factory=list)  # the δ of each sketched input
 
     def add(self, index: int, radius: dict[str, float], kinds: dict[str, str | None], precision_warning: bool,
-            dtype: str = "float32", certified: dict[str, float] | None = None) -> None:
+            dtype: str = "float32", certified: dict[str, float] | None = None, delta: float = 0.0) -> None:
         self.count += 1
+        if delta > 0:
+            self.deltas.append(delta)
         for p, limit in self.certified_thresholds.items():
             if (radius if certified is None else certified)[p] < limit:  # one output: certified is ε̂
                 self.below_certified.setdefault(p, []).append(index)
@@ -84,15 +87,33 @@ class Tally:
 
     def add_result(self, r: InputResult) -> None:
         kinds = {p: b.kind if b else None for p, b in r.binding.items()}
-        self.add(r.index, r.radius, kinds, r.precision_warning, r.dtype, r.certified_radius)
+        self.add(r.index, r.radius, kinds, r.precision_warning, r.dtype, r.certified_radius, r.delta)
 
     def add_record(self, record: dict) -> None:
         """A result read back from JSON (``null`` radius: unbounded)."""
         radius = radii_of(record, "radius")
         kinds = {p: b["kind"] if b else None for p, b in record["binding"].items()}
         certified = radii_of(record, "certified_radius") if record.get("certified_radius") else None
+        guarantee = record.get("guarantee", "deterministic")
         self.add(record["index"], radius, kinds, record.get("precision_warning", False), record.get("dtype", "float32"),
-                 certified)
+                 certified, 0.0 if guarantee == "deterministic" else float(guarantee))
+
+
+def guarantee_text(count: int, deltas: Sequence[float]) -> str:
+    """How sure the run's answers are: ``all 8 inputs deterministic``, or how many inputs were
+    sketched, the largest δ among them and the run's union bound Σδ.
+
+    >>> guarantee_text(4, [1e-13, 3e-13])
+    '2 of 4 inputs sketched: each exact with probability ≥ 1 − 3.0e-13, all of them ≥ 1 − 4.0e-13; the other 2 deterministic'
+    """
+    if not deltas:
+        return f"all {count} inputs deterministic" if count != 1 else "the input is deterministic"
+    rest = count - len(deltas)
+    others = f"; the other {rest} deterministic" if rest > 1 else "; the other one deterministic" if rest else ""
+    if len(deltas) == 1:
+        return f"{'the input' if count == 1 else '1 of ' + str(count) + ' inputs'} sketched: exact with probability ≥ 1 − {deltas[0]:.1e}{others}"
+    return (f"{len(deltas)} of {count} inputs sketched: each exact with probability ≥ 1 − {max(deltas):.1e}, "
+            f"all of them ≥ 1 − {math.fsum(deltas):.1e}{others}")
 
 
 def radii_of(record: dict, key: str) -> dict[str, float]:
@@ -115,6 +136,7 @@ def result_record(result: InputResult, norms: Sequence[str]) -> dict:
         "pattern": result.pattern,
         "precision_warning": result.precision_warning,
         "dtype": result.dtype,
+        "guarantee": result.guarantee,
         "prediction_radius": _radii(result.prediction_radius, norms),
         "certified_radius": _radii(result.certified_radius, norms),
         "exact_adversarial": None if result.exact_adversarial is None else {p: result.exact_adversarial[p] for p in norms},
@@ -156,7 +178,8 @@ def jsonl_lines(results: Iterable[InputResult], norms: Sequence[str]) -> Iterabl
 
 
 def csv_header(norms: Sequence[str], directional: bool) -> str:
-    columns = ["index", "prediction", *norms, *(f"binding_{p}" for p in norms), "pattern", "precision_warning", "dtype"]
+    columns = ["index", "prediction", *norms, *(f"binding_{p}" for p in norms), "pattern", "precision_warning", "dtype",
+               "guarantee"]
     columns += [f"{what}_{p}" for what in ("prediction_radius", "certified", "exact_adversarial") for p in norms]
     if directional:
         columns += ["direction", "binding_direction"]
@@ -168,7 +191,7 @@ def csv_lines(results: Iterable[InputResult], norms: Sequence[str], directional:
         row = [r.index, "" if r.prediction is None else r.prediction]
         row += [_number(r.radius[p]) for p in norms]
         row += [r.binding[p].describe() if r.binding[p] else "" for p in norms]
-        row += [r.pattern, int(r.precision_warning), r.dtype]
+        row += [r.pattern, int(r.precision_warning), r.dtype, r.guarantee if r.delta == 0 else repr(r.delta)]
         if r.prediction_radius is None:  # one output: no other class to reach
             row += [""] * (3 * len(norms))
         else:
@@ -202,8 +225,10 @@ def print_table(
     model_name: str,
     directional: bool,
     color: bool,
+    guarantee: str | None = None,
 ) -> None:
-    """The terminal view: one row per input, then the per-norm summary (paper's table layout)."""
+    """The terminal view: one row per input, then the per-norm summary (paper's table layout),
+    and how sure the answers are (``guarantee``, default :func:`guarantee_text`'s line)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -249,6 +274,8 @@ def print_table(
     console.print(totals)
     if any(any(r.exact_adversarial.values()) for r in certified):
         console.print("* the prediction radius is at most ε̂: the exact distance to another prediction", highlight=False)
+    guarantee = guarantee or "guarantee: " + guarantee_text(len(results), [r.delta for r in results if r.delta > 0])
+    console.print(guarantee, highlight=False)
 
 
 def _width(out: TextIO) -> int:

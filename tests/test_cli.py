@@ -284,3 +284,53 @@ def test_usage_errors_exit_2(mlp):
     result = invoke("certify", model, data, "--dtype", "float16")
     assert result.exit_code == 2 and "Traceback" not in result.stderr
     assert invoke("certify").exit_code == 2
+
+
+@pytest.fixture
+def deep(tmp_path):
+    """A deep MLP on 1,024 inputs, where the deterministic bounds are loose: its inputs are sketched."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(1024 if k == 0 else 48, 48) if k % 2 == 0 else torch.nn.ReLU() for k in range(14)]
+    model = torch.nn.Sequential(*layers, torch.nn.Linear(48, 3)).eval()
+    torch.onnx.export(model, (torch.zeros(1, 1024),), str(tmp_path / "deep.onnx"), dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).standard_normal((4, 1024)).astype(np.float32))
+    return tmp_path / "deep.onnx", tmp_path / "x.npy"
+
+
+def test_sketched_inputs_report_their_delta_and_the_run_its_bound(deep):
+    model, data = deep
+    result = invoke("certify", model, data, "-f", "json", "--guarantee", "1e-9", "--seed", "7")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["options"]["guarantee"] == 1e-9 and doc["options"]["seed"] == 7
+    assert doc["options"]["sketch_directions"] == 64
+    deltas = [r["guarantee"] for r in doc["results"] if r["guarantee"] != "deterministic"]
+    assert len(deltas) >= 3 and all(isinstance(d, float) and 0 < d <= 1e-9 / 4 for d in deltas), deltas
+    sketched = f"guarantee: {len(deltas)} of 4 inputs sketched: each exact with probability ≥ 1 − 2.5e-10"
+    assert sketched in result.stderr and "(64 random directions, seed 7)" in result.stderr
+    exact = invoke("certify", model, data, "-f", "json", "--guarantee", "deterministic", "--dtype", "float64")
+    same = json.loads(exact.stdout)
+    assert [r["guarantee"] for r in same["results"]] == ["deterministic"] * 4
+    assert same["options"]["guarantee"] == "deterministic" and same["options"]["sketch_directions"] is None
+    for got, want in zip(doc["results"], same["results"]):
+        for p, radius in want["radius"].items():
+            assert got["radius"][p] == pytest.approx(radius, rel=1e-9)
+    assert "guarantee: all 4 inputs deterministic" in exact.stderr
+
+
+def test_the_guarantee_in_the_table_and_csv(deep):
+    model, data = deep
+    table = invoke("certify", model, data)
+    assert "inputs sketched: each exact with probability" in table.stdout and "guarantee:" not in table.stderr
+    rows = list(csv.DictReader(io.StringIO(invoke("certify", model, data, "-f", "csv").stdout)))
+    deltas = [float(row["guarantee"]) for row in rows if row["guarantee"] != "deterministic"]
+    assert len(deltas) >= 3 and all(0 < d <= 1e-12 / 4 for d in deltas)
+    rows = list(csv.DictReader(io.StringIO(invoke("certify", model, data, "-f", "csv", "--guarantee", "deterministic").stdout)))
+    assert {row["guarantee"] for row in rows} == {"deterministic"}
+
+
+@pytest.mark.parametrize("value", ["2", "0", "-1e-3", "often", "nan"])
+def test_a_bad_guarantee_is_one_line(mlp, value):
+    model, data = mlp
+    assert_error(invoke("certify", model, data, "--guarantee", value), 2, "--guarantee", "deterministic")

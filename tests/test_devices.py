@@ -17,7 +17,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from typer.testing import CliRunner
 
 import lrcert
-from lrcert import devices, regions, screen
+from lrcert import devices, regions
+from lrcert.engine import plan as planning
+from lrcert.engine import screen
 from lrcert.cli import app
 from lrcert.engine import Engine, pattern_bytes
 from lrcert.plot import make_plane, picture
@@ -84,6 +86,28 @@ def test_certify_makes_no_tensor_on_the_default_device(make):
     assert _radii(got) == _radii(expected) == _radii(from_module_too)
     assert [r.direction for r in got] == [r.direction for r in expected]
     assert [r.pattern for r in got] == [r.pattern for r in expected]
+
+
+def many_classes() -> nn.Module:
+    from test_sketch import many_classes
+
+    return many_classes().float()
+
+
+@pytest.mark.parametrize("make", [mlp, cnn, many_classes], ids=["mlp", "cnn", "many classes"])
+def test_the_sketch_makes_no_tensor_on_the_default_device(make, monkeypatch):
+    """Every input sketched (directions drawn on the CPU, then moved), the many-class prediction
+    radius from float32 gradients and sketched error bounds included."""
+    monkeypatch.setattr(screen, "SHARE", 1.0)  # (these small inputs: as many exact gradients as needed)
+    model = make()
+    shape = (3, 8, 8) if make is many_classes else (3, 4, 4)
+    x = torch.rand(5, *shape, generator=torch.Generator().manual_seed(4))
+    network = lrcert.from_module(model, shape)
+    expected = Engine(network, sketch=True, screen=False, adversarial_norm="l2").run(x)
+    with torch.device("meta"):
+        got = Engine(network, sketch=True, screen=False, adversarial_norm="l2").run(x)
+    assert _radii(got) == _radii(expected) and all(r.delta > 0 for r in got)
+    assert [r.prediction_radius for r in got] == [r.prediction_radius for r in expected]
 
 
 @pytest.mark.parametrize("make", [mlp, cnn, affine], ids=["mlp", "cnn", "affine"])
@@ -255,6 +279,26 @@ def test_screening_waits_a_bounded_number_of_times_per_batch(make, dtype):
         assert _syncs(network, n, n, dtype=dtype) <= most, n
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, "auto"], ids=["float32", "auto"])
+@pytest.mark.parametrize("make", [mlp, cnn, many_classes], ids=["mlp", "cnn", "many classes"])
+def test_sketching_waits_a_bounded_number_of_times_per_batch(make, dtype, monkeypatch):
+    """Sketched batches wait once per round of exact gradients, once for the inputs left to the
+    sketch and once more for those it leaves, and (many classes) once for the candidate margins
+    and once for the inputs not sketched: as often for 256 inputs as for 16, never per face."""
+    monkeypatch.setattr(screen, "SHARE", 1.0)
+    shape = (3, 8, 8) if make is many_classes else (3, 4, 4)
+    network = lrcert.from_module(make(), shape)
+    most = len(network.nonlinear) + screen.rounds(network.input_size) + 4
+    counts = []
+    for n in (16, 256):
+        x = torch.rand(n, *shape, generator=torch.Generator().manual_seed(n))
+        with CountSyncs() as counter:
+            results = Engine(network, dtype=dtype, sketch=True, screen=False, batch_size=n).run(x)
+        assert all(r.delta > 0 for r in results)
+        counts.append(counter.count)
+    assert max(counts) <= most, (counts, most)
+
+
 class CountHostData(TorchDispatchMode):
     """Tensors made from Python data (``torch.tensor([...], device=...)``): on a GPU each is a copy
     from pageable host memory, which makes the host wait for all the work queued so far."""
@@ -289,8 +333,8 @@ def test_gpu_plan_fits_the_memory_budget_and_batches_by_the_thousand():
     network = lrcert.from_module(mlp(), (3, 4, 4))
     for budget in (1 << 20, 64 << 20, 32 << 30):
         engine = Engine(network, memory_bytes=budget)
-        plan = engine._gpu_plan(100_000, engine._bytes_per_row())
-        used = plan.batch_size * engine.bytes_per_input() + plan.group * plan.directions_per_pass * plan.bytes_per_row
+        plan = planning.gpu_plan(engine, 100_000, planning.bytes_per_row(engine))
+        used = plan.batch_size * planning.bytes_per_input(engine) + plan.group * plan.directions_per_pass * plan.bytes_per_row
         assert used <= budget or plan.batch_size == plan.group == 1, (budget, plan)
         assert 1 <= plan.group <= plan.batch_size
     assert plan.batch_size == 2048 and plan.directions_per_pass == 48 and plan.group == 2048  # 32 GiB: all of it

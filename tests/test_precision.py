@@ -20,9 +20,12 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import lrcert
-from lrcert import precision
+from lrcert.engine import precision
 from lrcert.cli import app
-from lrcert.engine import Engine, _Region
+from lrcert.engine import Engine
+from lrcert.engine.norms import DualNorms
+from lrcert.engine.region import Region
+from lrcert.engine.tangents import push
 from test_activations import MODELS as ACTIVATION_MODELS
 from test_engine import NETWORKS
 from test_properties import PROPERTY_SETTINGS, architectures
@@ -31,12 +34,15 @@ ALL = {**NETWORKS, **{f"activations_{k}": v for k, v in ACTIVATION_MODELS.items(
 
 
 def _region(network, x, dtype):
+    """A batch's region with every face's dual norms pushed densely (``region.norms``)."""
     engine = Engine(network, dtype=dtype, memory_bytes=1 << 26)
     plan = engine.plan(len(x))
     with torch.no_grad():
-        region = _Region(engine, x.to(engine.value_dtype))
+        region = Region(engine, x.to(engine.value_dtype))
+        region.norms = DualNorms(region.batch, engine.norms, engine.fused_norms)
         for start in range(0, network.input_size, plan.directions_per_pass):
-            region.push(engine.identity(start, min(network.input_size, start + plan.directions_per_pass)), True, plan.group)
+            seeds = engine.identity(start, min(network.input_size, start + plan.directions_per_pass))
+            push(region, seeds, region.norms, plan.group)
     return region
 
 
@@ -44,8 +50,7 @@ def _faces(region, p):
     """Every face's measured dual norm, layer by layer: (B, faces) float64."""
     out = {}
     for i in region.engine.nonlinear:
-        stat = region._per_face(i, region.stats[(i, p)].double())
-        out[i] = stat.sqrt() if p == "l2" else stat
+        out[i] = region.per_face(i, region.norms.dual(i, p))
     return out
 
 
@@ -60,10 +65,10 @@ def test_float32_dual_norms_lie_within_their_bounds(name, monkeypatch):
     auto, exact = _region(network, x, "auto"), _region(network, x, torch.float64)
     checked = 0
     for p in ("l1", "l2", "linf"):
-        bounds = precision.dual_norm_bounds(auto, p)
+        bounds = precision.dual_norm_bounds(auto, auto.norms, p)
         measured, truth = _faces(auto, p), _faces(exact, p)
         for i, bound in bounds.items():
-            low, high = precision.true_norms(auto, i, p, auto._per_face(i, bound))
+            low, high = precision.true_norms(auto, auto.norms, i, p, auto.per_face(i, bound))
             assert torch.all(low <= truth[i] * (1 + 1e-12)) and torch.all(truth[i] <= high * (1 + 1e-12)), (name, p, i)
             checked += int((measured[i] != truth[i]).sum())
     assert checked > 0  # float32 really rounded something: the bounds were put to work

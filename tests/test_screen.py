@@ -1,4 +1,4 @@
-"""Screening (lrcert.screen): the bounds hold for every face, and the screened radii are the dense
+"""Screening (lrcert.engine.screen): the bounds hold for every face, and the screened radii are the dense
 ones (float64, faces named the same) on random and real networks, whichever way each input goes."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lrcert
-from lrcert import screen
-from lrcert.engine import Engine, _Region
+from lrcert.engine import Engine, screen
+from lrcert.engine.region import Region
 from test_activations import MODELS as ACTIVATION_MODELS
 from test_engine import NETWORKS
 from test_precision import _faces, _region
@@ -26,6 +26,12 @@ ALL = {**NETWORKS, **{f"activations_{k}": v for k, v in ACTIVATION_MODELS.items(
 def _network(name):
     make, shape = ALL[name]
     return lrcert.from_module(make().double().eval(), shape), shape
+
+
+def _screened(engine, x):
+    """One batch through the deterministic screening alone: (radii, the inputs it leaves to the dense way)."""
+    region = Region(engine, x)
+    return screen.certify(region, x, screen.deterministic_floors(region))
 
 
 def _inputs(shape, n, seed):
@@ -71,9 +77,9 @@ def test_entry_norms_are_the_first_faces_exact_norms(name):
     network, shape = _network(name)
     region = _region(network, _inputs(shape, 2, 2), torch.float64)
     entry = region.engine.entry_norms(region.batch)
-    assert {i for i, _ in entry} == set(region.engine.entries)
+    assert {i for i, _ in entry} == set(region.engine.walk.entries)
     for (i, p), norms in entry.items():
-        assert torch.allclose(region._per_face(i, norms.expand(2, -1)), _faces(region, p)[i], rtol=1e-12, atol=0)
+        assert torch.allclose(region.per_face(i, norms.expand(2, -1)), _faces(region, p)[i], rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("share", [1.0, 0.2, 0.0], ids=["screened", "mixed", "dense"])
@@ -91,7 +97,7 @@ def test_a_batch_can_mix_screened_and_dense_inputs(monkeypatch):
     engine = Engine(network, dtype=torch.float64, predictions=False)
     monkeypatch.setattr(screen, "SHARE", 0.2)
     with torch.no_grad():
-        _, dense = screen.certify(_Region(engine, x), x)
+        _, dense = _screened(engine, x)
     assert 0 < int(dense.sum()) < len(x)  # the parametrized "mixed" case above really mixes
     _same_as_dense(network, x)
 
@@ -154,7 +160,7 @@ def test_real_conv_nets_are_screened_and_exact(shared_models, name):
     x = torch.from_numpy(np.load(shared_models / f"{name}.inputs.npy")[:16]).double()
     engine = Engine(network, dtype=torch.float64, predictions=False)
     with torch.no_grad():
-        _, dense = screen.certify(_Region(engine, x), x)
+        _, dense = _screened(engine, x)
     assert int(dense.sum()) <= len(x) // 2  # screening carries most of them
     _same_as_dense(network, x)
 
@@ -164,5 +170,5 @@ def test_entry_norms_wait_for_a_batch_they_pay_for(monkeypatch):
     engine = Engine(network, dtype=torch.float64)
     monkeypatch.setattr(screen, "ENTRY_WORK", screen.entry_work(engine) / 10)
     assert engine.entry_norms(4) == {}
-    assert set(engine.entry_norms(16)) == {(i, p) for i in engine.entries for p in engine.norms}
+    assert set(engine.entry_norms(16)) == {(i, p) for i in engine.walk.entries for p in engine.norms}
     assert engine.entry_norms(1) is engine.entry_norms(16)  # computed once

@@ -37,6 +37,20 @@ def parse_norms(values: list[str] | None) -> tuple[str, ...]:
     return tuple(p for p in ("l1", "l2", "linf") if p in norms)
 
 
+def parse_guarantee(value: str) -> str | float:
+    """``deterministic``, or a probability in (0, 1): the bound on the run's chance of an answer that is not exact."""
+    if value.strip().lower() == "deterministic":
+        return "deterministic"
+    try:
+        bound = float(value)
+    except ValueError:
+        bound = math.nan
+    if not 0 < bound < 1:
+        raise LrcertError(f"--guarantee {value!r} is neither 'deterministic' nor a probability between 0 and 1",
+                          fix="write --guarantee deterministic, or a bound such as --guarantee 1e-12")
+    return bound
+
+
 def parse_thresholds(values: list[str] | None, norms: tuple[str, ...], option: str = "--min-radius") -> dict[str, float]:
     """``R`` applies to every selected norm; ``l2=R`` (or ``2=R``, ``inf=R``) to one."""
     thresholds: dict[str, float] = {}
@@ -210,6 +224,8 @@ def certify(
     adversarial_norm: Annotated[Optional[str], typer.Option("--adversarial-norm", help="Norm of the adversarial points: 1, 2 or inf. Default: l2, or the one norm --p selects.")] = None,
     report_page: Annotated[Optional[Path], typer.Option("--report", help="Also write a self-contained HTML report of the run (see lrcert report).")] = None,
     no_prediction_radius: Annotated[bool, typer.Option("--no-prediction-radius", help="Leave out each input's prediction and certified radius (their reverse passes): ε̂ alone, at full speed.")] = False,
+    guarantee: Annotated[str, typer.Option("--guarantee", metavar="DELTA", help="How sure every answer must be. A probability δ (default 1e-12): inputs whose faces the deterministic bounds cannot rule out are sketched with random directions where that is much cheaper (large inputs, deep networks: minutes instead of hours at 224×224), and the whole run is exact except with probability at most δ (each input reports its share). deterministic: never sketch.")] = "1e-12",
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the sketch's random directions (recorded with the results: a run is reproducible).")] = 0,
 ) -> int:
     """Certify every input of DATA: the exact l1/l2/linf radius of its linear region and the face that binds."""
     import numpy as np
@@ -222,6 +238,7 @@ def certify(
     from ..load import load
 
     norms = parse_norms(p)
+    bound = parse_guarantee(guarantee)
     thresholds = parse_thresholds(min_radius, norms)
     certified_thresholds = parse_thresholds(min_certified, norms, "--min-certified")
     point_norm = _adversarial_norm(adversarial_norm, norms) if adversarial_out or report_page else None
@@ -269,7 +286,8 @@ def certify(
 
     progress = _Progress(network.input_size, ranks.size, shown=lead)
     engine = Engine(network, norms=norms, device=target, dtype=torch_dtype, batch_size=batch_size,
-                    predictions=not no_prediction_radius, adversarial_norm=point_norm, progress=progress.pushed)
+                    predictions=not no_prediction_radius, adversarial_norm=point_norm, progress=progress.pushed,
+                    guarantee=bound, seed=seed)
     plan = engine.plan(len(rows))
     model_info = {
         "path": model,
@@ -292,6 +310,9 @@ def certify(
         "min_certified": certified_thresholds,
         "adversarial_out": None if adversarial_out is None else str(adversarial_out),
         "adversarial_norm": point_norm,
+        "guarantee": bound,
+        "sketch_directions": engine.sketch.k if engine.sketch is not None else None,
+        "seed": seed,
     }
     tally = report.Tally(norms, thresholds, certified_thresholds)
     resumable = output_format == Format.jsonl and output is not None
@@ -324,7 +345,9 @@ def certify(
                 stop_if_interrupted()
             if lead:
                 run = {"seconds": time.perf_counter() - started, "date": today()}
-                ordered.end(out, model_info, options, run, Path(model).name, color=out.isatty() and output is None)
+                sketch = f" ({engine.sketch.k} random directions, seed {seed})" if tally.deltas else ""
+                certainty = f"guarantee: {report.guarantee_text(tally.count, tally.deltas)}{sketch}"
+                ordered.end(out, model_info, options, run, Path(model).name, out.isatty() and output is None, certainty)
     except KeyboardInterrupt:
         if resumable:
             who = f"{ranks.name}: " if ranks.launched else ""
@@ -351,6 +374,8 @@ def certify(
                    else f"auto: {exact64} of {tally.count} exact in float64, the rest in float32")
         where = devices.describe(target) + (f", {ranks.size} rank{'s' if ranks.size > 1 else ''}" if ranks.launched else "")
         say(f"certified {fresh} inputs in {elapsed:.2f} s ({fresh / max(elapsed, 1e-9):.1f} inputs/s) on {where}, {how}")
+        if output_format != Format.table or output is not None:  # (the table's own footer says it)
+            say(certainty)
         _explain(tally, dtype)
         if page is not None:
             run = {"model": model_info, "options": options, "seconds": elapsed, "date": today(), "notes": [*network.notes, *notes]}
@@ -384,7 +409,7 @@ def _my_rounds(engine, rows, directions, rounds, ranks, norms, own_rows):
     kind = np.float64 if rows.dtype == np.float64 else np.float32
     stream = (torch.from_numpy(np.asarray(rows[indices], dtype=kind)) for indices in mine)
     own = None if directions is None or len(directions) == 1 else directions[torch.from_numpy(order)]
-    produced = engine.certify(stream, n_inputs=len(order), directions=directions if own is None else own)
+    produced = engine.certify(stream, n_inputs=len(order), directions=directions if own is None else own, run_size=len(rows))
     position = 0
     for batch in rounds:
         if len(batch) <= ranks.rank:
@@ -438,7 +463,7 @@ class _InOrder:
                 self.kept.append(item)
         out.flush()
 
-    def end(self, out, model_info, options, run, model_name: str, color: bool) -> None:
+    def end(self, out, model_info, options, run, model_name: str, color: bool, guarantee: str) -> None:
         from .. import report
 
         if self.waiting:
@@ -446,7 +471,7 @@ class _InOrder:
         if self.format == Format.json:
             out.write(report.json_document(model_info, options, self.kept, self.norms, run))
         elif self.format == Format.table:
-            report.print_table(out, self.kept, self.norms, model_name, self.directional, color=color)
+            report.print_table(out, self.kept, self.norms, model_name, self.directional, color=color, guarantee=guarantee)
 
 
 @contextmanager

@@ -46,7 +46,8 @@ import math
 import torch
 from torch import Tensor
 
-from . import devices, ir
+from .. import devices, ir
+from . import reverse
 
 U32 = 2.0**-24
 #: Below this many input dimensions, auto computes in float64 outright (cheaper than bounding float32).
@@ -56,10 +57,6 @@ TOLERANCE = 1e-5
 #: An input with more candidate faces than this share of its input dimensions is rerun whole in
 #: float64 (a reverse pass per face would cost about as much as the D tangent passes).
 RERUN_SHARE = 0.25
-#: Candidate faces reverse-passed together on a CPU: at most this many, in at most this much memory
-#: (a GPU takes as many as the engine's memory budget holds: each pass costs kernel launches).
-REVERSE_ROWS = 256
-REVERSE_BYTES = 256 << 20
 
 
 def float64_outright(network: ir.Network, device: torch.device) -> bool:
@@ -78,7 +75,7 @@ def gamma(n: int, u: float = U32) -> float:
     return n * u / (1 - n * u) if n * u < 0.5 else math.inf
 
 
-def dual_norm_bounds(region, p: str) -> dict[int, Tensor]:
+def dual_norm_bounds(region, norms, p: str) -> dict[int, Tensor]:
     """Per nonlinear layer, (B, faces): a bound E on |ĝ − ‖g‖_q|, ĝ the float32 tangents' exact
     q-norm (the rounding of the engine's own norm computation is handled by :func:`true_norms`)."""
     engine, layers = region.engine, region.network.layers
@@ -88,7 +85,7 @@ def dual_norm_bounds(region, p: str) -> dict[int, Tensor]:
     t = {0: torch.ones(b, *shape, dtype=torch.float64, device=region.output.device)}
     e = {0: torch.zeros_like(t[0])}
     bounds: dict[int, Tensor] = {}
-    for i in engine.order:
+    for i in engine.walk.order:
         layer = layers[i]
         ts, es = [t[j] for j in layer.inputs], [e[j] for j in layer.inputs]
         if isinstance(layer, ir.Affine):
@@ -111,25 +108,22 @@ def dual_norm_bounds(region, p: str) -> dict[int, Tensor]:
             bounds[i] = layer.faces(es[0] + U32 * ts[0], -(es[1] + U32 * ts[1]))  # e_a + e_b + u (t_a + t_b)
             t[i], e[i] = layer.select(first, *ts), layer.select(first, *es)
         else:  # a unit activation: its faces' gradients are its input rows, whose norms the engine measured
-            measured = _measured_rows(region, i, p).reshape(ts[0].shape)
+            measured = _measured_rows(region, norms, i, p).reshape(ts[0].shape)
             row = torch.minimum(ts[0], measured)
             bounds[i] = es[0].reshape(b, -1)
             slope = region.gain[i].abs()
             t[i] = slope * row
             e[i] = slope * es[0] + (U32 * slope * row if layer.kind not in ("relu", "clip", "abs") else 0.0)
         for j in set(layer.inputs):
-            if engine.last_use.get(j) == i and j != 0:
+            if engine.walk.last_use.get(j) == i and j != 0:
                 t.pop(j, None)
                 e.pop(j, None)
     return bounds
 
 
-def _measured_rows(region, i: int, p: str) -> Tensor:
+def _measured_rows(region, norms, i: int, p: str) -> Tensor:
     """The q-norms of layer ``i``'s float32 input rows, as measured (upper end of their rounding)."""
-    statistic = region.stats[(i, p)].double()
-    if p == "l2":
-        statistic = statistic.sqrt()
-    return statistic * (1 + _norm_rounding(region, p))
+    return norms.dual(i, p) * (1 + _norm_rounding(region, p))
 
 
 def _norm_rounding(region, p: str) -> float:
@@ -138,17 +132,16 @@ def _norm_rounding(region, p: str) -> float:
     return {"l1": 0.0, "l2": gamma(d + 1) / 2 + U32, "linf": gamma(d)}[p]
 
 
-def true_norms(region, i: int, p: str, bound: Tensor) -> tuple[Tensor, Tensor]:
+def true_norms(region, norms, i: int, p: str, bound: Tensor) -> tuple[Tensor, Tensor]:
     """(low, high) per face of layer ``i``: where the exact ‖g‖_q lies, given the float32 one."""
-    measured = region._per_face(i, region.stats[(i, p)].double())
-    measured = measured.sqrt() if p == "l2" else measured
+    measured = region.per_face(i, norms.dual(i, p))
     rounding = _norm_rounding(region, p)
     low = (measured / (1 + rounding) - bound).clamp_min(0)
     return low, measured / (1 - rounding) + bound
 
 
-def refine(region, tensors: dict[str, Tensor], x: Tensor) -> None:
-    """Replace the float32 radii in ``tensors`` (the batch's results, see ``_Region.radii``) by
+def refine(region, norms, tensors: dict[str, Tensor], x: Tensor) -> None:
+    """Replace the float32 radii in ``tensors`` (the batch's results, see ``norms.radii``) by
     float64 ones: exact ratios of every face the bounds cannot rule out, or a float64 rerun of
     inputs with too many such faces. Adds ``exact`` (B,) bool: whether float64 decided the input."""
     engine = region.engine
@@ -160,8 +153,8 @@ def refine(region, tensors: dict[str, Tensor], x: Tensor) -> None:
         return
     for p in engine.norms:
         low_ratio, high_ratio = {}, {}
-        for i, bound in dual_norm_bounds(region, p).items():
-            low, high = true_norms(region, i, p, region._per_face(i, bound))
+        for i, bound in dual_norm_bounds(region, norms, p).items():
+            low, high = true_norms(region, norms, i, p, region.per_face(i, bound))
             z = region.faces[i].double().abs()
             low_ratio[i] = torch.where(high > 0, z / high, math.inf)
             high_ratio[i] = torch.where(low > 0, z / low, math.inf)
@@ -194,10 +187,8 @@ def exact_ratios(region, tensors: dict[str, Tensor], x: Tensor, candidates: Tens
     if len(candidates) == 0:
         return
     engine = region.engine
-    per_row = region.network.reverse_bytes_per_row(torch.float64)
-    rows, memory = (REVERSE_ROWS, REVERSE_BYTES) if engine.device.type == "cpu" else (len(candidates), engine.memory_bytes)
-    rows_per_pass = max(1, min(rows, memory // per_row))
-    gradients = torch.cat([_face_gradients(engine, x, rows) for rows in candidates.split(rows_per_pass)])
+    gradients = reverse.face_gradients(engine, x, candidates)
+    engine.work.exact += len(candidates)
     inputs, layers, units = candidates.unbind(dim=1)
     z = torch.zeros(len(candidates), dtype=torch.float64, device=x.device)
     for i in engine.nonlinear:  # no data-dependent branches: the host waits as often for any batch
@@ -225,26 +216,6 @@ def exact_ratios(region, tensors: dict[str, Tensor], x: Tensor, candidates: Tens
             involved &= best < tensors[f"{p}.distance"]
         for key, value in {"distance": best, "layer": layer, "unit": unit, **described}.items():
             tensors[f"{p}.{key}"] = torch.where(involved, value, tensors[f"{p}.{key}"])
-
-
-def _face_gradients(engine, x: Tensor, rows: Tensor) -> Tensor:
-    """∇ₓz for each (input, layer, unit) of ``rows``, exactly in float64: one reverse pass each,
-    all in one batch of copies of their inputs. Returns (rows, D)."""
-    points = x[rows[:, 0]].detach().clone().requires_grad_(True)
-    chosen = torch.zeros(len(rows), dtype=torch.float64, device=x.device)
-
-    def record(i: int, layer: ir.Nonlinearity, *z: Tensor) -> Tensor:
-        nonlocal chosen
-        here = rows[:, 1] == i
-        faces = layer.faces(*z)
-        picked = faces.gather(1, torch.where(here, rows[:, 2], 0)[:, None])[:, 0]
-        chosen = chosen + torch.where(here, picked, 0.0)
-        return layer.apply(*z)
-
-    with torch.enable_grad():
-        engine.network.run(points, nonlinear=record)
-        (gradient,) = torch.autograd.grad(chosen.sum(), points)
-    return gradient.reshape(len(rows), -1)
 
 
 def _rerun(region, tensors: dict[str, Tensor], x: Tensor, index: Tensor) -> None:

@@ -5,7 +5,7 @@ per input. Most faces are far from binding. Given an upper bound G_j ≥ ‖g_j�
 at least its *floor* |z_j| / G_j, and per input
 
 1. for each norm, the face with the smallest floor gets its exact gradient (a reverse pass, as
-   :mod:`lrcert.precision` takes them): its ratio is a *ceiling* C ≥ ε̂;
+   :mod:`.precision` takes them): its ratio is a *ceiling* C ≥ ε̂;
 2. every other face whose floor is at most C gets its exact gradient, and ε̂ is the smallest
    exact ratio: a face left out has ratio ≥ floor > C ≥ ε̂, so it cannot bind.
 
@@ -37,7 +37,8 @@ import math
 import torch
 from torch import Tensor
 
-from . import ir, precision
+from .. import ir
+from . import precision
 
 #: An input goes the dense way before its exact gradients would pass this share of D. A face's
 #: reverse pass (value pass, backward pass, float64) costs about as much as 11 tangent directions of
@@ -59,7 +60,7 @@ GROWTH = 8
 def entry_work(engine) -> int:
     """Multiply-adds of :func:`entry_norms`: the D input directions through the first affine layers."""
     layers = engine.network.layers
-    return engine.network.input_size * sum(layers[i].size * max(1, layers[i].terms) for i in engine.prefix)
+    return engine.network.input_size * sum(layers[i].size * max(1, layers[i].terms) for i in engine.walk.prefix)
 
 
 def entry_norms(engine) -> dict[tuple[int, str], Tensor]:
@@ -67,20 +68,26 @@ def entry_norms(engine) -> dict[tuple[int, str], Tensor]:
     layers: the exact q-norms of their faces' gradients, (1, units), float64."""
     network = engine.float64_network()
     layers, d = network.layers, network.input_size
-    row = sum(layers[i].size for i in [0, *engine.prefix])
+    row = sum(layers[i].size for i in [0, *engine.walk.prefix])
     step = max(1, min(d, engine.memory_bytes // (8 * row)))
     sums: dict[tuple[int, str], Tensor] = {}
     for start in range(0, d, step):
         stop = min(d, start + step)
         tangents = {0: engine.identity(start, stop, torch.float64)[0]}
-        for i in engine.prefix:
+        for i in engine.walk.prefix:
             tangents[i] = layers[i].apply([tangents[j] for j in layers[i].inputs], offset=False)
-        for i in engine.entries:
+        for i in engine.walk.entries:
             g = tangents[layers[i].inputs[0]].reshape(stop - start, -1).abs()
             for p, part in (("l1", g.amax(dim=0)), ("l2", (g * g).sum(dim=0)), ("linf", g.sum(dim=0))):
                 known = sums.get((i, p))
                 sums[(i, p)] = part if known is None else torch.maximum(known, part) if p == "l1" else known + part
     return {(i, p): (s.sqrt() if p == "l2" else s)[None] for (i, p), s in sums.items()}
+
+
+def deterministic_floors(region) -> Tensor:
+    """(P, B, F): every face's floor for each of the engine's norms, from the bound G."""
+    entry = region.engine.entry_norms(region.batch)
+    return torch.stack([floors(region, p, entry) for p in region.engine.norms])
 
 
 def floors(region, p: str, entry: dict[tuple[int, str], Tensor]) -> Tensor:
@@ -90,7 +97,7 @@ def floors(region, p: str, entry: dict[tuple[int, str], Tensor]) -> Tensor:
     magnitude = engine.float64_magnitudes().layers
     t = {0: torch.ones(1, *engine.network.input_shape, dtype=torch.float64, device=region.output.device)}
     bound: dict[int, Tensor] = {}
-    for i in engine.order:
+    for i in engine.walk.order:
         layer = layers[i]
         ts = [t[j] for j in layer.inputs]
         if isinstance(layer, ir.Affine):
@@ -108,19 +115,21 @@ def floors(region, p: str, entry: dict[tuple[int, str], Tensor]) -> Tensor:
             bound[i] = rows.reshape(len(rows), -1).expand(region.batch, -1)
             t[i] = region.gain[i].abs().double() * rows
         for j in set(layer.inputs):
-            if engine.last_use.get(j) == i:
+            if engine.walk.last_use.get(j) == i:
                 t.pop(j, None)
     parts = []
     for i in engine.nonlinear:
-        g, z = region._per_face(i, bound[i]), region.faces[i].double().abs()
+        g, z = region.per_face(i, bound[i]), region.faces[i].double().abs()
         parts.append(torch.nan_to_num(torch.where(g == 0, math.inf, z / g), nan=0.0))
     return torch.cat(parts, dim=1)
 
 
-def certify(region, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-    """Every input's radii and binding faces (``_Region.radii``'s per-norm entries) from exact
-    gradients of the faces that may bind, and (B,) bool: the inputs left to the dense way (their
-    entries are placeholders).
+def certify(region, x: Tensor, floor: Tensor, tensors: dict[str, Tensor] | None = None) -> tuple[dict[str, Tensor], Tensor]:
+    """Every input's radii and binding faces (``norms.radii``'s per-norm entries) from exact
+    gradients of the faces that may bind, given every face's ``floor`` per norm, (P, B, F), and
+    (B,) bool: the inputs left to the dense way (their entries are placeholders). ``tensors``
+    continues from exact ratios found before (by default none); ``floor`` is set to +inf where a
+    face's ratio becomes known.
 
     The faces are taken in rounds, smallest floors first (``FIRST`` per input and norm, then
     ``GROWTH`` times more each round), so that each round's ratios lower the ceiling before the
@@ -133,11 +142,9 @@ def certify(region, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
     gradients needed in the end, D = 3072; on ResNet-18 83,964 are open, all of them)."""
     engine = region.engine
     b, device = region.batch, region.output.device
-    entry = engine.entry_norms(b)
-    floor = torch.stack([floors(region, p, entry) for p in engine.norms])  # (P, B, F)
     starts, nonlinear = engine.face_starts, engine.face_layers
     known = torch.full((), math.inf, dtype=torch.float64, device=device)  # a floor once the ratio is exact
-    tensors = _unknown(region)
+    tensors = unknown(region) if tensors is None else tensors
     done = torch.zeros(b, dtype=torch.long, device=device)  # exact gradients taken, per input
     dense = torch.zeros(b, dtype=torch.bool, device=device)
     d = region.network.input_size
@@ -160,6 +167,7 @@ def certify(region, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         if len(rows) == 0:
             return tensors, dense
         chosen = torch.unique(torch.stack([rows, flat[norm, rows, rank]], dim=1), dim=0)
+        _count(engine.work, engine.norms, norm)
         rows, flat = chosen[:, 0].contiguous(), chosen[:, 1].contiguous()
         layer = torch.searchsorted(starts, flat, right=True) - 1
         precision.exact_ratios(region, tensors, x, torch.stack([rows, nonlinear[layer], flat - starts[layer]], 1), merge=True)
@@ -168,6 +176,13 @@ def certify(region, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         k *= GROWTH
     dense |= open_faces().any(dim=0).any(dim=1)  # a guard: rounds() says none are left
     return tensors, dense
+
+
+def _count(work, norms, norm: Tensor) -> None:
+    """Note how many of a round's faces each norm chose (``norm``: the norm of each choice; the
+    counts stay on the device until someone reads them)."""
+    for q, p in enumerate(norms):
+        work.chosen[p] = work.chosen.get(p, 0) + (norm == q).sum()
 
 
 def rounds(d: int) -> int:
@@ -181,7 +196,7 @@ def rounds(d: int) -> int:
     return count
 
 
-def _unknown(region) -> dict[str, Tensor]:
+def unknown(region) -> dict[str, Tensor]:
     """Per norm: no face found yet (radius +inf, layer −1), for :func:`precision.exact_ratios` to
     improve; ``gradients_finite`` for it to narrow."""
     b, device = region.batch, region.output.device

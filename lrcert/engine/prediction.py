@@ -22,6 +22,17 @@ reverse passes, ∇f_c's and then all classes' at once (batched), in the engine'
 (float64 under ``dtype="auto"``): a code path independent of the engine's forward tangent push. A model with a single output has
 no second class: its prediction radius is ``None``.
 
+**Many classes** (ImageNet's 1,000) make those reverse passes the larger part of a sketched
+input's work, and no sketch bounds ‖g_j‖∞ (the ℓ1 prediction radius) usefully: a random
+projection cannot tell one large coordinate from many small ones. :func:`sketched_margins` takes
+every margin's gradient ĝ_j in float32 instead, from the reverse passes of the narrowest layer of
+the network's affine tail (ResNet-18: its 512 pooled features, times the tail's Jacobian), and
+bounds each one's float32 error E_j = ĝ_j − g_j with the sketch's own directions: E_j does not
+depend on them, and the sketch pushed them in float64, giving g_j·s_i, so
+Σ_i (ĝ_j·s_i − g_j·s_i)² ~ ‖E_j‖₂² χ²_k and √(Σ / (c·k)) ≥ ‖E_j‖₂ ≥ ‖E_j‖_∞, ‖E_j‖₁ / √D except
+with the sketch's probability (counted in its δ). The margins whose ratio intervals reach below the
+smallest upper end get exact gradients in the value dtype: usually one per norm.
+
 >>> import torch
 >>> from lrcert.load import from_module
 >>> net = from_module(torch.nn.Linear(2, 2).double().requires_grad_(False), (2,))
@@ -41,7 +52,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from . import ir
+from .. import ir
+from . import reverse, sketch
 
 def margins(
     network: ir.Network, x: Tensor, norms: Sequence[str], adversarial_norm: str | None, memory_bytes: int
@@ -116,3 +128,90 @@ def _closest_step(gradient: Tensor, margin: Tensor, dual: Tensor, p: str) -> Ten
     k = gradient.abs().argmax(dim=1, keepdim=True)
     g_k = gradient.gather(1, k)
     return torch.zeros_like(gradient).scatter(1, k, -margin[:, None] / torch.where(g_k != 0, g_k, 1.0))
+
+
+#: A sketched input's prediction radius is taken with :func:`sketched_margins` where the model
+#: has at least this many classes (fewer: every margin's exact gradient, as for other inputs).
+SKETCH_CLASSES = 32
+#: Intervals are compared with the ceiling widened by this (relative): float64 rounding is far below.
+SLACK = 1e-3
+
+
+def bottleneck(network: ir.Network) -> tuple[int, Tensor]:
+    """The narrowest layer of the affine tail between the last nonlinearity and the output (the
+    output itself when none is narrower), and the tail's Jacobian from it, (classes, its units),
+    in the network's dtype: every output's gradient is that Jacobian times the layer's gradients."""
+    layers, chain = network.layers, [network.output]
+    while isinstance(layers[chain[-1]], ir.Affine) and len(layers[chain[-1]].inputs) == 1 and layers[chain[-1]].inputs[0]:
+        chain.append(layers[chain[-1]].inputs[0])
+    cut = min(chain, key=lambda i: (layers[i].size, -i))
+    units = layers[cut].size
+    tangent = torch.eye(units, dtype=network.dtype, device=network.device).reshape(units, *layers[cut].shape)
+    for i in reversed(chain[: chain.index(cut)]):
+        tangent = layers[i].apply([tangent], offset=False)
+    return cut, tangent.reshape(units, -1).T.contiguous()
+
+
+def sketched_margins(engine, region, x: Tensor, outputs: Tensor, c: float, directions: Tensor) -> dict[str, Tensor]:
+    """:func:`margins` for the inputs ``x`` of a sketched ``region``, from float32 gradients with
+    sketched error bounds (see the module's docstring). ``outputs`` (B, k, classes) are the
+    outputs' tangents along the sketch's ``directions`` (1, k, *input_shape), pushed in float64."""
+    b, d, dtype = len(x), engine.network.input_size, x.dtype  # (the value dtype: float64 under auto)
+    values = region.output.reshape(b, -1)
+    classes = values.shape[1]
+    predicted = values.argmax(dim=1)
+    margin = values.gather(1, predicted[:, None]) - values
+    cut, tail = engine.bottleneck()
+    rows = reverse.unit_gradients(engine, engine.tangent_network, x.to(engine.dtype), cut)
+    engine.work.rows += b * rows.shape[1]
+    seeds = directions.reshape(directions.shape[1], d).to(dtype)
+    along = outputs.transpose(1, 2)  # (B, classes, k): g·s in the value dtype, every class
+    along = along.gather(1, predicted[:, None, None].expand(-1, 1, along.shape[2])) - along
+    estimate = {p: torch.zeros(b, classes, dtype=dtype, device=x.device) for p in engine.norms}
+    error = torch.zeros(b, classes, dtype=dtype, device=x.device)
+    step = max(1, reverse.budget(engine) // (8 * b * d))
+    for first in range(0, classes, step):
+        chosen = slice(first, min(classes, first + step))
+        gradient = torch.bmm(tail[predicted][:, None, :] - tail[chosen][None], rows.to(dtype))  # (B, n, D) ≈ g_j
+        for p in engine.norms:
+            estimate[p][:, chosen] = torch.linalg.vector_norm(gradient, ir.DUAL_ORDER[p], dim=2)
+        error[:, chosen] = (gradient @ seeds.T - along[:, chosen]).square().sum(dim=2)
+    error = sketch.upper_bound(error, c, seeds.shape[0])  # ≥ ‖ĝ_j − g_j‖₂, as the sketch's bounds hold
+    other = torch.arange(classes, device=x.device)[None] != predicted[:, None]
+    candidates = torch.zeros_like(other)
+    for p in engine.norms:
+        widen = error * math.sqrt(d) if p == "linf" else error
+        low, high = (estimate[p] - widen).clamp_min(0), estimate[p] + widen
+        smallest = torch.where(other & (high > 0), margin / high, math.inf)
+        largest = torch.where(other & (low > 0), margin / torch.where(low > 0, low, 1.0), math.inf)
+        ceiling = largest.min(dim=1, keepdim=True).values * (1 + SLACK)
+        candidates |= other & (smallest <= ceiling)
+    inputs, rival = candidates.nonzero().unbind(dim=1)
+    engine.work.margins += len(inputs)
+    gradients = reverse.margin_gradients(engine, x, torch.stack([inputs, predicted[inputs], rival], dim=1))
+    return _nearest_classes(inputs, rival, gradients, margin[inputs, rival], b, engine.norms, engine.adversarial_norm, x)
+
+
+def _nearest_classes(inputs: Tensor, rival: Tensor, gradient: Tensor, margin: Tensor, b: int, norms: Sequence[str],
+                     adversarial_norm: str | None, x: Tensor) -> dict[str, Tensor]:
+    """Per input and norm the smallest m_j / ‖g_j‖_q over the rows (input, class j, its gradient,
+    its margin), the class that sets it, and x* for ``adversarial_norm``: :func:`margins`' keys."""
+    out = {}
+    n, device = len(inputs), x.device
+    order = torch.arange(n, device=device)
+    for p in norms:
+        dual = torch.linalg.vector_norm(gradient, ir.DUAL_ORDER[p], dim=1)
+        ratio = torch.where(dual > 0, margin / torch.where(dual > 0, dual, 1.0), math.inf)
+        best = torch.full((b,), math.inf, dtype=x.dtype, device=device).scatter_reduce(0, inputs, ratio, "amin")
+        chosen = torch.where(torch.isfinite(ratio) & (ratio == best[inputs]), order, n)  # the first row that binds
+        first = torch.full((b,), n, dtype=torch.long, device=device).scatter_reduce(0, inputs, chosen, "amin")
+        found, row = first < n, first.clamp(max=max(n - 1, 0))
+        out[f"{p}.predicted"] = best
+        out[f"{p}.rival"] = torch.where(found, rival[row], -1) if n else torch.full((b,), -1, device=device)
+        if p == adversarial_norm:
+            step = torch.zeros(b, x[0].numel(), dtype=x.dtype, device=device)
+            if n:
+                closest = _closest_step(gradient[row], margin[row], dual[row], p)
+                step = torch.where(found[:, None], closest, step)
+            out["adversarial"] = (x.reshape(b, -1) + step).reshape(x.shape)
+    return out
