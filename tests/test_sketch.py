@@ -299,3 +299,15 @@ def test_the_same_seed_draws_the_same_directions_and_any_seed_the_same_radii():
     assert torch.equal(first.sketch.directions(torch.float64), again.sketch.directions(torch.float64))
     assert not torch.equal(first.sketch.directions(torch.float64), other.sketch.directions(torch.float64))
     _same_answers(first.run(x), other.run(x))
+
+
+def test_inputs_the_sketch_leaves_to_the_dense_way_are_deterministic(monkeypatch):
+    """With no exact gradients allowed past the first round, sketched inputs with faces still
+    open go the dense way: they report no δ, their prediction radius too is the deterministic one."""
+    monkeypatch.setattr(lrcert.engine.screen, "SHARE", 0.0)
+    network = lrcert.from_module(many_classes(), (3, 8, 8))
+    x = _inputs((3, 8, 8), 12, 10)
+    results = Engine(network, dtype=torch.float64, sketch=True, screen=False).run(x)
+    assert any(r.delta == 0 for r in results)
+    deterministic = Engine(network, dtype=torch.float64, guarantee="deterministic", screen=False).run(x)
+    _same_answers(results, deterministic)

@@ -102,9 +102,11 @@ class Engine:
         if deterministic or not self.nonlinear:
             sketch = False
         elif sketch is None:
-            sketch = screen and network.input_size >= sketch_module.RATIO * sketch_directions
+            sketch = screen and sketch_module.pays(network.input_size, sketch_directions)
         self.sketching = sketch
         self.sketch = sketch_module.Sketch(self, sketch_directions, seed, float(guarantee)) if sketch else None
+        #: Sketched inputs take the prediction radius from :func:`.prediction.sketched_margins`.
+        self.sketch_margins = predictions and math.prod(network.output_shape) >= prediction.SKETCH_CLASSES
         if self.sketch is not None:  # the outputs' tangents too, for the prediction radius of many classes
             self.output_walk = Walk.build(network, to_output=True)
         self.sparse = planning.skippable_relus(self, skip_inactive)
@@ -240,13 +242,14 @@ class Engine:
             self.progress((b - len(index)) * d)
         if self.sketching and len(index):
             part = region.subset(index)
-            margins = self.predictions and math.prod(self.network.output_shape) >= prediction.SKETCH_CLASSES
             keys = [key for key in tensors if key.split(".")[0] in self.norms or key == "gradients_finite"]
-            radii, dense, deltas, (outputs, c) = self.sketch.certify(
-                part, x[index], None if floor is None else floor[:, index], {key: tensors[key][index] for key in keys}, margins)
+            radii, dense, deltas, (outputs, c) = self.sketch.certify(part, x[index], None if floor is None else floor[:, index],
+                                                                     {key: tensors[key][index] for key in keys}, self.sketch_margins)
             _merge(tensors, radii | {"delta": deltas}, index, self.norms)
             self.work.sketched += len(index)
-            sketched = (index, part, outputs, c) if margins else None
+            stay = (~dense).nonzero()[:, 0]  # (the inputs the sketch leaves go the dense way, deterministic)
+            if self.sketch_margins and len(stay):
+                sketched = (index[stay], part if len(stay) == len(index) else part.subset(stay), outputs[stay], c)
             index = index[dense]
         if len(index):
             again = self._dense(Region(self, x[index]), x[index], plan)

@@ -79,13 +79,17 @@ def directions_per_pass(engine, dtype: torch.dtype | None = None, walk=None) -> 
 def bytes_per_input(engine) -> int:
     """Memory one input of a batch holds while its tangents are pushed: its face values, their
     rounding scales and gradient statistics (float64 copies while results are assembled), the
-    activations of the value and magnitude passes, and when screening each face's float64
-    floor per norm, a masked copy of them and a mask."""
+    activations of the value and magnitude passes, when screening each face's float64 floor per
+    norm, a masked copy of them and a mask, and when sketching with many classes the float32
+    gradients of the bottleneck's units (:func:`.prediction.sketched_margins`)."""
     faces = engine.network.faces
     activations = sum(layer.size for layer in engine.network.layers)
     itemsize = torch.finfo(engine.value_dtype).bits // 8
     screening = 17 * len(engine.norms) * faces if engine.screening or engine.sketching else 0
-    return (faces * (3 + len(engine.norms)) + 2 * activations) * itemsize + 3 * 8 * faces + screening
+    margins = 0
+    if engine.sketching and engine.sketch_margins:
+        margins = engine.bottleneck()[1].shape[1] * engine.network.input_size * (torch.finfo(engine.dtype).bits // 8)
+    return (faces * (3 + len(engine.norms)) + 2 * activations) * itemsize + 3 * 8 * faces + screening + margins
 
 
 def peak_elements_per_row(engine, walk=None) -> int:

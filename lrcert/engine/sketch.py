@@ -54,6 +54,12 @@ RATIO = 16
 DEFAULT_DELTA = 1e-12
 
 
+def pays(d: int, k: int) -> bool:
+    """Whether sketching an input of ``d`` dimensions with ``k`` directions is much cheaper than
+    the dense way: d ≥ RATIO · k (see "When" above)."""
+    return d >= RATIO * k
+
+
 def lower_tail(k: int, c: float) -> float:
     """P(χ²_k < c·k): the probability that a sketch of k directions makes U_j < ‖g_j‖₂. It is the
     regularised lower incomplete gamma function P(k/2, c·k/2), by its series below a + 1 and its
