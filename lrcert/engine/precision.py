@@ -200,14 +200,7 @@ def exact_ratios(region, tensors: dict[str, Tensor], x: Tensor, candidates: Tens
             0, inputs, (~torch.isfinite(gradients).all(dim=1)).long())
         tensors["gradients_finite"] = tensors["gradients_finite"] & (overflow == 0)
     for p in engine.norms:
-        norm = torch.linalg.vector_norm(gradients, ir.DUAL_ORDER[p], dim=1)
-        ratio = torch.where(norm > 0, z.abs() / torch.where(norm > 0, norm, 1.0), math.inf)
-        best = torch.full((b,), math.inf, dtype=torch.float64, device=x.device).scatter_reduce(0, inputs, ratio, "amin")
-        n = len(candidates)
-        order = torch.arange(n, device=x.device)
-        chosen = torch.where(torch.isfinite(ratio) & (ratio == best[inputs]), order, n)  # the first row that binds
-        first = torch.full((b,), n, dtype=torch.long, device=x.device).scatter_reduce(0, inputs, chosen, "amin")
-        done, rows = first < n, first.clamp(max=n - 1)
+        best, rows, done, _ = reverse.nearest_rows(inputs, z, gradients, p, b)
         layer = torch.where(done, layers[rows], -1)
         unit = torch.where(done, units[rows], 0)
         described = region.describe(layer, unit)

@@ -198,14 +198,8 @@ def _nearest_classes(inputs: Tensor, rival: Tensor, gradient: Tensor, margin: Te
     its margin), the class that sets it, and x* for ``adversarial_norm``: :func:`margins`' keys."""
     out = {}
     n, device = len(inputs), x.device
-    order = torch.arange(n, device=device)
     for p in norms:
-        dual = torch.linalg.vector_norm(gradient, ir.DUAL_ORDER[p], dim=1)
-        ratio = torch.where(dual > 0, margin / torch.where(dual > 0, dual, 1.0), math.inf)
-        best = torch.full((b,), math.inf, dtype=x.dtype, device=device).scatter_reduce(0, inputs, ratio, "amin")
-        chosen = torch.where(torch.isfinite(ratio) & (ratio == best[inputs]), order, n)  # the first row that binds
-        first = torch.full((b,), n, dtype=torch.long, device=device).scatter_reduce(0, inputs, chosen, "amin")
-        found, row = first < n, first.clamp(max=max(n - 1, 0))
+        best, row, found, dual = reverse.nearest_rows(inputs, margin, gradient, p, b)
         out[f"{p}.predicted"] = best
         out[f"{p}.rival"] = torch.where(found, rival[row], -1) if n else torch.full((b,), -1, device=device)
         if p == adversarial_norm:

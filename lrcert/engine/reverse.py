@@ -11,6 +11,8 @@ its rows are taken by one batched backward pass over that single evaluation.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -64,6 +66,20 @@ def _gradients(engine, x: Tensor, wanted: set[int], inputs: Tensor, layers: Tens
         ]
         return torch.cat(parts)
     return _shared(network, x, wanted, inputs, layers, units, coefficients)
+
+
+def nearest_rows(inputs: Tensor, values: Tensor, gradients: Tensor, p: str, batch: int) -> tuple[Tensor, ...]:
+    """For rows (their input ``inputs``, a value, its gradient), per input of a ``batch``: the
+    smallest ratio |value| / ‖gradient‖_q among its rows (+inf where none has a nonzero gradient),
+    the first row that attains it and whether one does; and every row's ‖gradient‖_q."""
+    dual = torch.linalg.vector_norm(gradients, ir.DUAL_ORDER[p], dim=1)
+    ratio = torch.where(dual > 0, values.abs() / torch.where(dual > 0, dual, 1.0), math.inf)
+    best = torch.full((batch,), math.inf, dtype=ratio.dtype, device=ratio.device).scatter_reduce(0, inputs, ratio, "amin")
+    n = len(inputs)
+    order = torch.arange(n, device=ratio.device)
+    chosen = torch.where(torch.isfinite(ratio) & (ratio == best[inputs]), order, n)
+    first = torch.full((batch,), n, dtype=torch.long, device=ratio.device).scatter_reduce(0, inputs, chosen, "amin")
+    return best, first.clamp(max=max(n - 1, 0)), first < n, dual
 
 
 def budget(engine) -> int:
