@@ -14,19 +14,50 @@ around x inside that region, and names the face that binds (Lee, Alvarez-Melis &
 
 from __future__ import annotations
 
+import importlib
+import sys
+import types
 from typing import Sequence
 
 __version__ = "0.1.0"
 
-from .engine import NORMS, Constraint, Engine, InputResult  # noqa: E402
 from .errors import LrcertError  # noqa: E402
-from .ir import Network  # noqa: E402
-from .load import from_module, load  # noqa: E402
-from .roll import roll_loss  # noqa: E402
+
+#: The public names and the modules they live in, imported when first used: ``lrcert --version``
+#: and ``--help`` (and any command that needs no model) never wait for torch, onnx or onnx2torch.
+_LAZY = {"Engine": "engine", "InputResult": "engine", "Constraint": "engine", "NORMS": "engine",
+         "Network": "ir", "from_module": "load", "roll_loss": "roll"}
 
 
-def certify(model, x, *, norms: Sequence[str] = NORMS, directions=None, device=None, dtype=None, batch_size=None,
-            screen: bool = True):
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lrcert' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """``lrcert`` itself. ``lrcert.load`` is the function :func:`lrcert.load.load`, imported on first
+    use, and stays the function when the submodule of the same name is imported (the import system
+    then sets the attribute to the submodule: that is ignored; the submodule is in sys.modules)."""
+
+    @property
+    def load(self):
+        from .load import load
+
+        return load
+
+    @load.setter
+    def load(self, submodule) -> None:
+        pass
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def certify(model, x, *, norms: Sequence[str] = ("l1", "l2", "linf"), directions=None, device=None, dtype=None,
+            batch_size=None, screen: bool = True):
     """Certify the rows of ``x`` for ``model``: a :class:`Network`, an ``nn.Module`` or a model file path.
 
     Computes on ``device`` (default: where ``x`` is; ``"auto"``: a GPU when there is one), in
@@ -38,6 +69,8 @@ def certify(model, x, *, norms: Sequence[str] = NORMS, directions=None, device=N
     import torch
 
     from . import devices, engine
+    from .ir import Network
+    from .load import from_module, load
 
     x = devices.as_tensor(x)
     if isinstance(model, torch.nn.Module):

@@ -197,6 +197,20 @@ def _dims(shape: Sequence[int]) -> str:
     return ", ".join(map(str, shape)) if shape else ""
 
 
+def sha256(path: str | Path) -> str | None:
+    """The file's SHA-256 digest (hex), read in blocks; None where it cannot be read."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
 def batches(rows: np.ndarray, size: int):
     """Float tensors of at most ``size`` rows each, read lazily from a (memory-mapped) array."""
     import torch

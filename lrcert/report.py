@@ -14,11 +14,12 @@ import io
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence, TextIO
+from typing import TYPE_CHECKING, Iterable, Sequence, TextIO
 
 import numpy as np
 
-from .engine import InputResult
+if TYPE_CHECKING:  # (rendering needs no torch: lrcert compare and report read results without it)
+    from .engine import InputResult
 
 NORM_LABELS = {"l1": "ε̂₁", "l2": "ε̂₂", "linf": "ε̂∞"}
 #: min(ε̂, prediction radius): the radius within which the prediction provably stays the same
@@ -114,6 +115,21 @@ def guarantee_text(count: int, deltas: Sequence[float]) -> str:
         return f"{'the input' if count == 1 else '1 of ' + str(count) + ' inputs'} sketched: exact with probability ≥ 1 − {deltas[0]:.1e}{others}"
     return (f"{len(deltas)} of {count} inputs sketched: each exact with probability ≥ 1 − {max(deltas):.1e}, "
             f"all of them ≥ 1 − {math.fsum(deltas):.1e}{others}")
+
+
+def model_record(path, network) -> dict:
+    """What a run's JSON says of its model: the file, its SHA-256, and the layer list's sizes."""
+    from .data import sha256
+
+    return {
+        "path": str(path),
+        "sha256": sha256(path),
+        "layers": len(network.layers) - 1,
+        "units": network.units,
+        "input_shape": list(network.sample_shape),
+        "output_shape": list(network.output_shape),
+        "notes": list(network.notes),
+    }
 
 
 def radii_of(record: dict, key: str) -> dict[str, float]:

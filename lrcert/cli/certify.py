@@ -16,60 +16,12 @@ from typing import Annotated, Iterator, Optional, TextIO
 
 import typer
 
+from .. import limits
 from ..errors import LrcertError
-from ..ranks import Ranks, deal
 from .common import (
-    EXIT_CHECK_FAILED, EXIT_OK, NORM_NAMES, Device, DType, Format, app, check_output_path, parse_shape, reports_errors,
+    EXIT_CHECK_FAILED, EXIT_OK, Device, DType, Format, app, check_output_path, parse_shape, reports_errors,
     say, stop_if_interrupted,
 )
-
-
-def parse_norms(values: list[str] | None) -> tuple[str, ...]:
-    if not values:
-        return ("l1", "l2", "linf")
-    norms = []
-    for value in values:
-        for part in value.split(","):
-            key = part.strip().lower()
-            if key not in NORM_NAMES:
-                raise LrcertError(f"unknown norm --p {part!r}", fix="use --p 1, --p 2 or --p inf (repeatable)")
-            norms.append(NORM_NAMES[key])
-    return tuple(p for p in ("l1", "l2", "linf") if p in norms)
-
-
-def parse_guarantee(value: str) -> str | float:
-    """``deterministic``, or a probability in (0, 1): the bound on the run's chance of an answer that is not exact."""
-    if value.strip().lower() == "deterministic":
-        return "deterministic"
-    try:
-        bound = float(value)
-    except ValueError:
-        bound = math.nan
-    if not 0 < bound < 1:
-        raise LrcertError(f"--guarantee {value!r} is neither 'deterministic' nor a probability between 0 and 1",
-                          fix="write --guarantee deterministic, or a bound such as --guarantee 1e-12")
-    return bound
-
-
-def parse_thresholds(values: list[str] | None, norms: tuple[str, ...], option: str = "--min-radius") -> dict[str, float]:
-    """``R`` applies to every selected norm; ``l2=R`` (or ``2=R``, ``inf=R``) to one."""
-    thresholds: dict[str, float] = {}
-    for value in values or []:
-        name, _, number = value.rpartition("=")
-        targets = norms if not name else (NORM_NAMES.get(name.strip().lower()),)
-        if None in targets:
-            raise LrcertError(f"{option} {value!r} names an unknown norm", fix="write R, l1=R, l2=R or linf=R")
-        try:
-            radius = float(number)
-        except ValueError:
-            raise LrcertError(f"{option} {value!r} is not a number", fix="write R, l1=R, l2=R or linf=R") from None
-        if not radius >= 0 or math.isinf(radius):
-            raise LrcertError(f"{option} {value!r} must be a finite number ≥ 0", fix="give a radius like 0.01")
-        for p in targets:
-            if p not in norms:
-                raise LrcertError(f"{option} {value!r} checks {p}, which --p did not select", fix=f"add --p {p}")
-            thresholds[p] = radius
-    return thresholds
 
 
 @contextmanager
@@ -191,17 +143,6 @@ def _forget_rank_rows(path: Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
-def file_sha256(path: str) -> str | None:
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    except OSError:
-        return None
-    return digest.hexdigest()
-
-
 @app.command()
 @reports_errors
 def certify(
@@ -236,11 +177,12 @@ def certify(
     from ..engine import Engine
     from ..html_report import today
     from ..load import load
+    from ..ranks import Ranks, deal
 
-    norms = parse_norms(p)
-    bound = parse_guarantee(guarantee)
-    thresholds = parse_thresholds(min_radius, norms)
-    certified_thresholds = parse_thresholds(min_certified, norms, "--min-certified")
+    norms = limits.norms(p)
+    bound = limits.guarantee(guarantee)
+    thresholds = limits.radii(min_radius, norms)
+    certified_thresholds = limits.radii(min_certified, norms, "--min-certified")
     point_norm = _adversarial_norm(adversarial_norm, norms) if adversarial_out or report_page else None
     for path, suffix, what in ((adversarial_out, ".npy", "--adversarial-out"), (report_page, ".html", "--report")):
         if path is not None:
@@ -289,17 +231,10 @@ def certify(
                     predictions=not no_prediction_radius, adversarial_norm=point_norm, progress=progress.pushed,
                     guarantee=bound, seed=seed)
     plan = engine.plan(len(rows))
-    model_info = {
-        "path": model,
-        "sha256": file_sha256(model),
-        "layers": len(network.layers) - 1,
-        "units": network.units,
-        "input_shape": list(network.sample_shape),
-        "output_shape": list(network.output_shape),
-        "notes": list(network.notes),
-    }
+    model_info = report.model_record(model, network)
     options = {
         "data": "-" if data == "-" else data,
+        "data_sha256": hashlib.sha256(source).hexdigest() if data == "-" else data_io.sha256(data),
         "key": key,
         "norms": list(norms),
         "dtype": dtype.value,
@@ -565,7 +500,7 @@ def _adversarial_norm(value: str | None, norms: tuple[str, ...]) -> str:
     """--adversarial-norm, or l2, or the one norm --p selects."""
     if value is None:
         return "l2" if "l2" in norms or len(norms) != 1 else norms[0]
-    chosen = parse_norms([value])
+    chosen = limits.norms([value])
     if len(chosen) != 1 or chosen[0] not in norms:
         raise LrcertError(f"--adversarial-norm {value!r} is not one of the certified norms ({', '.join(norms)})",
                           fix="name one norm that --p selects")

@@ -19,7 +19,6 @@ from .. import __version__
 from ..errors import LrcertError, first_line
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
-NORM_NAMES = {"1": "l1", "l1": "l1", "2": "l2", "l2": "l2", "inf": "linf", "linf": "linf", "∞": "linf"}
 
 app = typer.Typer(
     add_completion=False,

@@ -3,7 +3,6 @@ JSON or JSON-lines output."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -26,13 +25,13 @@ def report(
     where the binding faces sit, and the inputs closest to another prediction (with thumbnails).
 
     One file, no network access, no scripts: open it in any browser, attach it to a CI run."""
-    from .. import html_report
+    from .. import html_report, runs
     from ..data import written_atomically
 
     if out.suffix.lower() != ".html":
         raise LrcertError(f"--out {out} does not end in .html", fix="name an .html file")
     check_output_path(out)
-    run, records = _read_results(results)
+    run, records = runs.read(results)
     notes = list(run.get("notes") or [])
     pictures = _pictures(run, records, data, adversarial, key, notes)
     run["notes"] = notes
@@ -40,34 +39,6 @@ def report(
         Path(tmp).write_text(html_report.render(run, records, pictures), encoding="utf-8")
     say(f"report: {out} ({len(records)} inputs)")
     return EXIT_OK
-
-
-def _read_results(path: Path) -> tuple[dict, list[dict]]:
-    """The run (model, options) and the records of a JSON document, or the records of JSON lines."""
-    if not path.is_file():
-        raise LrcertError(f"results file {str(path)!r} does not exist", fix="give lrcert certify's --format json or jsonl output")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    try:
-        document = json.loads(text)
-        lines = None
-    except ValueError:
-        document = None
-        try:
-            lines = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except ValueError:
-            lines = None
-    if isinstance(document, dict) and isinstance(document.get("results"), list):
-        run = {"model": document.get("model"), "options": document.get("options"), **(document.get("run") or {})}
-        records = document["results"]
-    elif isinstance(document, dict):  # JSON lines with a single result
-        run, records = {}, [document]
-    elif lines is not None:
-        run, records = {}, lines
-    else:
-        raise LrcertError(f"{path} is neither JSON nor JSON lines", fix="give lrcert certify's --format json or jsonl output")
-    if not records or not all(isinstance(r, dict) and {"index", "radius", "binding"} <= r.keys() for r in records):
-        raise LrcertError(f"{path} holds no lrcert certify results", fix="give lrcert certify's --format json or jsonl output")
-    return run, records
 
 
 def _pictures(run: dict, records: list[dict], data: str | None, adversarial: Path | None, key: str | None,

@@ -1,0 +1,117 @@
+"""Running ``lrcert check``'s checks (:mod:`lrcert.config`): each model is loaded once and
+certifies its data; the check fails where an input's radius (or certified radius) is below its
+floor, or where a figure dropped from the baseline run by more than allowed (:mod:`lrcert.compare`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from . import compare, report, runs
+from .config import Check
+from .errors import LrcertError
+
+#: Failing inputs named in a failure message, at most.
+LISTED = 20
+
+
+@dataclass
+class Outcome:
+    """What one check found: its figures, its failures (or the error that stopped it), its run."""
+
+    check: Check
+    inputs: int = 0
+    seconds: float = 0.0
+    figures: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    error: str | None = None
+    document: str | None = None  # the run as certify's JSON document (the next baseline)
+    guarantee: str = ""
+
+    @property
+    def status(self) -> str:
+        return "error" if self.error else "failed" if self.failures else "passed"
+
+
+def run(check: Check, use_baseline: bool = True) -> Outcome:
+    """Certify ``check``'s data with its model and judge it; an input error ends it as an error.
+    ``use_baseline`` False leaves out the comparison (its baseline is about to be written)."""
+    from .data import sha256
+
+    outcome = Outcome(check)
+    started = time.perf_counter()
+    try:
+        data_hash = sha256(check.data)
+        records, outcome.document = _certify(check, data_hash, started, outcome)
+        _floors(check, records, outcome)
+        if check.baseline is not None and use_baseline:
+            _against_baseline(check, records, data_hash, outcome)
+    except LrcertError as error:
+        outcome.error = str(error)
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def _certify(check: Check, data_hash: str | None, started: float, outcome: Outcome) -> tuple[list[dict], str]:
+    """The check's results as certify's records, and as its JSON document."""
+    import torch
+
+    from . import data as data_io
+    from .engine import Engine
+    from .html_report import today
+    from .load import load
+
+    network = load(str(check.model), sample_shape=data_io.peek_row_shape(str(check.data), check.key))
+    rows, _ = data_io.read_rows(str(check.data), network.sample_shape, key=check.key, name=str(check.data))
+    dtype = {"auto": "auto", "float32": torch.float32, "float64": torch.float64}[check.dtype]
+    engine = Engine(network, norms=check.norms, device=check.device, dtype=dtype, batch_size=check.batch_size,
+                    guarantee=check.guarantee, seed=check.seed)
+    plan = engine.plan(len(rows))
+    results = [r for batch in engine.certify(data_io.batches(rows, plan.batch_size), n_inputs=len(rows)) for r in batch]
+    outcome.inputs = len(results)
+    deltas = [r.delta for r in results if r.delta > 0]
+    outcome.guarantee = report.guarantee_text(len(results), deltas)
+    options = {"data": str(check.data), "data_sha256": data_hash, "key": check.key,
+               "norms": list(check.norms), "dtype": check.dtype, "device": check.device, "batch_size": plan.batch_size,
+               "guarantee": check.guarantee, "sketch_directions": engine.sketch.k if engine.sketch else None,
+               "seed": check.seed, "check": check.name}
+    run_facts = {"seconds": time.perf_counter() - started, "date": today()}
+    document = report.json_document(report.model_record(check.model, network), options, results, check.norms, run_facts)
+    return [report.result_record(r, check.norms) for r in results], document
+
+
+def _floors(check: Check, records: list[dict], outcome: Outcome) -> None:
+    """min-radius and min-certified: the smallest radius per norm, and the inputs below the floor."""
+    for quantity, floors, label in (("radius", check.min_radius, report.NORM_LABELS),
+                                    ("certified_radius", check.min_certified, report.CERTIFIED_LABELS)):
+        for p, floor in floors.items():
+            values = [report.radii_of(r, quantity)[p] if r.get(quantity) else report.radii_of(r, "radius")[p]
+                      for r in records]
+            smallest = min(values) if values else math.inf
+            below = [r["index"] for r, v in zip(records, values) if v < floor]
+            outcome.figures.append(f"min {label[p]} {smallest:.3g} {'<' if below else '≥'} {floor:g}")
+            if below:
+                shown = ", ".join(map(str, below[:LISTED])) + (f", … ({len(below) - LISTED} more)" if len(below) > LISTED else "")
+                outcome.failures.append(f"{len(below)} of {len(records)} inputs have {label[p]} below {floor:g}: inputs {shown}")
+
+
+def _against_baseline(check: Check, records: list[dict], data_hash: str | None, outcome: Outcome) -> None:
+    """The run against the check's baseline: the limited figures' changes, and the drops too large."""
+    if not check.baseline.is_file():
+        raise LrcertError(f"check {check.name}: baseline {check.baseline} does not exist",
+                          fix=f"create it from an accepted run: lrcert check {check.name} --update-baseline")
+    base = runs.read(check.baseline)
+    candidate = ({"options": {"data_sha256": data_hash}}, records)
+    result = compare.compare(base, candidate, (str(check.baseline), f"check {check.name}"), check.max_drop,
+                             check.max_drop_on)
+    figure = {"median": "p50", "min": "min", "p25": "p25"}[check.max_drop_on]
+    for p, limit in check.max_drop.items():
+        for quantity, by_figure in result.figures[p].items():
+            label = (report.NORM_LABELS if quantity == "radius" else report.CERTIFIED_LABELS)[p]
+            change = by_figure[figure][2]
+            shown = "+∞" if math.isinf(change) else f"{100 * change:+.1f}%"
+            outcome.figures.append(f"{compare.FIGURE_NAMES[figure]} {label} {shown} (≥ −{100 * limit:g}%)")
+    outcome.failures += [failure.describe() + f" (baseline {check.baseline})" for failure in result.failures]
+

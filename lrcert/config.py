@@ -1,0 +1,196 @@
+"""``lrcert check``'s settings: named checks in ``pyproject.toml`` (``[tool.lrcert.checks.NAME]``)
+or in ``lrcert.toml`` (``[checks.NAME]``), keys in kebab-case as ruff and black spell theirs,
+paths relative to the config file. Keys set beside ``checks`` (``[tool.lrcert]``) are every
+check's defaults.
+
+    [tool.lrcert.checks.mnist]
+    model = "models/mnist.onnx"
+    data = "data/mnist_test_100.npy"
+    norms = ["l2", "linf"]
+    min-radius = {l2 = 1e-4}           # or a number for every norm
+    min-certified = 1e-5
+    baseline = "baselines/mnist.json"  # a certify --format json run; lrcert check --update-baseline writes it
+    max-drop = "10%"                   # or {l2 = "10%"}; of the median, or of max-drop-on = "min" | "p25"
+
+Every problem names the file, the table and the key, in one line.
+
+>>> spec = parse({"checks": {"a": {"model": "m.onnx", "data": "d.npy", "min-radius": {"l2": 0.5}}}},
+...              Path("lrcert.toml"), "", check_files=False)[0]
+>>> spec.name, spec.norms, spec.min_radius
+('a', ('l1', 'l2', 'linf'), {'l2': 0.5})
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import limits
+from .errors import LrcertError
+
+#: What a check (or ``[tool.lrcert]`` for every check) may set; model, data and baseline only a check.
+KEYS = {"model", "data", "key", "norms", "min-radius", "min-certified", "baseline", "max-drop", "max-drop-on",
+        "device", "dtype", "batch-size", "guarantee", "seed"}
+PER_CHECK = {"model", "data", "key", "baseline"}
+FIGURES = ("min", "p25", "median")
+
+
+@dataclass
+class Check:
+    """One named check: a model, its data, and what they must show."""
+
+    name: str
+    source: Path  # the config file
+    model: Path
+    data: Path
+    key: str | None = None
+    norms: tuple[str, ...] = limits.NORMS
+    min_radius: dict[str, float] = field(default_factory=dict)
+    min_certified: dict[str, float] = field(default_factory=dict)
+    baseline: Path | None = None
+    max_drop: dict[str, float] = field(default_factory=dict)
+    max_drop_on: str = "median"
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int | None = None
+    guarantee: str | float = 1e-12
+    seed: int = 0
+
+
+def find(start: Path) -> Path:
+    """The config file that applies in ``start``: the nearest ``lrcert.toml``, or ``pyproject.toml``
+    with a ``[tool.lrcert]`` table, in ``start`` or a folder above."""
+    for folder in (start.resolve(), *start.resolve().parents):
+        if (folder / "lrcert.toml").is_file():
+            return folder / "lrcert.toml"
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file() and "lrcert" in (_read(pyproject).get("tool") or {}):
+            return pyproject
+    raise LrcertError(f"no lrcert.toml, and no pyproject.toml with a [tool.lrcert] table, in {start} or above",
+                      fix="add [tool.lrcert.checks.NAME] tables to pyproject.toml (see README, 'In CI'), or give --config")
+
+
+def load(path: Path) -> list[Check]:
+    """Every check of config file ``path`` (an ``lrcert.toml``, or a ``pyproject.toml``)."""
+    if not path.is_file():
+        raise LrcertError(f"config file {str(path)!r} does not exist", fix="give an lrcert.toml or a pyproject.toml")
+    table, prefix = _read(path), ""
+    if path.name == "pyproject.toml" or "tool" in table:
+        table, prefix = (table.get("tool") or {}).get("lrcert"), "tool.lrcert."
+        if table is None:
+            raise LrcertError(f"{path} has no [tool.lrcert] table", fix="add [tool.lrcert.checks.NAME] tables")
+    return parse(table, path, prefix)
+
+
+def _read(path: Path) -> dict:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except (OSError, ValueError) as problem:
+        raise LrcertError(f"{path} is not valid TOML: {problem}", fix="correct the file") from None
+
+
+def parse(table: dict, path: Path, prefix: str, check_files: bool = True) -> list[Check]:
+    """The checks of ``table`` (the ``[tool.lrcert]`` or ``lrcert.toml`` contents) read from ``path``."""
+    where = f"{path}: [{prefix.rstrip('.') or 'top level'}]"
+    defaults = {k: v for k, v in table.items() if k != "checks"}
+    _known(defaults, KEYS - PER_CHECK, where)
+    checks = table.get("checks")
+    if not isinstance(checks, dict) or not checks:
+        raise LrcertError(f"{path} names no checks", fix=f"add a [{prefix}checks.NAME] table with model and data")
+    out = []
+    for name, settings in checks.items():
+        here = f"{path}: [{prefix}checks.{name}]"
+        if not isinstance(settings, dict):
+            raise LrcertError(f"{here} is not a table", fix=f"write [{prefix}checks.{name}] with model = … and data = …")
+        _known(settings, KEYS, here)
+        merged = defaults | settings
+        out.append(_check(name, merged, path, here, check_files))
+    return out
+
+
+def _known(settings: dict, allowed: set[str], where: str) -> None:
+    for key in settings:
+        if key not in allowed:
+            close = [k for k in sorted(allowed) if k.replace("-", "_") == key.replace("-", "_")]
+            fix = f"write {close[0]}" if close else f"use one of {', '.join(sorted(allowed))}"
+            raise LrcertError(f"{where} has an unknown key {key!r}", fix=fix)
+
+
+def _check(name: str, settings: dict, path: Path, here: str, check_files: bool) -> Check:
+    folder = path.parent
+
+    def problem(key: str, what: str, fix: str) -> LrcertError:
+        return LrcertError(f"{here} {key}: {what}", fix=fix)
+
+    def file(key: str, required: bool) -> Path | None:
+        value = settings.get(key)
+        if value is None:
+            if required:
+                raise problem(key, "is missing", f"add {key} = \"path\" (relative to {path.name})")
+            return None
+        if not isinstance(value, str):
+            raise problem(key, f"{value!r} is not a path", "write it as a string")
+        return folder / value
+
+    def rewrap(key: str, parse):
+        try:
+            return parse()
+        except LrcertError as error:
+            raise problem(key, error.problem, error.fix or "correct it") from None
+
+    norms = rewrap("norms", lambda: limits.norms(_strings(settings.get("norms")), "norms ="))
+    check = Check(name, path, file("model", True), file("data", True), key=settings.get("key"), norms=norms,
+                  baseline=file("baseline", False))
+    check.min_radius = rewrap("min-radius", lambda: limits.radii(_per_norm(settings.get("min-radius")), norms, "", "norms"))
+    check.min_certified = rewrap("min-certified",
+                                 lambda: limits.radii(_per_norm(settings.get("min-certified")), norms, "", "norms"))
+    check.max_drop = rewrap("max-drop", lambda: limits.drops(_per_norm(settings.get("max-drop")), norms, "", "norms"))
+    if check.max_drop and check.baseline is None:
+        raise problem("max-drop", "limits a drop from a baseline, but the check names none",
+                      "add baseline = \"results.json\" (lrcert check --update-baseline writes it)")
+    check.max_drop_on = _choice(settings, "max-drop-on", FIGURES, "median", problem)
+    check.device = _choice(settings, "device", ("auto", "cpu", "cuda"), "auto", problem, prefix_ok=True)
+    check.dtype = _choice(settings, "dtype", ("auto", "float32", "float64"), "auto", problem)
+    batch = settings.get("batch-size")
+    if batch is not None and (not isinstance(batch, int) or isinstance(batch, bool) or batch < 1):
+        raise problem("batch-size", f"{batch!r} is not a positive whole number", "write e.g. batch-size = 64")
+    check.batch_size = batch
+    check.guarantee = rewrap("guarantee", lambda: limits.guarantee(str(settings.get("guarantee", "1e-12")), "guarantee ="))
+    seed = settings.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise problem("seed", f"{seed!r} is not a whole number", "write e.g. seed = 0")
+    check.seed = seed
+    if check_files:
+        for key, target in (("model", check.model), ("data", check.data)):
+            if not target.exists():
+                raise problem(key, f"{target} does not exist", f"correct the path (relative to {path.name})")
+    return check
+
+
+def _strings(value) -> list[str] | None:
+    """``norms``: a list (of names or numbers) or one string."""
+    if value is None:
+        return None
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def _per_norm(value) -> list[str] | None:
+    """A number (or ``"10%"``) for every norm, or a table ``{l2 = …}``: as the command line writes them."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return [f"{norm}={amount}" for norm, amount in value.items()]
+    return [str(value)]
+
+
+def _choice(settings: dict, key: str, allowed: tuple[str, ...], default: str, problem, prefix_ok: bool = False) -> str:
+    value = settings.get(key, default)
+    if not isinstance(value, str) or not (value in allowed or prefix_ok and value.startswith("cuda:")):
+        raise problem(key, f"{value!r} is not one of {', '.join(allowed)}", f"write {key} = \"{allowed[0]}\"")
+    return value
