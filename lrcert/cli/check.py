@@ -3,7 +3,6 @@ or ``lrcert.toml``, one summary table, JUnit XML for CI, baselines kept up to da
 
 from __future__ import annotations
 
-import enum
 import json
 import sys
 from pathlib import Path
@@ -12,20 +11,14 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import LrcertError
-from .common import EXIT_CHECK_FAILED, EXIT_INPUT, EXIT_OK, app, check_output_path, reports_errors, say
-
-
-class SummaryFormat(str, enum.Enum):
-    table = "table"
-    json = "json"
-    markdown = "markdown"
+from .common import EXIT_CHECK_FAILED, EXIT_INPUT, EXIT_OK, SummaryFormat, app, check_output_path, reports_errors, say
 
 
 @app.command()
 @reports_errors
 def check(
-    names: Annotated[Optional[list[str]], typer.Argument(metavar="[NAME]...", help="The checks to run (default: all of them).")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="The config file: an lrcert.toml, or a pyproject.toml with [tool.lrcert]. Default: the nearest one here or above.")] = None,
+    names: Annotated[Optional[list[str]], typer.Argument(metavar="NAME", help="The checks to run (default: all of them).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="The config file: an lrcert.toml, or a pyproject.toml with \\[tool.lrcert]. Default: the nearest one here or above.")] = None,
     junit_xml: Annotated[Optional[Path], typer.Option("--junit-xml", metavar="FILE", help="Also write the results as JUnit XML (one test case per check), for a CI system's test tab.")] = None,
     update_baseline: Annotated[bool, typer.Option("--update-baseline", help="After a run where every check passed, write each check's results to its baseline file (atomically): the new accepted run.")] = False,
     output_format: Annotated[SummaryFormat, typer.Option("--format", "-f", help="The summary: table (for people), json (for machines) or markdown (for $GITHUB_STEP_SUMMARY).")] = SummaryFormat.table,

@@ -36,6 +36,14 @@ class Format(str, Enum):
     csv = "csv"
 
 
+class SummaryFormat(str, Enum):
+    """What ``check`` and ``compare`` print: for people, machines, or a pull request's summary."""
+
+    table = "table"
+    json = "json"
+    markdown = "markdown"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"

@@ -11,13 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import EXIT_CHECK_FAILED, EXIT_OK, app, reports_errors, say
-
-
-class CompareFormat(str, enum.Enum):
-    table = "table"
-    json = "json"
-    markdown = "markdown"
+from .common import EXIT_CHECK_FAILED, EXIT_OK, SummaryFormat, app, reports_errors, say
 
 
 class Figure(str, enum.Enum):
@@ -29,11 +23,11 @@ class Figure(str, enum.Enum):
 @app.command()
 @reports_errors
 def compare(
-    base: Annotated[Path, typer.Argument(help="The accepted run: lrcert certify's --format json or jsonl output.")],
-    candidate: Annotated[Path, typer.Argument(help="The new run, over the same data.")],
+    base: Annotated[Path, typer.Argument(metavar="BASE", help="The accepted run: lrcert certify's --format json or jsonl output.")],
+    candidate: Annotated[Path, typer.Argument(metavar="CANDIDATE", help="The new run, over the same data.")],
     max_drop: Annotated[Optional[list[str]], typer.Option("--max-drop", metavar="DROP", help="Exit 1 when a figure of ε̂ or of the certified radius fell by more than this: 10% for every norm, l2=10% for one. Repeatable.")] = None,
     on: Annotated[Figure, typer.Option("--on", help="The figure --max-drop limits: the minimum, the 25th percentile or the median over the inputs.")] = Figure.median,
-    output_format: Annotated[CompareFormat, typer.Option("--format", "-f", help="table (for people), json (for machines) or markdown (for $GITHUB_STEP_SUMMARY or a merge-request comment).")] = CompareFormat.table,
+    output_format: Annotated[SummaryFormat, typer.Option("--format", "-f", help="table (for people), json (for machines) or markdown (for $GITHUB_STEP_SUMMARY or a merge-request comment).")] = SummaryFormat.table,
 ) -> int:
     """Compare two runs of lrcert certify over the same data: per norm the change in min, P25 and
     median of ε̂ and of the certified radius, the inputs whose radius dropped most, how many inputs
@@ -46,10 +40,10 @@ def compare(
     norms = tuple(p for p in limits.NORMS if p in first[1][0]["radius"] and p in second[1][0]["radius"])
     drops = limits.drops(max_drop, norms)
     result = comparing.compare(first, second, names, drops, on.value)
-    if output_format == CompareFormat.json:
+    if output_format == SummaryFormat.json:
         sys.stdout.write(json.dumps({"base": names[0], "candidate": names[1], "on": on.value,
                                      "max_drop": drops, **result.as_dict()}, indent=2) + "\n")
-    elif output_format == CompareFormat.markdown:
+    elif output_format == SummaryFormat.markdown:
         sys.stdout.write(comparing.markdown(result, names))
     else:
         comparing.print_table(sys.stdout, result, names, color=sys.stdout.isatty())
