@@ -220,7 +220,7 @@ def _func_jacobian(transform):
 
 def lrcert_engine(engine: Engine):
     def method(w: Workload, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        results = [r for batch in engine.certify([x], n_inputs=len(x)) for r in batch]
+        results = [r for batch in engine.stream([x], n_inputs=len(x)) for r in batch]
         return {p: torch.tensor([r.radius[p] for r in results]) for p in NORMS}
 
     return method
@@ -274,7 +274,7 @@ def engine_flops(engine: Engine, x: torch.Tensor) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
-        for _ in engine.certify([x], n_inputs=len(x)):
+        for _ in engine.stream([x], n_inputs=len(x)):
             pass
     return counter.get_total_flops()
 

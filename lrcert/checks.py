@@ -69,7 +69,7 @@ def _certify(check: Check, data_hash: str | None, started: float, outcome: Outco
     engine = Engine(network, norms=check.norms, device=check.device, dtype=dtype, batch_size=check.batch_size,
                     guarantee=check.guarantee, seed=check.seed)
     plan = engine.plan(len(rows))
-    results = [r for batch in engine.certify(data_io.batches(rows, plan.batch_size), n_inputs=len(rows)) for r in batch]
+    results = [r for batch in engine.stream(data_io.batches(rows, plan.batch_size), n_inputs=len(rows)) for r in batch]
     outcome.inputs = len(results)
     deltas = [r.delta for r in results if r.delta > 0]
     outcome.guarantee = report.guarantee_text(len(results), deltas)

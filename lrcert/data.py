@@ -123,28 +123,55 @@ def _from_npz(archive, key: str | None, name: str) -> np.ndarray:
 
 
 def _shape_rows(array: np.ndarray, sample: tuple[int, ...], name: str, what: str) -> tuple[np.ndarray, list[str]]:
-    if array.dtype.kind != "f":
+    notes = _check_rows(tuple(array.shape), array.dtype.kind, str(array.dtype), sample, name, what)
+    return (array.reshape(len(array), *sample) if notes else array), notes
+
+
+def _check_rows(shape: tuple[int, ...], kind: str, dtype: str, sample: tuple[int, ...], name: str,
+                what: str) -> list[str]:
+    """Refuse rows that are not floating-point rows of the model's row shape (or of as many
+    elements: then a note says they are reshaped). ``kind``: numpy's dtype kind letter."""
+    if kind != "f":
         kinds = {"i": "integers", "u": "unsigned integers", "b": "booleans", "c": "complex numbers", "O": "objects"}
         raise LrcertError(
-            f"{name} holds {kinds.get(array.dtype.kind, str(array.dtype))} ({array.dtype}), not floating-point {what}",
+            f"{name} holds {kinds.get(kind, dtype)} ({dtype}), not floating-point {what}",
             fix="convert it, e.g. np.save(path, x.astype('float32')) (scale images to the model's input range)",
         )
-    if array.ndim == 0:
+    if len(shape) == 0:
         raise LrcertError(f"{name} holds a single number, not rows of {what}", fix=f"save an array of shape (N, {_dims(sample)})")
-    if len(array) == 0:
+    if shape[0] == 0:
         raise LrcertError(f"{name} holds no inputs (0 rows)", fix="give at least one row")
-    row = tuple(array.shape[1:])
-    notes: list[str] = []
-    if row != sample:
-        if math.prod(row) != math.prod(sample):
-            raise LrcertError(
-                f"{name} has rows of shape {row} (array {tuple(array.shape)}), but the model takes rows of shape "
-                f"{sample}",
-                fix=f"save the {what} as an array of shape (N, {_dims(sample)})",
-            )
-        array = array.reshape(len(array), *sample)
-        notes.append(f"reshaped each row of {name} from {row} to {sample} (same number of elements)")
-    return array, notes
+    row = tuple(shape[1:])
+    if row == sample:
+        return []
+    if math.prod(row) != math.prod(sample):
+        raise LrcertError(
+            f"{name} has rows of shape {row} (array {tuple(shape)}), but the model takes rows of shape {sample}",
+            fix=f"give the {what} as an array of shape (N, {_dims(sample)})",
+        )
+    return [f"reshaped each row of {name} from {row} to {sample} (same number of elements)"]
+
+
+def tensor_rows(x, sample_shape: Sequence[int], name: str = "x"):
+    """The library's inputs checked as the command line checks a file: ``x`` (a tensor, an array or
+    nested lists) as a float tensor of shape (N, *sample_shape), where it was; the same one-line
+    errors (rows of as many elements are reshaped, silently)."""
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        array = np.asarray(x)
+        _check_rows(tuple(array.shape), array.dtype.kind, str(array.dtype), tuple(sample_shape), name, "data")
+        x = torch.from_numpy(array if array.flags.writeable else array.copy())  # (torch warns of read-only memory)
+    kind = "f" if x.is_floating_point() else "c" if x.is_complex() else "b" if x.dtype == torch.bool else "i"
+    sample = tuple(sample_shape)
+    if _check_rows(tuple(x.shape), kind, str(x.dtype).split(".")[-1], sample, name, "data"):
+        x = x.reshape(len(x), *sample)
+    finite = torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
+    if not bool(finite.all()):  # (one wait for the device: the library's inputs are checked once)
+        bad = int(torch.argmin(finite.to(torch.uint8)))
+        kind = "NaN" if bool(torch.isnan(x[bad]).any()) else "Inf"
+        raise LrcertError(f"{name} holds {kind} in row {bad}", fix="remove or repair the rows that are not finite")
+    return x
 
 
 def peek_row_shape(source: str | bytes | None, key: str | None = None, single: bool = False) -> tuple[int, ...] | None:

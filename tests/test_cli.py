@@ -334,3 +334,28 @@ def test_the_guarantee_in_the_table_and_csv(deep):
 def test_a_bad_guarantee_is_one_line(mlp, value):
     model, data = mlp
     assert_error(invoke("certify", model, data, "--guarantee", value), 2, "--guarantee", "deterministic")
+
+
+@pytest.mark.parametrize("command", [[], ["certify"], ["check"], ["compare"], ["report"], ["inspect"], ["train"],
+                                     ["plot"], ["path"]])
+def test_help_pages_name_values_not_python_types(command):
+    """No ``<bool>``, ``<path>``, ``<list[str]>`` in the options, no ``{model}`` braces in the usage."""
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "120"}, prog_name="lrcert")
+    assert result.exit_code == 0
+    assert "<" not in result.stdout and "{" not in result.stdout, result.stdout
+    if command:
+        assert f"Usage: lrcert {command[0]} [OPTIONS]" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["inspect", "path", "train"])
+def test_table_or_json_commands_offer_no_other_format(command):
+    result = runner.invoke(app, [command, "x", "--format", "csv"])
+    assert result.exit_code == 2 and "csv" in result.output
+
+
+def test_no_library_warning_reaches_stderr(mlp, tmp_path):
+    """A float64 direction file (what np.save(np.ones(…)) writes) made torch warn of read-only memory."""
+    model, data = mlp
+    np.save(tmp_path / "d.npy", np.ones((1, 5)))
+    result = invoke("certify", model, data, "--direction", tmp_path / "d.npy", "-f", "json")
+    assert result.exit_code == 0 and "Warning" not in result.stderr and "warn" not in result.stderr, result.stderr

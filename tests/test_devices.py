@@ -322,7 +322,7 @@ def test_batches_copy_no_host_data_to_the_device(make, dtype):
     x = torch.rand(24, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     for directions in (None, torch.ones(1, 3, 4, 4)):
         with CountHostData() as counter:
-            results = [r for batch in engine.certify([x], n_inputs=len(x), directions=directions) for r in batch]
+            results = [r for batch in engine.stream([x], n_inputs=len(x), directions=directions) for r in batch]
         assert len(results) == len(x) and counter.made == [], counter.made
 
 

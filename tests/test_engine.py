@@ -282,7 +282,7 @@ def test_chunking_over_inputs_and_directions_gives_identical_radii(name):
         assert tiny.sparse and plan.group == 1 and plan.batch_size == 2
     else:
         assert plan.directions_per_pass < network.input_size  # really chunks the directions
-    pieces = [r for batch in tiny.certify([x], n_inputs=len(x)) for r in batch]
+    pieces = [r for batch in tiny.stream([x], n_inputs=len(x)) for r in batch]
     assert [r.index for r in pieces] == list(range(5))
     for a, b in zip(whole, pieces):
         assert a.radius == pytest.approx(b.radius, rel=1e-12)
@@ -342,7 +342,7 @@ def test_cpu_batches_hold_no_more_input_state_than_the_memory_budget(monkeypatch
     monkeypatch.setattr(lrcert.devices, "cpu_state_budget", lambda: 10 * planning.bytes_per_input(engine) + 1)
     assert engine.plan(1000).batch_size == 10
     assert Engine(network, dtype=torch.float64, batch_size=64).plan(1000).batch_size == 64  # asked for: as asked
-    small = [r for batch in engine.certify([x], n_inputs=len(x)) for r in batch]
+    small = [r for batch in engine.stream([x], n_inputs=len(x)) for r in batch]
     whole = Engine(network, dtype=torch.float64, batch_size=25).run(x)
     assert [r.index for r in small] == list(range(25))
     for a, b in zip(small, whole):

@@ -75,12 +75,12 @@ def test_float32_dual_norms_lie_within_their_bounds(name, monkeypatch):
 
 
 def _same(results, expected):
-    """Within float64 rounding where auto refined the input, within the tolerance where it kept float32."""
+    """Every radius of auto is exact in float64: the same to float64 rounding."""
     for got, want in zip(results, expected):
-        tolerance = 1e-9 if got.dtype == "float64" else precision.TOLERANCE
+        assert got.dtype == "float64"
         for p in want.radius:
             a, b = got.radius[p], want.radius[p]
-            assert a == b or abs(a - b) <= tolerance * abs(b), (got.index, got.dtype, p, a, b)
+            assert a == b or abs(a - b) <= 1e-9 * abs(b), (got.index, got.dtype, p, a, b)
 
 
 @pytest.mark.parametrize("screen", [True, False], ids=["screened", "dense"])
@@ -128,15 +128,24 @@ def test_exact_candidates_and_whole_reruns_give_the_same_answer(monkeypatch, sha
     _same(auto, lrcert.certify(model, x, dtype=torch.float64))
 
 
-def test_inputs_float32_settles_keep_their_float32_result():
-    """One hidden layer on 40 inputs: float32 rounds the face gradients by about 1e-6, so the
-    bounds settle most inputs without any float64 work."""
+def test_inputs_whose_float32_bounds_leave_one_face_take_its_float64_ratio():
+    """One hidden layer on 40 inputs: float32 rounds the face gradients by about 1e-6, so the bounds
+    leave a single candidate face on most inputs; its ratio is still taken in float64 (one reverse
+    pass), so auto's answers equal float64's at any batch size, to float64 rounding."""
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 3)).double()
     x = torch.randn(20, 40, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    auto, exact = lrcert.certify(model, x, screen=False), lrcert.certify(model, x, dtype=torch.float64)
-    assert sum(r.dtype == "float32" for r in auto) >= 10
+    network = lrcert.from_module(model, (40,))
+    engine = lrcert.Engine(network, screen=False)
+    auto = engine.run(x)
+    assert engine.work.exact <= 2 * len(x)  # one or two reverse passes per input, no more
+    exact = lrcert.certify(model, x, dtype=torch.float64)
     _same(auto, exact)
+    for size in (1, 7):
+        again = lrcert.certify(network, x, screen=False, batch_size=size)
+        for got, want in zip(again, auto):
+            assert got.radius == pytest.approx(want.radius, rel=1e-12, abs=0)  # (float64 rounding of z)
+            assert {p: (c.layer, c.unit) for p, c in got.binding.items()} == {p: (c.layer, c.unit) for p, c in want.binding.items()}
 
 
 def test_tied_max_pools_give_zero_without_float64_work():
@@ -146,8 +155,10 @@ def test_tied_max_pools_give_zero_without_float64_work():
     model = model.double()
     x = torch.zeros(3, 1, 8, 8, dtype=torch.float64)
     x[:, :, 2:4, 2:5] = torch.rand(3, 1, 2, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    auto, exact = lrcert.certify(model, x, screen=False), lrcert.certify(model, x, dtype=torch.float64)
-    assert all(r.radius["l2"] == 0 and r.dtype == "float32" and r.binding["l2"].kind == "maxpool" for r in auto)
+    engine = lrcert.Engine(lrcert.from_module(model, (1, 8, 8)), screen=False)
+    auto, exact = engine.run(x), lrcert.certify(model, x, dtype=torch.float64)
+    assert all(r.radius["l2"] == 0 and r.binding["l2"].kind == "maxpool" for r in auto)
+    assert engine.work.exact == 0  # no reverse pass: 0 is exact in any precision
     _same(auto, exact)
 
 

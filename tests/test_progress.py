@@ -40,7 +40,7 @@ def test_the_engine_reports_every_tangent_pass(dtype):
     engine.run(x[:1])
     assert len(pushed) > 3 and sum(pushed) == 192  # one input: several passes, all 3·8·8 directions
     pushed.clear()
-    list(engine.certify([x], n_inputs=3))
+    list(engine.stream([x], n_inputs=3))
     assert sum(pushed) == 3 * 192
 
 

@@ -117,6 +117,9 @@ def test_report_command_from_json_and_json_lines(run, tmp_path):
     assert (tmp_path / "json.html").read_text().count("<img") == (run / "certify.html").read_text().count("<img")
     records = json.loads((run / "r.json").read_text())["results"]
     (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    unhashed = json.loads((run / "r.json").read_text())  # (a run recorded before data_sha256 was)
+    del unhashed["options"]["data_sha256"]
+    (tmp_path / "unhashed.json").write_text(json.dumps(unhashed))
     lines = runner.invoke(app, ["report", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "lines.html"),
                                 "--data", str(run / "x.npy"), "--adversarial", str(run / "adv.npy")])
     assert lines.exit_code == 0, lines.output
@@ -133,12 +136,22 @@ def test_report_command_from_json_and_json_lines(run, tmp_path):
     (["r.json", "--out", "r.pdf"], "does not end in .html"),
     (["other.json", "--out", "r.html"], "holds no lrcert certify results"),
     (["r.json", "--out", "r.html", "--adversarial", "short.npy"], "holds (2, 1, 8, 8)"),
+    (["r.json", "--out", "r.html", "--data", "short.npy"], "is not the data these results were certified on"),
+    (["r.jsonl", "--out", "r.html", "--data", "short.npy"], "holds 2 inputs, the results 16"),
+    (["unhashed.json", "--out", "r.html", "--data", "wide.npy"], "has rows of shape (1, 9, 9)"),
 ])
 def test_bad_report_input_gets_one_line(run, tmp_path, monkeypatch, args, message):
+    """Among them: --data that is not the run's (another file, count, or row shape) draws no wrong thumbnails."""
     for name in ("r.json", "x.npy"):
         shutil.copy(run / name, tmp_path / name)
+    records = json.loads((run / "r.json").read_text())["results"]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    unhashed = json.loads((run / "r.json").read_text())  # (a run recorded before data_sha256 was)
+    del unhashed["options"]["data_sha256"]
+    (tmp_path / "unhashed.json").write_text(json.dumps(unhashed))
     (tmp_path / "other.json").write_text('{"a": 1}')
     np.save(tmp_path / "short.npy", np.zeros((2, 1, 8, 8)))
+    np.save(tmp_path / "wide.npy", np.zeros((16, 1, 9, 9)))
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["report", *args])
     assert result.exit_code == 2 and message in result.stderr, result.output

@@ -135,7 +135,7 @@ def test_screening_stops_on_a_network_where_it_does_not_pay():
     x = _inputs((64,), 24, 7)
     engine = Engine(network, dtype=torch.float64, batch_size=8, predictions=False)
     assert engine.screening
-    results = [r for batch in engine.certify([x], n_inputs=len(x)) for r in batch]
+    results = [r for batch in engine.stream([x], n_inputs=len(x)) for r in batch]
     assert not engine.screening
     dense = Engine(network, dtype=torch.float64, predictions=False, screen=False).run(x)
     for got, want in zip(results, dense):

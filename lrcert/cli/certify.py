@@ -148,21 +148,21 @@ def _forget_rank_rows(path: Path) -> None:
 def certify(
     model: Annotated[str, typer.Argument(help="ONNX model, torch.export .pt2 program, or (with --trust-pickle) a TorchScript file or pickled nn.Module.")],
     data: Annotated[str, typer.Argument(help="Inputs: .npy or .npz whose first axis indexes inputs, or - for standard input.")],
-    p: Annotated[Optional[list[str]], typer.Option("--p", "--norm", help="Norm of the ball: 1, 2 or inf. Repeatable. Default: all three. (Under torchrun write --norm: its parser takes --p for one of its own options.)")] = None,
+    p: Annotated[Optional[list[str]], typer.Option("--p", "--norm", metavar="NORM", help="Norm of the ball: 1, 2 or inf. Repeatable. Default: all three. (Under torchrun write --norm: its parser takes --p for one of its own options.)")] = None,
     output_format: Annotated[Format, typer.Option("--format", "-f", help="table (for people), json, jsonl or csv (for pipelines).")] = Format.table,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the results to this file (atomically) instead of stdout.")] = None,
-    min_radius: Annotated[Optional[list[str]], typer.Option("--min-radius", help="CI check: exit 1 if any radius is below R. 'R' applies to every selected norm, 'l2=R' to one. Repeatable.")] = None,
-    direction: Annotated[Optional[str], typer.Option("--direction", help=".npy of directions d (one per input, or one for all): also report the largest t with x + t·d in the region.")] = None,
-    key: Annotated[Optional[str], typer.Option("--key", help="Array to read from an .npz file with several.")] = None,
+    min_radius: Annotated[Optional[list[str]], typer.Option("--min-radius", metavar="R", help="CI check: exit 1 if any radius is below R. 'R' applies to every selected norm, 'l2=R' to one. Repeatable.")] = None,
+    direction: Annotated[Optional[str], typer.Option("--direction", metavar="FILE", help=".npy of directions d (one per input, or one for all): also report the largest t with x + t·d in the region.")] = None,
+    key: Annotated[Optional[str], typer.Option("--key", metavar="NAME", help="Array to read from an .npz file with several.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Inputs per batch. Default: as many as fit the memory bound.")] = None,
     device: Annotated[Device, typer.Option("--device", help="Where to compute: auto takes the GPU when PyTorch sees one (batches then sized from its free memory).")] = Device.auto,
-    dtype: Annotated[DType, typer.Option("--dtype", help="auto: float64 radii at about float32 speed (float32 work, rigorous rounding bounds, float64 where they do not settle the answer); float32: raw speed; float64: everything in float64.")] = DType.auto,
-    input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Shape of one input, e.g. 1,28,28 (only for models that do not record it).")] = None,
+    dtype: Annotated[DType, typer.Option("--dtype", help="auto: float64 radii at about float32 speed (the expensive passes in float32 with rigorous rounding bounds, the faces that can bind recomputed in float64); float32: raw speed; float64: everything in float64.")] = DType.auto,
+    input_shape: Annotated[Optional[str], typer.Option("--input-shape", metavar="SHAPE", help="Shape of one input, e.g. 1,28,28 (only for models that do not record it).")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model or TorchScript file: this runs code stored in the file.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="With --format jsonl --output FILE: continue an interrupted run, keeping the rows already written.")] = False,
-    min_certified: Annotated[Optional[list[str]], typer.Option("--min-certified", help="CI check on predictions: exit 1 if any certified radius, min(ε̂, prediction radius), is below R. Same forms as --min-radius.")] = None,
+    min_certified: Annotated[Optional[list[str]], typer.Option("--min-certified", metavar="R", help="CI check on predictions: exit 1 if any certified radius, min(ε̂, prediction radius), is below R. Same forms as --min-radius.")] = None,
     adversarial_out: Annotated[Optional[Path], typer.Option("--adversarial-out", help="Write an .npy shaped like the inputs (float64): row i is the closest input with another prediction where the prediction radius is at most ε̂ (exact), NaN elsewhere.")] = None,
-    adversarial_norm: Annotated[Optional[str], typer.Option("--adversarial-norm", help="Norm of the adversarial points: 1, 2 or inf. Default: l2, or the one norm --p selects.")] = None,
+    adversarial_norm: Annotated[Optional[str], typer.Option("--adversarial-norm", metavar="NORM", help="Norm of the adversarial points: 1, 2 or inf. Default: l2, or the one norm --p selects.")] = None,
     report_page: Annotated[Optional[Path], typer.Option("--report", help="Also write a self-contained HTML report of the run (see lrcert report).")] = None,
     no_prediction_radius: Annotated[bool, typer.Option("--no-prediction-radius", help="Leave out each input's prediction and certified radius (their reverse passes): ε̂ alone, at full speed.")] = False,
     guarantee: Annotated[str, typer.Option("--guarantee", metavar="DELTA", help="How sure every answer must be. A probability δ (default 1e-12): inputs whose faces the deterministic bounds cannot rule out are sketched with random directions where that is much cheaper (large inputs, deep networks: minutes instead of hours at 224×224), and the whole run is exact except with probability at most δ (each input reports its share). deterministic: never sketch.")] = "1e-12",
@@ -222,7 +222,7 @@ def certify(
                 f"{direction} holds {len(directions)} directions for {len(rows)} inputs",
                 fix="give one direction per input, or a single direction for all",
             )
-        directions = torch.from_numpy(np.asarray(directions, dtype=np.float64))
+        directions = torch.from_numpy(np.array(directions, dtype=np.float64))  # (a copy: torch wants writable memory)
     for note in (*network.notes, *notes) if lead else ():
         say(f"note: {note}")
 
@@ -344,7 +344,7 @@ def _my_rounds(engine, rows, directions, rounds, ranks, norms, own_rows):
     kind = np.float64 if rows.dtype == np.float64 else np.float32
     stream = (torch.from_numpy(np.asarray(rows[indices], dtype=kind)) for indices in mine)
     own = None if directions is None or len(directions) == 1 else directions[torch.from_numpy(order)]
-    produced = engine.certify(stream, n_inputs=len(order), directions=directions if own is None else own, run_size=len(rows))
+    produced = engine.stream(stream, n_inputs=len(order), directions=directions if own is None else own, run_size=len(rows))
     position = 0
     for batch in rounds:
         if len(batch) <= ranks.rank:

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -20,7 +21,68 @@ from ..errors import LrcertError, first_line
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
-app = typer.Typer(
+class _Worded:
+    """Help pages that name each value (FILE, N, table|json, …) instead of showing a Python type
+    (``<path>``, ``<bool>``, ``<list[str]>``); flags, ``--help`` included, show none."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if param.metavar is None:
+                param.metavar = _metavar(param)
+            if isinstance(param, typer.core.TyperArgument):  # its name column already says what it is
+                param.display_type_rich = lambda ctx: None
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class Command(_Worded, typer.core.TyperCommand):
+    """An lrcert command: worded help, and a usage line that reads ``lrcert certify [OPTIONS]
+    MODEL DATA`` (Typer writes required arguments in braces)."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, typer.core.TyperArgument):
+                name = param.metavar if param.required else f"[{param.metavar}]"
+                pieces.append(name + ("..." if param.nargs != 1 else ""))
+        return pieces
+
+
+class Group(_Worded, typer.core.TyperGroup):
+    """The ``lrcert`` group itself (``--version``, ``--help``)."""
+
+
+def _metavar(param) -> str:
+    """What a value of ``param`` is, in words: FILE, N, X (a number), the choices; nothing for a flag."""
+    if getattr(param, "is_flag", False):
+        return ""
+    described = param.type_descriptor
+    if described.is_choice:
+        return "|".join(str(getattr(c, "value", c)) for c in described.choices)
+    kind = described.annotation
+    if kind is int:
+        return "N"
+    if kind is float:
+        return "X"
+    if described.is_path:
+        return "FILE"
+    return param.name.upper().replace("_", "-")
+
+
+class _App(typer.Typer):
+    """The lrcert app: every command an lrcert :class:`Command`."""
+
+    def command(self, *args, cls=None, **kwargs):
+        return super().command(*args, cls=cls or Command, **kwargs)
+
+
+app = _App(
+    cls=Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -34,6 +96,13 @@ class Format(str, Enum):
     json = "json"
     jsonl = "jsonl"
     csv = "csv"
+
+
+class TableOrJson(str, Enum):
+    """What ``inspect``, ``path`` and ``train`` print: a table for people, or JSON."""
+
+    table = "table"
+    json = "json"
 
 
 class SummaryFormat(str, Enum):
@@ -113,7 +182,8 @@ def reports_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            with _interruptible():
+            with _interruptible(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # libraries' warnings: lrcert says what matters in its own notes
                 code = command(*args, **kwargs)
         except LrcertError as error:
             say(f"lrcert: {'internal error: ' if error.internal else 'error: '}{error}")

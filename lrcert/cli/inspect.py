@@ -9,15 +9,15 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import LrcertError
-from .common import EXIT_INPUT, EXIT_OK, Format, app, parse_shape, reports_errors, say
+from .common import EXIT_INPUT, EXIT_OK, TableOrJson, app, parse_shape, reports_errors, say
 
 
 @app.command()
 @reports_errors
 def inspect(
     model: Annotated[str, typer.Argument(help="Model file (ONNX, TorchScript, .pt2, or pickled with --trust-pickle).")],
-    input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Shape of one input, for models that do not record it, e.g. 1,28,28.")] = None,
-    output_format: Annotated[Format, typer.Option("--format", "-f", help="table or json.")] = Format.table,
+    input_shape: Annotated[Optional[str], typer.Option("--input-shape", metavar="SHAPE", help="Shape of one input, for models that do not record it, e.g. 1,28,28.")] = None,
+    output_format: Annotated[TableOrJson, typer.Option("--format", "-f", help="table (for people) or json.")] = TableOrJson.table,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model (runs code from the file).")] = False,
 ) -> int:
     """Show the layer list lrcert built from MODEL, its input shape, and anything unsupported."""
@@ -48,7 +48,7 @@ def inspect(
                 "details": layer.describe(),
             }
         )
-    if output_format == Format.json:
+    if output_format == TableOrJson.json:
         doc = {
             "model": model,
             "input_shape": list(network.sample_shape),
@@ -63,7 +63,8 @@ def inspect(
     from rich.table import Table
 
     console = Console(file=sys.stdout, highlight=False, width=140 if not sys.stdout.isatty() else None)
-    table = Table(title=f"{Path(model).name}: {len(layers) - 1} layers, {network.units} nonlinear units", title_justify="left")
+    title = f"{Path(model).name}: the input and {len(layers) - 1} layers, {network.units} nonlinear units"
+    table = Table(title=title, title_justify="left")
     for column in ("#", "name", "kind", "reads", "output shape", "units", "details"):
         table.add_column(column, justify="right" if column in ("#", "units") else "left")
     for row in layers:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ..errors import LrcertError
-from .common import EXIT_OK, Format, app, reports_errors
+from .common import EXIT_OK, TableOrJson, app, reports_errors
 
 
 @app.command()
@@ -16,7 +16,7 @@ def path(
     model: Annotated[str, typer.Argument(help="Model file (ONNX, .pt2, or pickled/TorchScript with --trust-pickle).")],
     start: Annotated[str, typer.Argument(help=".npy holding the segment's start A (one input).")],
     end: Annotated[str, typer.Argument(help=".npy holding the segment's end B (one input).")],
-    output_format: Annotated[Format, typer.Option("--format", "-f", help="table or json.")] = Format.table,
+    output_format: Annotated[TableOrJson, typer.Option("--format", "-f", help="table (for people) or json.")] = TableOrJson.table,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model (runs code from the file).")] = False,
 ) -> int:
     """Count the linear regions the segment from A to B crosses, exactly, with each boundary.
@@ -43,10 +43,10 @@ def path(
             )
         ends.append(torch.from_numpy(np.asarray(rows[0], dtype=np.float64)))
     crossing = walk(network, *ends)
-    if output_format == Format.json:
+    if output_format == TableOrJson.json:
         typer.echo(json.dumps({"model": model, "start": start, "end": end, "min_region_width_t": STEP, **crossing.as_dict()}, indent=2))
         return EXIT_OK
-    typer.echo(f"{crossing.regions} linear regions between {start} (t=0) and {end} (t=1)")
+    typer.echo(f"{crossing.regions} linear region{'s' if crossing.regions != 1 else ''} between {start} (t=0) and {end} (t=1)")
     for t, flip in zip(crossing.breakpoints, crossing.flips):
         typer.echo(f"  t={t:.9f}  flips {flip.describe() if flip else '(unknown face)'}")
     return EXIT_OK

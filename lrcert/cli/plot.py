@@ -26,8 +26,8 @@ def parse_indices(value: str | None) -> list[int]:
 def plot(
     model: Annotated[str, typer.Argument(help="Model file (ONNX, .pt2, or pickled/TorchScript with --trust-pickle).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Picture to write: .png or .svg.")],
-    data: Annotated[Optional[str], typer.Option("--data", help=".npy/.npz of inputs: drawn (2-D models) and indexed by --points.")] = None,
-    points: Annotated[Optional[str], typer.Option("--points", help="Inputs (indices into --data) whose certified l1/l2/linf balls are drawn; the plane goes through the first.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", metavar="FILE", help=".npy/.npz of inputs: drawn (2-D models) and indexed by --points.")] = None,
+    points: Annotated[Optional[str], typer.Option("--points", metavar="INDICES", help="Inputs (indices into --data) whose certified l1/l2/linf balls are drawn; the plane goes through the first.")] = None,
     dirs: Annotated[str, typer.Option("--dirs", help="Plane directions (inputs of more than 2 dimensions): random | toward:INDEX (towards another input) | gradient (of the predicted logit) | FILE.npy (two directions).")] = "random",
     extent: Annotated[Optional[float], typer.Option("--extent", help="Half-width of the view in plane units. Default: the data's span (2-D), 1.3× the distance (toward:), else 3× how far the point's region reaches in the plane.")] = None,
     resolution: Annotated[int, typer.Option("--resolution", help="Pixels per side (each pixel's region is computed exactly).")] = 400,

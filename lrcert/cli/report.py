@@ -15,11 +15,11 @@ from .common import EXIT_OK, app, check_output_path, reports_errors, say
 @app.command()
 @reports_errors
 def report(
-    results: Annotated[Path, typer.Argument(help="lrcert certify's output: --format json or jsonl.")],
+    results: Annotated[Path, typer.Argument(metavar="RESULTS", help="lrcert certify's output: --format json or jsonl.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")],
-    data: Annotated[Optional[str], typer.Option("--data", help="The inputs certified (default: the data named in a JSON document), for thumbnails of image-shaped inputs.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", metavar="FILE", help="The inputs certified (default: the data named in a JSON document), for thumbnails of image-shaped inputs.")] = None,
     adversarial: Annotated[Optional[Path], typer.Option("--adversarial", help="certify's --adversarial-out file, to picture each input beside its adversarial point.")] = None,
-    key: Annotated[Optional[str], typer.Option("--key", help="Array to read from an .npz data file with several.")] = None,
+    key: Annotated[Optional[str], typer.Option("--key", metavar="NAME", help="Array to read from an .npz data file with several.")] = None,
 ) -> int:
     """Write an HTML report: the run, histograms of ε̂ and of the certified radius, per-class medians,
     where the binding faces sit, and the inputs closest to another prediction (with thumbnails).
@@ -41,6 +41,23 @@ def report(
     return EXIT_OK
 
 
+def _same_data(data: str, key: str | None, run: dict, records: list[dict]) -> None:
+    """Refuse ``--data`` that is not the data of the run: another file (the SHA-256 the run
+    recorded), another count of inputs, or rows of another shape than the model's."""
+    from .. import data as data_io
+
+    recorded = (run.get("options") or {}).get("data_sha256")
+    if recorded and data_io.sha256(data) not in (None, recorded):
+        raise LrcertError(f"--data {data} is not the data these results were certified on (sha256 {recorded[:12]}…)",
+                          fix="give the data file of the same certify run")
+    shape = (run.get("model") or {}).get("input_shape") or data_io.peek_row_shape(data, key)
+    rows, _ = data_io.read_rows(data, shape, key=key, name=data) if shape else (None, [])
+    count = len(records) if run.get("model") else max(record["index"] for record in records) + 1
+    if rows is not None and (len(rows) < count or run.get("model") and len(rows) != count):
+        raise LrcertError(f"--data {data} holds {len(rows)} inputs, the results {count}",
+                          fix="give the data file of the same certify run")
+
+
 def _pictures(run: dict, records: list[dict], data: str | None, adversarial: Path | None, key: str | None,
               notes: list[str]) -> dict:
     """Input (and adversarial point) pixels of the inputs the page lists, when they are images."""
@@ -50,6 +67,8 @@ def _pictures(run: dict, records: list[dict], data: str | None, adversarial: Pat
     from .. import html_report
 
     options = run.get("options") or {}
+    if data is not None:  # named by the user: it must be the run's data, or the thumbnails would be someone else's
+        _same_data(data, key, run, records)
     data = data or options.get("data")
     if adversarial is None and options.get("adversarial_out") and Path(options["adversarial_out"]).is_file():
         adversarial = Path(options["adversarial_out"])

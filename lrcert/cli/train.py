@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import LrcertError
-from .common import EXIT_OK, Device, Format, app, check_output_path, integers, reports_errors, say
+from .common import EXIT_OK, Device, TableOrJson, app, check_output_path, integers, reports_errors, say
 
 
 def parse_widths(value: str | None, option: str) -> tuple[int, ...]:
@@ -28,8 +28,8 @@ def parse_widths(value: str | None, option: str) -> tuple[int, ...]:
 def train(
     data: Annotated[str, typer.Argument(help=".npz with 'x' (inputs, first axis indexes samples) and 'y' (integer class labels).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to save the trained model (ONNX, readable by lrcert certify).")],
-    hidden: Annotated[str, typer.Option("--hidden", help="Widths of the dense ReLU layers, comma-separated.")] = "300,300,300,300",
-    conv: Annotated[Optional[str], typer.Option("--conv", help="Channels of 3×3 stride-2 ReLU convolutions before the dense layers, e.g. 16,32 (inputs must be (N, C, H, W)).")] = None,
+    hidden: Annotated[str, typer.Option("--hidden", metavar="WIDTHS", help="Widths of the dense ReLU layers, comma-separated.")] = "300,300,300,300",
+    conv: Annotated[Optional[str], typer.Option("--conv", metavar="CHANNELS", help="Channels of 3×3 stride-2 ReLU convolutions before the dense layers, e.g. 16,32 (inputs must be (N, C, H, W)).")] = None,
     lam: Annotated[float, typer.Option("--lam", help="ROLL weight λ: larger gives larger regions and, past a point, lower accuracy; 0 trains a vanilla network.")] = 0.5,
     C: Annotated[float, typer.Option("--C", help="ROLL hinge weight C on max(0, 1 − |z|).")] = 1.0,
     gamma: Annotated[float, typer.Option("--gamma", help="Percent of faces per input in the ROLL term (those with the largest terms).")] = 100.0,
@@ -38,9 +38,9 @@ def train(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per optimisation step.")] = 64,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the split, the initial weights, the shuffling and the sampled coordinates.")] = 0,
-    val: Annotated[Optional[str], typer.Option("--val", help="Held-out .npz (x, y). Default: a --val-fraction split of DATA.")] = None,
+    val: Annotated[Optional[str], typer.Option("--val", metavar="FILE", help="Held-out .npz (x, y). Default: a --val-fraction split of DATA.")] = None,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of DATA held out when --val is not given.")] = 0.2,
-    output_format: Annotated[Format, typer.Option("--format", "-f", help="table or json (the held-out statistics and the training history).")] = Format.table,
+    output_format: Annotated[TableOrJson, typer.Option("--format", "-f", help="table or json (the held-out statistics and the training history).")] = TableOrJson.table,
     device: Annotated[Device, typer.Option("--device", help="Where to train (the ROLL loss and the per-epoch certification too): auto takes the GPU when PyTorch sees one.")] = Device.auto,
 ) -> int:
     """Train a ReLU network with the ROLL regulariser (larger linear regions) and save it as ONNX.
@@ -56,8 +56,6 @@ def train(
     )
     settings.check()
     widths, channels = parse_widths(hidden, "--hidden"), parse_widths(conv, "--conv")
-    if output_format not in (Format.table, Format.json):
-        raise LrcertError(f"--format {output_format.value} is not available for train", fix="use --format table or json")
     out = out if out.suffix else out.with_suffix(".onnx")
     check_output_path(out)
     x, y = training.read_labelled(data)
@@ -82,7 +80,7 @@ def train(
     training.save_onnx(model, tuple(x.shape[1:]), out)
     stats = training.region_statistics(model, *val_set)
     say(f"saved {out}")
-    if output_format == Format.json:
+    if output_format == TableOrJson.json:
         doc = {"model": str(out), "settings": dataclasses.asdict(settings), "hidden": widths, "conv": channels,
                "history": history, "held_out": stats}
         typer.echo(json.dumps(doc, indent=2))

@@ -155,7 +155,25 @@ class Engine:
             outcome = Outcome(region, face_norms.nearest_ahead(region, rates))
         return outcome.steps()
 
-    def certify(
+    def certify(self, x: Tensor | np.ndarray, *, directions: Tensor | np.ndarray | None = None) -> list[InputResult]:
+        """Certify every row of ``x`` (shape ``(N, *network.sample_shape)``; a tensor, an array or
+        nested lists), in batches that fit memory: one result per row, in order. ``directions``: one
+        per row or one for all, for the directional radius. Bad input raises :class:`LrcertError`
+        with the command line's one-line message.
+
+        >>> import torch, lrcert
+        >>> network = lrcert.from_module(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU()), (3,))
+        >>> engine = Engine(network, norms=("l2",))
+        >>> [sorted(r.radius) for r in engine.certify(torch.ones(2, 3))]
+        [['l2'], ['l2']]
+        """
+        from ..data import tensor_rows
+
+        x = tensor_rows(x, self.network.sample_shape)
+        d = None if directions is None else tensor_rows(directions, self.network.sample_shape, "directions")
+        return [result for batch in self.stream([x], n_inputs=len(x), directions=d) for result in batch]
+
+    def stream(
         self, batches: Iterable[Tensor], *, n_inputs: int, directions: Tensor | None = None, start: int = 0,
         run_size: int | None = None,
     ) -> Iterator[list[InputResult]]:
@@ -229,8 +247,6 @@ class Engine:
         b, d = len(x), self.network.input_size
         tensors = region.summary() | screen.unknown(region)
         tensors["delta"] = torch.zeros(b, dtype=torch.float64, device=self.device)
-        if self.auto:
-            tensors["exact"] = torch.ones(b, dtype=torch.bool, device=self.device)
         floor, index, sketched = None, torch.arange(b, device=self.device), None
         if self.screening:
             floor = screen.deterministic_floors(region)
@@ -326,10 +342,10 @@ class Engine:
 
 
 def _merge(tensors: dict[str, Tensor], part: dict[str, Tensor], index: Tensor, norms: Sequence[str]) -> None:
-    """Put ``part``'s per-norm radii and faces (and the flags ``exact``, ``gradients_finite``,
-    ``delta``), computed for inputs ``index`` of the batch, into the batch's ``tensors``."""
+    """Put ``part``'s per-norm radii and faces (and ``gradients_finite``, ``delta``), computed for
+    inputs ``index`` of the batch, into the batch's ``tensors``."""
     for key, value in part.items():
-        if key in tensors and (key.split(".")[0] in norms or key in ("exact", "gradients_finite", "delta")):
+        if key in tensors and (key.split(".")[0] in norms or key in ("gradients_finite", "delta")):
             tensors[key] = tensors[key].index_copy(0, index, value)
 
 
@@ -355,10 +371,6 @@ def certify(
     where ``x`` is; ``"auto"``: a GPU when there is one) in ``dtype`` (default ``"auto"``: float64
     results at float32 speed); see :class:`Engine`."""
     x = devices.as_tensor(x)
-    d = None if directions is None else devices.as_tensor(directions)
     engine = Engine(network, norms=norms, device=devices.resolve(device, like=x), dtype=dtype, batch_size=batch_size,
                     predictions=predictions, screen=screen)
-    results = []
-    for batch in engine.certify([x], directions=d, n_inputs=len(x)):
-        results.extend(batch)
-    return results
+    return engine.certify(x, directions=directions)

@@ -7,12 +7,13 @@ float32 dual norm ĝ_j is within E_j of the true ‖g_j‖_q, face j's true rati
 [|z_j| / (ĝ_j + E_j), |z_j| / (ĝ_j − E_j)]. Let U be the smallest upper end over all faces of
 the input: a face whose lower end exceeds U cannot bind. The others, the *candidates*, get their
 gradient exactly, from one float64 reverse pass each, and the radius is the smallest exact ratio
-among them: the float64 answer (the binding face is always a candidate). An input with more
-candidates than ``RERUN_SHARE`` of its input dimensions (reverse passes would cost more) is
-recomputed whole in float64 instead. An input whose only candidate's interval is already within
-``TOLERANCE``, or that lies on a face whose gradient is certainly nonzero (radius 0 exactly, e.g.
-a tied max-pool window), keeps its float32 result. Where float64 costs about what float32 does,
-auto simply certifies in float64 (:func:`float64_outright`).
+among them: the float64 answer (the binding face is always a candidate; where the bounds leave a
+single one, that is one reverse pass). An input with more candidates than ``RERUN_SHARE`` of its
+input dimensions (reverse passes would cost more) is recomputed whole in float64 instead. Only an
+input that lies on a face whose gradient is certainly nonzero (radius 0 exactly, e.g. a tied
+max-pool window), or that has no face, keeps the float32 pass's answer: it is exact in any
+precision. So every radius under auto is the float64 one, whatever the batch. Where float64
+costs about what float32 does, auto simply certifies in float64 (:func:`float64_outright`).
 
 **The bound E_j** (u = 2⁻²⁴, γₙ = n·u / (1 − n·u); every error a worst case, for any order of
 summation). The float32 tangent T̂ of a layer holds, per unit, one row over the D directions;
@@ -52,8 +53,6 @@ from . import reverse
 U32 = 2.0**-24
 #: Below this many input dimensions, auto computes in float64 outright (cheaper than bounding float32).
 FLOAT64_BELOW = 32
-#: A float32 radius whose interval is this narrow (relative) is kept as it is.
-TOLERANCE = 1e-5
 #: An input with more candidate faces than this share of its input dimensions is rerun whole in
 #: float64 (a reverse pass per face would cost about as much as the D tangent passes).
 RERUN_SHARE = 0.25
@@ -143,13 +142,12 @@ def true_norms(region, norms, i: int, p: str, bound: Tensor) -> tuple[Tensor, Te
 def refine(region, norms, tensors: dict[str, Tensor], x: Tensor) -> None:
     """Replace the float32 radii in ``tensors`` (the batch's results, see ``norms.radii``) by
     float64 ones: exact ratios of every face the bounds cannot rule out, or a float64 rerun of
-    inputs with too many such faces. Adds ``exact`` (B,) bool: whether float64 decided the input."""
+    inputs with too many such faces."""
     engine = region.engine
     b, device = region.batch, region.output.device
     candidates = torch.zeros(0, 3, dtype=torch.long, device=device)  # (input, layer, unit)
-    settled = torch.ones(b, dtype=torch.bool, device=device)  # the float32 result is within TOLERANCE
+    settled = torch.ones(b, dtype=torch.bool, device=device)  # exact as the float32 pass found it
     if not engine.nonlinear:
-        tensors["exact"] = ~settled
         return
     for p in engine.norms:
         low_ratio, high_ratio = {}, {}
@@ -159,7 +157,6 @@ def refine(region, norms, tensors: dict[str, Tensor], x: Tensor) -> None:
             low_ratio[i] = torch.where(high > 0, z / high, math.inf)
             high_ratio[i] = torch.where(low > 0, z / low, math.inf)
         ceiling = torch.stack([r.min(dim=1).values for r in high_ratio.values()]).min(dim=0).values  # U
-        floor = torch.stack([r.min(dim=1).values for r in low_ratio.values()]).min(dim=0).values
         count = torch.zeros(b, dtype=torch.long, device=device)
         for i, low_r in low_ratio.items():
             chosen = low_r <= ceiling[:, None]
@@ -167,16 +164,13 @@ def refine(region, norms, tensors: dict[str, Tensor], x: Tensor) -> None:
             found = chosen.nonzero()
             layer = torch.full((len(found), 1), i, dtype=torch.long, device=device)
             candidates = torch.cat([candidates, torch.cat([found[:, :1], layer, found[:, 1:]], dim=1)])
-        distance = tensors[f"{p}.distance"]
-        narrow = (count == 1) & (ceiling <= distance * (1 + TOLERANCE)) & (floor >= distance * (1 - TOLERANCE))
         on_boundary = ceiling == 0  # a face with z = 0 and a gradient certainly nonzero: the radius is 0 exactly
-        settled &= (count == 0) | narrow | on_boundary
+        settled &= (count == 0) | on_boundary
     candidates = torch.unique(candidates, dim=0)
     per_input = torch.bincount(candidates[:, 0], minlength=b)
     whole = ~settled & (per_input > int(RERUN_SHARE * region.network.input_size))
     exact_ratios(region, tensors, x, candidates[(~settled & ~whole)[candidates[:, 0]]])
     _rerun(region, tensors, x, whole.nonzero()[:, 0])
-    tensors["exact"] = ~settled
 
 
 def exact_ratios(region, tensors: dict[str, Tensor], x: Tensor, candidates: Tensor, merge: bool = False) -> None:

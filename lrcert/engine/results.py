@@ -74,7 +74,7 @@ class InputResult:
     binding: dict[str, Constraint | None]
     pattern: str  # digest of the activation pattern (equal digests: same linear region)
     precision_warning: bool = False  # a binding face so close to 0 that rounding in this dtype may move ε̂
-    dtype: str = "float32"  # the precision the radii are exact to: float32, or float64 (also auto's refined inputs)
+    dtype: str = "float64"  # the precision the radii are exact to: float64 (also under auto), or float32
     direction: float | None = None  # largest t with x + t·d in the region (+inf: unbounded)
     direction_binding: Constraint | None = None
     notes: list[str] = field(default_factory=list)
@@ -136,7 +136,6 @@ class Outcome:
         self.network = region.network
         self.norms = region.engine.norms
         self.dtype = region.engine.value_dtype
-        self.tangent_dtype = region.engine.dtype
         self.batch = region.batch
         self.nonlinear = bool(region.engine.nonlinear)
         self.batch_axis = region.network.has_batch_axis
@@ -151,8 +150,7 @@ class Outcome:
         binding = {p: self._constraints(host, p) for p in self.norms}
         prediction = host["prediction"].tolist() if "prediction" in host else [None] * self.batch
         flagged = np.logical_or.reduce([host[f"{p}.imprecise"] for p in self.norms]).tolist()
-        names = {False: str(self.tangent_dtype).split(".")[-1], True: "float64"}
-        exact = host["exact"].tolist() if "exact" in host else [self.tangent_dtype == torch.float64] * self.batch
+        exact_in = str(self.dtype).split(".")[-1]  # the value dtype: float64 under auto
         delta = host["delta"].tolist() if "delta" in host else [0.0] * self.batch
         if self.nonlinear:
             patterns = [hashlib.blake2b(row.tobytes(), digest_size=8).hexdigest() for row in host["pattern"]]
@@ -166,7 +164,7 @@ class Outcome:
                 binding={p: binding[p][k] for p in self.norms},
                 pattern=patterns[k],
                 precision_warning=flagged[k],
-                dtype=names[exact[k]],
+                dtype=exact_in,
                 delta=delta[k],
             )
             for k in range(self.batch)
