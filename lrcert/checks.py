@@ -94,7 +94,7 @@ def _floors(check: Check, records: list[dict], outcome: Outcome) -> None:
             outcome.figures.append(f"min {label[p]} {smallest:.3g} {'<' if below else '≥'} {floor:g}")
             if below:
                 shown = ", ".join(map(str, below[:LISTED])) + (f", … ({len(below) - LISTED} more)" if len(below) > LISTED else "")
-                outcome.failures.append(f"{len(below)} of {len(records)} inputs have {label[p]} below {floor:g}: inputs {shown}")
+                outcome.failures.append(f"{report.some_of(len(below), len(records))} {label[p]} below {floor:g}: inputs {shown}")
 
 
 def _against_baseline(check: Check, records: list[dict], data_hash: str | None, outcome: Outcome) -> None:

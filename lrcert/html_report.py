@@ -69,6 +69,7 @@ def render(run: dict, records: Sequence[dict], pictures: dict[int, tuple[np.ndar
         _class_section(records, norms),
         _binding_section(records, norms),
         _smallest_section(records, norms, shown, pictures),
+        _adversarial_section(records, shown, pictures),
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
@@ -182,8 +183,35 @@ def _smallest_section(records: Sequence[dict], norms: Sequence[str], p: str,
         if pictured:
             row += f"<td class='text'>{_thumbnails(*pictures[r['index']]) if r['index'] in pictures else ''}</td>"
         rows.append(f"<tr>{row}</tr>")
-    what = f"the {len(chosen)} inputs with the smallest certified {NORM_LABELS[p]} radius"
-    return f"<h2>Closest to another prediction</h2><p class='muted'>{what}</p><table>{head}{''.join(rows)}</table>"
+    what = (f"the {len(chosen)} inputs with the smallest certified {NORM_LABELS[p]} radius, min(ε̂, prediction "
+            "radius): where ε̂ sets it, the region ends before any other class is reached")
+    return f"<h2>Smallest certified radii</h2><p class='muted'>{what}</p><table>{head}{''.join(rows)}</table>"
+
+
+def _adversarial_section(records: Sequence[dict], p: str, pictures: dict[int, tuple[np.ndarray, np.ndarray | None]]) -> str:
+    """The inputs whose nearest input of another class is known exactly (prediction radius ≤ ε̂),
+    nearest first, with their adversarial points where the run wrote them."""
+    chosen = smallest(records, p, "adversarial")
+    if not chosen:
+        why = ("no input has one: the prediction radius is larger than ε̂ everywhere, so the region ends first "
+               "(an --adversarial-out file of such a run holds only NaN)" if any(r.get("prediction_radius") for r in records)
+               else "the run did not compute prediction radii")
+        return f"<h2>Exact adversarial inputs</h2><p class='muted'>{why}</p>"
+    pictured = any(r["index"] in pictures and pictures[r["index"]][1] is not None for r in chosen)
+    head = (f"<tr><th>input</th><th>class</th><th>rival class</th><th>prediction radius</th><th>{NORM_LABELS[p]}</th>"
+            + ("<th class='text'>input · adversarial point · difference</th>" if pictured else "") + "</tr>")
+    rows = []
+    for r in chosen:
+        cells = [str(r["index"]), _text(r.get("prediction")), _text((r.get("rival") or {}).get(p)),
+                 _num(radii_of(r, "prediction_radius")[p]), _num(radii_of(r, "radius")[p])]
+        row = "".join(f"<td>{c}</td>" for c in cells)
+        if pictured:
+            row += f"<td class='text'>{_thumbnails(*pictures[r['index']]) if r['index'] in pictures else ''}</td>"
+        rows.append(f"<tr>{row}</tr>")
+    total = sum(bool((r.get("exact_adversarial") or {}).get(p)) for r in records)
+    what = (f"{total} inputs have an exact adversarial point in {NORM_LABELS[p]} (the prediction radius is at most ε̂: "
+            f"the nearest input of another class, exactly); the {len(chosen)} nearest")
+    return f"<h2>Exact adversarial inputs</h2><p class='muted'>{what}</p><table>{head}{''.join(rows)}</table>"
 
 
 def listed_norm(run: dict, records: Sequence[dict]) -> str:
@@ -193,22 +221,32 @@ def listed_norm(run: dict, records: Sequence[dict]) -> str:
     return chosen if chosen in norms else "l2" if "l2" in norms or not norms else norms[0]
 
 
-def ranking(record: dict, p: str) -> tuple[float, int]:
-    """A record's place in the smallest-radius list: its certified radius in norm ``p`` (ε̂ without
-    one), then its index."""
-    return _certified([record], p)[0], record["index"]
+#: The lists of inputs the page shows, smallest first.
+LISTS = ("certified", "adversarial")
 
 
-def smallest(records: Sequence[dict], p: str, count: int = SMALLEST) -> list[dict]:
-    """The ``count`` records with the smallest certified radius in norm ``p``, in order."""
-    return heapq.nsmallest(count, records, key=lambda r: ranking(r, p))
+def ranking(record: dict, p: str, which: str = "certified") -> tuple[float, int] | None:
+    """A record's place in list ``which``: its certified radius in norm ``p`` (ε̂ without one), or
+    (``adversarial``) its prediction radius where that is exact, None where it is not; then its index."""
+    if which == "certified":
+        return _certified([record], p)[0], record["index"]
+    if not (record.get("exact_adversarial") or {}).get(p):
+        return None
+    return radii_of(record, "prediction_radius")[p], record["index"]
+
+
+def smallest(records: Sequence[dict], p: str, which: str = "certified", count: int = SMALLEST) -> list[dict]:
+    """The ``count`` records first in list ``which`` (:func:`ranking`), in order."""
+    ranked = [r for r in records if ranking(r, p, which) is not None]
+    return heapq.nsmallest(count, ranked, key=lambda r: ranking(r, p, which))
 
 
 def pictures(records: Sequence[dict], p: str, row: Callable[[int], np.ndarray],
              point: Callable[[int], np.ndarray | None]) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
-    """The pixels the page shows: each input it lists (:func:`smallest`), by index, with its
+    """The pixels the page shows: each input one of its lists holds, by index, with its
     adversarial point where ``point`` has one."""
-    return {r["index"]: (np.asarray(row(r["index"])), point(r["index"])) for r in smallest(records, p)}
+    listed = {r["index"] for which in LISTS for r in smallest(records, p, which)}
+    return {i: (np.asarray(row(i)), point(i)) for i in sorted(listed)}
 
 
 # ------------------------------------------------------------------------------------ figures

@@ -7,7 +7,7 @@ the figures go to ``<system-out>``.
 >>> from lrcert.checks import Outcome
 >>> from lrcert.config import Check
 >>> text = document([Outcome(Check("mnist", Path("lrcert.toml"), Path("m.onnx"), Path("d.npy")), inputs=3,
-...                          failures=["1 of 3 inputs have ε̂₂ below 0.1: inputs 2"])])
+...                          failures=["1 of 3 inputs has ε̂₂ below 0.1: inputs 2"])])
 >>> '<testcase classname="lrcert.check" name="mnist"' in text and '<failure message="1 of 3 inputs' in text
 True
 """

@@ -31,6 +31,11 @@ from .errors import LrcertError
 from .regions import evaluate
 
 BALL_STYLE = {"l1": ("-", "tab:red"), "l2": ("-", "tab:purple"), "linf": ("--", "tab:orange")}
+#: A view whose pixels are more than this share boundary ink shows no regions, only ink: the
+#: command line then zooms to the point's own neighbourhood (unless --extent says otherwise).
+TOO_FINE = 0.5
+#: Text over pictures: on a white box, legible over any region colour and over boundary ink.
+LABEL_BOX = {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85}
 ORDER = {"l1": 1.0, "l2": 2.0, "linf": math.inf}
 
 
@@ -44,6 +49,7 @@ class Plane:
     centre: tuple[float, float]
     extent: float
     axes: tuple[str, str]
+    marks: dict[int, tuple[float, float]] = field(default_factory=dict)  # inputs to mark (a toward: target)
 
     def points(self, coords: np.ndarray) -> Tensor:
         """Input-space points of plane coordinates ``coords`` (N, 2)."""
@@ -71,6 +77,11 @@ class Picture:
     radii: dict[int, dict[str, float]] = field(default_factory=dict)
     colours: np.ndarray | None = None  # (regions, 3) RGB per region label
     zoom: "Picture | None" = None  # the neighbourhood of the first point, where its balls are visible
+    off_plane: dict[int, float] = field(default_factory=dict)  # chosen points not in the plane: their distance
+
+    def boundary_share(self) -> float:
+        """The share of pixels that are boundary ink (a neighbour in another region)."""
+        return float(_edges(self.regions).mean())
 
 
 def orthonormal(first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
@@ -110,9 +121,11 @@ def make_plane(
         names = ("random direction 1", "random direction 2")
     elif dirs.startswith("toward:"):
         target = _index(dirs.split(":", 1)[1], len(data))
+        distance = float((data[target].reshape(-1).double() - x).norm())
         u, v = orthonormal(data[target].reshape(-1).double() - x, random)
         names = (f"toward input {target}", "random direction")
-        extent = extent or 1.3 * float((data[target].reshape(-1).double() - x).norm())
+        extent = extent or 1.3 * distance
+        return Plane(x, u, v, (0.0, 0.0), extent, (f"along {names[0]}", f"along {names[1]}"), {target: (distance, 0.0)})
     elif dirs == "gradient":
         u, v = orthonormal(_logit_gradient(network, x), random)
         names = ("gradient of the predicted logit", "random direction")
@@ -120,8 +133,14 @@ def make_plane(
         u, v = _directions_from_file(dirs, D)
         names = (f"{Path(dirs).name}[0]", f"{Path(dirs).name}[1] (orthogonalised)")
     if extent is None:
-        extent = 3 * _reach_in_plane(network, x, u, v)
+        extent = neighbourhood(network, x, u, v)
     return Plane(x, u, v, (0.0, 0.0), extent, (f"along {names[0]}", f"along {names[1]}"))
+
+
+def neighbourhood(network: ir.Network, x: Tensor, u: Tensor, v: Tensor) -> float:
+    """A view's half-width where x's own region and its neighbours show: 3× how far x's region
+    reaches in the plane."""
+    return 3 * _reach_in_plane(network, x, u, v)
 
 
 def _reach_in_plane(network: ir.Network, x: Tensor, u: Tensor, v: Tensor, rays: int = 16) -> float:
@@ -198,6 +217,8 @@ def picture(
             result.balls[index] = {
                 p: ball_outline(plane, coords[k], r, p) for p, r in results[k].radius.items() if math.isfinite(r)
             }
+        else:
+            result.off_plane[index] = float(residual[k])
     first = next(iter(result.balls), None)
     if zoom and first is not None and result.balls[first]:
         centre = coords[list(points).index(first)]
@@ -266,25 +287,53 @@ def draw_on(axes, result: Picture, data: Tensor | None, labels: np.ndarray | Non
         _regions_and_balls(inset, result.zoom)
         inset.set_xticks([])
         inset.set_yticks([])
-        inset.set_title(f"zoom: input {next(iter(result.zoom.balls))}, ±{result.zoom.plane.extent:.2g}", fontsize=7, pad=2)
+        inset.text(0.03, 0.97, f"zoom: input {next(iter(result.zoom.balls))}, ±{result.zoom.plane.extent:.2g}",
+                   transform=inset.transAxes, va="top", fontsize=7, bbox=LABEL_BOX, zorder=6)
         axes.indicate_inset_zoom(inset, edgecolor="black")
+    _marks(axes, result)
     for p, (style, colour) in BALL_STYLE.items():
         if any(p in outlines for outlines in result.balls.values()):
             handles.append(Line2D([], [], ls=style, color=colour, lw=1.6, label=f"certified ℓ{p[1:] if p != 'linf' else '∞'} ball"))
     axes.set_xlabel(plane.axes[0])
     axes.set_ylabel(plane.axes[1])
-    axes.set_title(title, fontsize=10)
+    axes.set_title(title, fontsize=9)
     axes.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.9)
+
+
+def _marks(axes, result: Picture) -> None:
+    """Each chosen point's index beside its star, and the inputs the plane was built toward (a
+    triangle; an arrow at the edge where it lies outside the view)."""
+    for index, outlines in result.balls.items():
+        if outlines:
+            centre = outlines[next(iter(outlines))].mean(axis=0)
+            axes.annotate(f"input {index}", centre, xytext=(6, 6), textcoords="offset points", fontsize=8,
+                          bbox=LABEL_BOX, zorder=6)
+    plane = result.plane
+    (lo_a, lo_b), (hi_a, hi_b) = result.grid[0, 0], result.grid[-1, -1]
+    for index, (a, b) in plane.marks.items():
+        if lo_a <= a <= hi_a and lo_b <= b <= hi_b:
+            axes.plot(a, b, "k^", ms=9, zorder=5)
+            axes.annotate(f"input {index}", (a, b), xytext=(6, 6), textcoords="offset points", fontsize=8,
+                          bbox=LABEL_BOX, zorder=6)
+        else:  # outside the view: an arrow to the edge on its side
+            edge = (min(max(a, lo_a), hi_a), min(max(b, lo_b), hi_b))
+            axes.annotate(f"input {index}: {a:.3g} along this axis", edge, xytext=(-130, 24), textcoords="offset points",
+                          fontsize=8, bbox=LABEL_BOX, zorder=6, arrowprops={"arrowstyle": "->", "color": "black"})
+
+
+def _edges(regions: np.ndarray) -> np.ndarray:
+    """Pixels with a neighbour (left or below) in another region."""
+    edges = np.zeros(regions.shape, bool)
+    edges[:, 1:] |= regions[:, 1:] != regions[:, :-1]
+    edges[1:, :] |= regions[1:, :] != regions[:-1, :]
+    return edges
 
 
 def _regions_and_balls(axes, result: Picture) -> None:
     """The coloured regions with dark boundaries, and the balls with a star at each centre."""
     regions = result.regions
     image = result.colours[regions]
-    edges = np.zeros(regions.shape, bool)
-    edges[:, 1:] |= regions[:, 1:] != regions[:, :-1]
-    edges[1:, :] |= regions[1:, :] != regions[:-1, :]
-    image[edges] = 0.15
+    image[_edges(regions)] = 0.15
     (lo_a, lo_b), (hi_a, hi_b) = result.grid[0, 0], result.grid[-1, -1]
     axes.imshow(image, origin="lower", extent=(lo_a, hi_a, lo_b, hi_b), interpolation="nearest")
     for outlines in result.balls.values():

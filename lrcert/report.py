@@ -67,12 +67,15 @@ class Tally:
     below_certified: dict[str, list[int]] = field(default_factory=dict)  # certified thresholds not met
     dtypes: dict[str, int] = field(default_factory=dict)  # results per precision (auto: float32 kept, float64 refined)
     deltas: list[float] = field(default_factory=list)  # the δ of each sketched input
+    exact_adversarial: int = 0  # inputs with an exact adversarial point in some norm
 
     def add(self, index: int, radius: dict[str, float], kinds: dict[str, str | None], precision_warning: bool,
-            dtype: str = "float32", certified: dict[str, float] | None = None, delta: float = 0.0) -> None:
+            dtype: str = "float32", certified: dict[str, float] | None = None, delta: float = 0.0,
+            exact: dict[str, bool] | None = None) -> None:
         self.count += 1
         if delta > 0:
             self.deltas.append(delta)
+        self.exact_adversarial += bool(exact and any(exact.values()))
         for p, limit in self.certified_thresholds.items():
             if (radius if certified is None else certified)[p] < limit:  # one output: certified is ε̂
                 self.below_certified.setdefault(p, []).append(index)
@@ -88,7 +91,7 @@ class Tally:
 
     def add_result(self, r: InputResult) -> None:
         kinds = {p: b.kind if b else None for p, b in r.binding.items()}
-        self.add(r.index, r.radius, kinds, r.precision_warning, r.dtype, r.certified_radius, r.delta)
+        self.add(r.index, r.radius, kinds, r.precision_warning, r.dtype, r.certified_radius, r.delta, r.exact_adversarial)
 
     def add_record(self, record: dict) -> None:
         """A result read back from JSON (``null`` radius: unbounded)."""
@@ -97,7 +100,16 @@ class Tally:
         certified = radii_of(record, "certified_radius") if record.get("certified_radius") else None
         guarantee = record.get("guarantee", "deterministic")
         self.add(record["index"], radius, kinds, record.get("precision_warning", False), record.get("dtype", "float32"),
-                 certified, 0.0 if guarantee == "deterministic" else float(guarantee))
+                 certified, 0.0 if guarantee == "deterministic" else float(guarantee), record.get("exact_adversarial"))
+
+
+def some_of(count: int, total: int) -> str:
+    """``3 of 16 inputs have`` / ``1 of 16 inputs has``: a count of inputs and its verb.
+
+    >>> some_of(1, 16), some_of(3, 16)
+    ('1 of 16 inputs has', '3 of 16 inputs have')
+    """
+    return f"{count} of {total} inputs {'has' if count == 1 else 'have'}"
 
 
 def guarantee_text(count: int, deltas: Sequence[float]) -> str:
@@ -253,9 +265,11 @@ def print_table(
     table = Table(title=f"linear-region radii — {model_name}", title_justify="left")
     table.add_column("input", justify="right")
     table.add_column("class", justify="right")
+    with_certified = any(r.certified_radius is not None for r in results)  # (none: --no-prediction-radius)
     for p in norms:
         table.add_column(NORM_LABELS[p], justify="right")
-        table.add_column(CERTIFIED_LABELS[p], justify="right")
+        if with_certified:
+            table.add_column(CERTIFIED_LABELS[p], justify="right")
     if directional:
         table.add_column("t (direction)", justify="right")
     table.add_column(f"binding constraint ({NORM_LABELS[shown]})")
@@ -265,7 +279,8 @@ def print_table(
         for p in norms:
             cells.append(_short(r.radius[p]) + mark)
             certified = r.certified_radius
-            cells.append("-" if certified is None else _short(certified[p]) + (" *" if r.exact_adversarial[p] else ""))
+            if with_certified:
+                cells.append("-" if certified is None else _short(certified[p]) + (" *" if r.exact_adversarial[p] else ""))
         if directional:
             cells.append(_short(r.direction))
         binding = r.binding[shown]

@@ -173,10 +173,10 @@ def test_check_passes_fails_and_writes_junit_xml_that_a_junit_parser_reads(proje
     write_config(project, CONFIG.format(floor=smallest * 1.01, drop="10%"))
     failed = invoke("check", "--junit-xml", project / "r.xml", cwd=project)
     assert failed.exit_code == 1
-    assert "1 of 32 inputs have ε̂₂ below" in failed.stderr and "FAILED net" in failed.stderr
+    assert "1 of 32 inputs has ε̂₂ below" in failed.stderr and "FAILED net" in failed.stderr
     suite = next(iter(JUnitXml.fromfile(str(project / "r.xml"))))
     result = {case.name: case.result for case in suite}
-    assert isinstance(result["net"][0], Failure) and "inputs have ε̂₂ below" in result["net"][0].message
+    assert isinstance(result["net"][0], Failure) and "inputs has ε̂₂ below" in result["net"][0].message
     assert result["all-norms"] == []  # passed
 
 

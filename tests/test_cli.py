@@ -347,6 +347,12 @@ def test_help_pages_name_values_not_python_types(command):
         assert f"Usage: lrcert {command[0]} [OPTIONS]" in result.stdout
 
 
+def test_without_prediction_radii_the_table_has_no_certified_column(mlp):
+    model, data = mlp
+    result = invoke("certify", model, data, "--no-prediction-radius")
+    assert result.exit_code == 0 and "ε̂₂" in result.stdout and "cert" not in result.stdout
+
+
 @pytest.mark.parametrize("command", ["inspect", "path", "train"])
 def test_table_or_json_commands_offer_no_other_format(command):
     result = runner.invoke(app, [command, "x", "--format", "csv"])
@@ -359,3 +365,13 @@ def test_no_library_warning_reaches_stderr(mlp, tmp_path):
     np.save(tmp_path / "d.npy", np.ones((1, 5)))
     result = invoke("certify", model, data, "--direction", tmp_path / "d.npy", "-f", "json")
     assert result.exit_code == 0 and "Warning" not in result.stderr and "warn" not in result.stderr, result.stderr
+
+
+def test_an_adversarial_file_of_only_nan_comes_with_a_note(mlp, tmp_path):
+    model, data = mlp
+    result = invoke("certify", model, data, "-f", "json", "--adversarial-out", tmp_path / "adv.npy")
+    assert result.exit_code == 0, result.stderr
+    exact = sum(any(r["exact_adversarial"].values()) for r in json.loads(result.stdout)["results"])
+    points = np.load(tmp_path / "adv.npy")
+    assert np.isnan(points).all() == (exact == 0)
+    assert ("holds only NaN" in result.stderr) == (exact == 0)

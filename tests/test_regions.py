@@ -116,6 +116,30 @@ def test_path_and_plot_commands(tmp_path):
     assert drawn.exit_code == 0, drawn.output
 
 
+def test_plot_zooms_to_where_regions_can_be_seen_and_says_so(tmp_path):
+    """bars_cnn toward input 1: at the distance's scale nearly every pixel is boundary ink, so the
+    view zooms to input 0's neighbourhood (a note says how to get the wide one back); the target is
+    marked; a point off the plane gets a note instead of silently no ball."""
+    from lrcert import plot as plotting
+    from lrcert.load import load
+
+    network, data = load(PROJECT_MODELS / "bars_cnn.onnx"), np.load(PROJECT_MODELS / "bars_cnn.inputs.npy")
+    inputs = torch.from_numpy(data.astype(np.float64))
+    wide = plotting.make_plane(network, inputs, [0], "toward:1", None)
+    assert 1 in wide.marks and wide.marks[1][0] == pytest.approx(float((inputs[1] - inputs[0]).norm()))
+    assert plotting.picture(network, wide, inputs, [0], 60).boundary_share() > plotting.TOO_FINE
+    args = ["plot", str(PROJECT_MODELS / "bars_cnn.onnx"), "--data", str(PROJECT_MODELS / "bars_cnn.inputs.npy"),
+            "--points", "0,3", "--dirs", "toward:1", "--resolution", "60", "--out", str(tmp_path / "b.png")]
+    drawn = runner.invoke(app, args)
+    assert drawn.exit_code == 0, drawn.output
+    assert "mostly narrower than a pixel; drawn at" in drawn.stderr and "--extent" in drawn.stderr
+    assert "input 3 is" in drawn.stderr and "no ball drawn for it" in drawn.stderr
+    close = plotting.make_plane(network, inputs, [0], "toward:1", plotting.neighbourhood(network, wide.origin, wide.u, wide.v))
+    assert plotting.picture(network, close, inputs, [0], 60).boundary_share() < plotting.TOO_FINE
+    kept = runner.invoke(app, [*args[:-2], "--extent", "3", "--out", str(tmp_path / "c.png")])
+    assert kept.exit_code == 0 and "show as boundary ink" in kept.stderr  # asked for: drawn as asked, and said
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -21,7 +22,7 @@ from lrcert.html_report import png
 from test_prediction import _near_boundary
 
 SECTIONS = ("The run", "Summary", "Radii (log scale)", "Per predicted class", "Where the binding faces sit",
-            "Closest to another prediction")
+            "Smallest certified radii", "Exact adversarial inputs")
 
 
 class _Page(HTMLParser):
@@ -108,6 +109,16 @@ def test_certify_report_is_one_self_contained_page(run):
     # the 10 smallest certified radii are listed, each pictured: input, adversarial point and difference where exact
     images = page.tags.count("img")
     assert 10 + 2 * min(exact, 10) <= images <= 30
+
+
+def test_exact_adversarial_inputs_have_their_own_section_nearest_first(run):
+    text = (run / "certify.html").read_text()
+    section = text[text.index("<h2>Exact adversarial inputs</h2>"):]
+    doc = json.loads((run / "r.json").read_text())
+    exact = sorted((r["prediction_radius"]["l2"], r["index"]) for r in doc["results"] if r["exact_adversarial"]["l2"])
+    listed = [int(cell) for cell in re.findall(r"<tr><td>(\d+)</td>", section)]
+    assert listed == [index for _, index in exact[:10]]
+    assert section.count("<img") == 3 * len(listed)  # input, adversarial point, difference
 
 
 def test_report_command_from_json_and_json_lines(run, tmp_path):

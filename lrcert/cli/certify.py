@@ -312,6 +312,9 @@ def certify(
         if output_format != Format.table or output is not None:  # (the table's own footer says it)
             say(certainty)
         _explain(tally, dtype)
+        if adversarial_out is not None and not tally.exact_adversarial:
+            say(f"note: no input has an exact adversarial point (the prediction radius exceeds ε̂ everywhere: the region "
+                f"ends first), so {adversarial_out} holds only NaN")
         if page is not None:
             run = {"model": model_info, "options": options, "seconds": elapsed, "date": today(), "notes": [*network.notes, *notes]}
             page.write(report_page, run, rows, network.sample_shape)
@@ -483,6 +486,8 @@ def _explain(tally, dtype: DType) -> None:
 
 def _check_thresholds(tally) -> int:
     """--min-radius and --min-certified: one line per check; exit 1 if any input falls short."""
+    from .. import report
+
     for what, thresholds, below_by_norm in (
         ("radius", tally.thresholds, tally.below), ("certified radius", tally.certified_thresholds, tally.below_certified)
     ):
@@ -490,9 +495,10 @@ def _check_thresholds(tally) -> int:
             below = below_by_norm.get(p, [])
             if below:
                 shown = ", ".join(map(str, below[:20])) + (f", … ({len(below) - 20} more)" if len(below) > 20 else "")
-                say(f"FAILED: {len(below)} of {tally.count} inputs have {p} {what} below {radius:g}: inputs {shown}")
+                say(f"FAILED: {report.some_of(len(below), tally.count)} {p} {what} below {radius:g}: inputs {shown}")
             else:
-                say(f"passed: all {tally.count} inputs have {p} {what} ≥ {radius:g}")
+                every = f"all {tally.count} inputs have" if tally.count != 1 else "the input has"
+                say(f"passed: {every} {p} {what} ≥ {radius:g}")
     return EXIT_CHECK_FAILED if tally.below or tally.below_certified else EXIT_OK
 
 
@@ -530,9 +536,11 @@ class _ReportRows:
     adversarial pixels) and the adversarial points of the inputs it will picture."""
 
     def __init__(self, norms, point_norm: str):
+        from .. import html_report
+
         self.norms, self.norm = norms, point_norm  # (the page lists the smallest radii in this norm)
         self.records: list[dict] = []
-        self.closest: list[tuple[float, int]] = []  # max-heap of (−radius, −index): the smallest so far
+        self.kept = {which: [] for which in html_report.LISTS}  # max-heaps of (−radius, −index): each list's first
         self.points: dict[int, object] = {}  # their adversarial points
 
     def add(self, result) -> None:
@@ -544,12 +552,16 @@ class _ReportRows:
         self.records.append(record)
         if result.adversarial is None:
             return
-        radius, index = html_report.ranking(record, self.norm)
-        heapq.heappush(self.closest, (-radius, -index))
-        self.points[index] = result.adversarial
-        if len(self.closest) > html_report.SMALLEST:
-            _, dropped = heapq.heappop(self.closest)
-            del self.points[-dropped]
+        for which, heap in self.kept.items():
+            place = html_report.ranking(record, self.norm, which)
+            if place is None:
+                continue
+            heapq.heappush(heap, (-place[0], -place[1]))
+            self.points[place[1]] = result.adversarial
+            if len(heap) > html_report.SMALLEST:
+                evicted = -heapq.heappop(heap)[1]
+                if all(evicted != -i for other in self.kept.values() for _, i in other):  # in no list any more
+                    self.points.pop(evicted, None)
 
     def write(self, path: Path, run: dict, rows, sample_shape) -> None:
         from .. import html_report

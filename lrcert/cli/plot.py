@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -66,10 +67,25 @@ def plot(
         raise LrcertError("--points needs --data", fix="give the inputs with --data X.npy")
     plane = plotting.make_plane(network, inputs, indices, dirs, extent, seed)
     picture = plotting.picture(network, plane, inputs, indices, resolution)
+    fine = picture.boundary_share() > plotting.TOO_FINE
+    if fine and extent is None and plane.u.numel() > 2:  # only ink at this scale: the point's own neighbourhood
+        closer = plotting.neighbourhood(network, plane.origin, plane.u, plane.v)
+        if closer < plane.extent:
+            say(f"note: at ±{plane.extent:.3g} the {int(picture.regions.max()) + 1} regions in view are mostly narrower "
+                f"than a pixel; drawn at ±{closer:.3g} around input {indices[0]} instead (--extent {plane.extent:.3g} "
+                "draws the wider view)")
+            plane = replace(plane, extent=closer)
+            picture = plotting.picture(network, plane, inputs, indices, resolution)
+    elif fine:
+        say(f"note: most of the {int(picture.regions.max()) + 1} regions in view are narrower than a pixel: they show "
+            "as boundary ink (a smaller --extent, or a larger --resolution, shows them)")
+    for index, distance in picture.off_plane.items():
+        say(f"note: input {index} is {distance:.3g} away from the plane (it passes through input {indices[0]}): "
+            "no ball drawn for it")
     from ..report import radii_text
 
-    radii = "; ".join(f"input {i}: {radii_text(picture.radii[i])}" for i in indices[:3])
-    title = f"{Path(model).name}: linear regions" + (f"\n{radii}" if radii else "")
+    radii = [f"input {i}: {radii_text(picture.radii[i])}" for i in indices[:4]]
+    title = "\n".join([f"{Path(model).name}: linear regions", *radii])
     plotting.draw(picture, inputs, labels, title, out)
     say(f"wrote {out}: {int(picture.regions.max()) + 1} linear regions in view")
     return EXIT_OK
