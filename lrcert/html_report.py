@@ -7,7 +7,8 @@ styles in one <style> block; no script, no font, no link leaves the file. Input:
 and for image-shaped inputs the pixels of the inputs to picture (and their adversarial points).
 
 >>> page = render({"model": {"path": "m.onnx"}}, [{"index": 0, "prediction": 1,
-...     "radius": {"l2": 0.5}, "certified_radius": {"l2": 0.25}, "exact_adversarial": {"l2": True},
+...     "radius": {"l2": 0.5}, "prediction_radius": {"l2": 0.25}, "certified_radius": {"l2": 0.25},
+...     "exact_adversarial": {"l2": True},
 ...     "rival": {"l2": 0}, "binding": {"l2": {"layer": "relu1"}}, "dtype": "float64"}], {})
 >>> page.startswith("<!DOCTYPE html>") and "<script" not in page
 True
