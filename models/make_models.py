@@ -1,6 +1,13 @@
-"""Make the small models shipped in models/ (deterministic: rerunning reproduces them).
+"""The small models shipped in models/: checked against their SHA-256, or made again.
 
-    python models/make_models.py
+    python models/make_models.py            # check every file against models/SHA256SUMS (exit 1 on a mismatch)
+    python models/make_models.py --rebuild  # train them again and write SHA256SUMS
+
+The committed files are the reference: the README's example outputs and the tests read them.
+Training is seeded and single-threaded, so a rebuild reproduces them on the machine that made
+them; another CPU (other vector units, another BLAS path) rounds float32 training differently,
+and its files differ in the last bits of the weights (up to about 1e-3 after training): that is
+why the files are committed and checked rather than rebuilt.
 
 - moons_mlp.onnx: a 2-32-32-2 ReLU MLP trained on two interleaved half-moons (generated here),
   with 16 held-out points in moons_mlp.inputs.npy.
@@ -16,6 +23,8 @@ models/digits/ is written by experiments/table1_digits.py (the paper's Table 1 o
 
 from __future__ import annotations
 
+import hashlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +93,30 @@ def export(model: nn.Module, example: torch.Tensor, name: str) -> None:
     save_onnx(model, tuple(example.shape[1:]), HERE / f"{name}.onnx")
 
 
+SUMS = HERE / "SHA256SUMS"
+#: The files the script makes (models/digits/ comes from experiments/table1_digits.py).
+MADE = ("moons_mlp.onnx", "moons_mlp.inputs.npy", "bars_cnn.onnx", "bars_cnn.inputs.npy", "toy2d.inputs.npy",
+        "toy2d.labels.npy", "toy2d_vanilla.onnx", "toy2d_roll.onnx")
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check() -> int:
+    """0 when every made file matches its line of SHA256SUMS, else 1 (naming the files)."""
+    expected = dict(line.split()[::-1] for line in SUMS.read_text().splitlines() if line.strip())
+    wrong = [name for name in MADE if not (HERE / name).is_file() or digest(HERE / name) != expected.get(name)]
+    if wrong:
+        print(f"{', '.join(wrong)} differ from {SUMS.name}: restore them (git checkout models/), or rebuild with --rebuild")
+        return 1
+    print(f"all {len(MADE)} files match {SUMS.name}")
+    return 0
+
+
 def main() -> None:
     torch.manual_seed(0)
+    torch.set_num_threads(1)  # (the same bits for any thread count on this machine)
     rng = np.random.default_rng(0)
 
     x, y = moons(600, rng)
@@ -127,4 +158,9 @@ def toy2d(rng: np.random.Generator) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if "--rebuild" in sys.argv[1:]:
+        main()
+        SUMS.write_text("".join(f"{digest(HERE / name)}  {name}\n" for name in MADE))
+        print(f"wrote {SUMS.name}")
+    else:
+        sys.exit(check())
