@@ -123,13 +123,13 @@ def main(argv=None) -> int:
         for name in args.workloads:
             row = measure(makers[name](), args)
             report["workloads"].append(row)
+            if args.json:  # after every workload: a stopped run keeps what it measured
+                args.json.write_text(json.dumps(report, indent=2))
             rate, worst = row["inputs_per_s"], row["worst_vs_float64"]
             print(f"{name:22s} {row['inputs']:6d} {rate['float32']:10.1f} {rate['auto']:9.1f} {rate['float64']:10.1f} "
                   f"{row['auto_over_float32']:8.2f}× {row['auto_over_float64']:8.2f}× {100 * row['refined_share']:7.0f}% "
                   f"{row['candidates_per_refined_input']:6.1f} {row['whole_reruns']:6d} {worst['float32']:11.1e} "
                   f"{worst['auto']:11.1e}", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
     return 0
 
 
