@@ -1,6 +1,6 @@
 """The paper's Table 1 (ROLL vs vanilla on MNIST) reproduced on scikit-learn's bundled 8×8 digits.
 
-    python experiments/table1_digits.py            # about 4 minutes on 2 CPU cores (README: "Table 1")
+    python experiments/table1_digits.py            # about 5 minutes on 2 CPU cores (README: "Table 1")
 
 Data: sklearn.datasets.load_digits (1797 images, pixels scaled to [0, 1]), split with
 train_test_split(test_size=0.25, stratify=y, random_state=0) into 1347 training and 450 test
