@@ -322,6 +322,23 @@ def _mul(call):
     call.result(ir.ElementwiseAffine, [x], scale=_scalar_or_tensor(call, c, "the factor"))
 
 
+def _where(call):
+    """torch.where (ONNX Where) with a constant condition c: c·a + (1 − c)·b, each input-dependent
+    side a scale by its 0/1 mask, a constant side a shift."""
+    out = call.out
+    mask = call["condition"].to(torch.float64).expand(out.shape)
+    sides = [(call["self"], mask), (call["other"], 1 - mask)]
+    traced = [(side, keep) for side, keep in sides if call.traced(side)]
+    shift = sum((keep * _scalar_or_tensor(call, side, "the constant side") for side, keep in sides if not call.traced(side)),
+                torch.zeros((), dtype=torch.float64))
+    if len(traced) == 1:
+        (side, keep), = traced
+        call.result(ir.ElementwiseAffine, [side], scale=keep, shift=shift.expand(out.shape).contiguous())
+    else:
+        parts = [call.emit(ir.ElementwiseAffine, [side], out.shape, scale=keep) for side, keep in traced]
+        call.result(ir.Sum, parts, coefficients=(1.0, 1.0))
+
+
 def _div(call):
     if call["rounding_mode"] is not None:
         raise _Refused("is a rounding division, which is not piecewise linear")
@@ -512,12 +529,61 @@ def _index_select(call):
 def _index(call):
     x, indices = call["self"], call["indices"]
     used = [k for k, ix in enumerate(indices) if ix is not None]
-    if len(used) != 1 or any(call.traced(ix) for ix in indices if ix is not None):
-        raise _Refused("indexes with more than one constant index tensor, which lrcert does not support")
-    index = indices[used[0]]
-    if index.dtype == torch.bool:
-        raise _Refused("indexes with a boolean mask, which lrcert does not support")
-    call.result(ir.Gather, [x], axis=used[0], index=index.detach().clone().long())
+    if any(call.traced(ix) for ix in indices if ix is not None):
+        raise _Refused("indexes with input-dependent indices, which lrcert does not support")
+    if len(used) == 1 and indices[used[0]].dtype != torch.bool:
+        call.result(ir.Gather, [x], axis=used[0], index=indices[used[0]].detach().clone().long())
+    else:  # several constant index tensors (ONNX GatherND), or a constant mask
+        _copies(call)
+
+
+def _copies(call):
+    """An op that only moves, repeats or drops entries of its one input-dependent argument (split,
+    nearest upsampling, pixel shuffle, repeat, flip, roll, indexing with constant indices): which
+    input entry each output entry copies is found by running the op once on the entries' own
+    flat positions (0, 1, …, n−1, exact in float64); each output is then a Gather of the flattened
+    input. Constant arguments (sizes, scales, indices) are taken as they are."""
+    traced = [name for name, value in call.args.items() if call.traced(value)]
+    nested = [t for name, value in call.args.items() if isinstance(value, (list, tuple)) for t in value if call.traced(t)]
+    if len(traced) != 1 or nested:
+        raise _Refused("takes more than one input-dependent tensor, which lrcert does not support here")
+    x = call[traced[0]]
+    if x.numel() >= 2**53:
+        raise _Refused("copies from a tensor too large to index exactly")
+    positions = torch.arange(x.numel(), dtype=torch.float64, device=x.device).reshape(x.shape)
+    with torch.utils._python_dispatch._disable_current_modes():
+        copied = call.func(**{**call.args, traced[0]: positions})
+    flat = call.emit(ir.Reshape, [x], (x.numel(),))
+    outputs = copied if isinstance(copied, (tuple, list)) else [copied]
+    results = call.out if isinstance(call.out, (tuple, list)) else [call.out]
+    for out, index in zip(results, outputs):
+        gathered = call.emit(ir.Gather, [flat], out.shape, axis=0, index=index.round().long())
+        call.trace.bind(out, gathered)
+
+
+def _interpolate(call):
+    """Linear, bilinear and trilinear resizing: separable, so output = M_1 ⊗ M_2 ⊗ … applied to the
+    spatial axes, each M_a (out_a × in_a) a Dense layer over axis a (moved last and back). M_a's
+    column i is the op's output for the input that is 1 at position i of axis a and constant along
+    the other axes (their interpolation weights sum to 1)."""
+    name = "input" if "input" in call.args else "self"
+    x = call[name]
+    index: Tensor | int = x
+    shape = list(x.shape)
+    for axis in range(2, x.dim()):
+        n = x.shape[axis]
+        basis = torch.eye(n, dtype=torch.float64, device=x.device).reshape(n, 1, *[n if a == axis else 1 for a in range(2, x.dim())])
+        basis = basis.expand(n, 1, *[n if a == axis else x.shape[a] for a in range(2, x.dim())]).contiguous()
+        with torch.utils._python_dispatch._disable_current_modes():
+            columns = call.func(**{**call.args, name: basis})
+        weight = columns[(slice(None), 0, *[slice(None) if a == axis else 0 for a in range(2, x.dim())])].T.contiguous()
+        perm = tuple(a for a in range(x.dim()) if a != axis) + (axis,)
+        back = tuple(perm.index(a) for a in range(x.dim()))
+        moved = call.emit(ir.Permute, [index], [shape[a] for a in perm], perm=perm)
+        shape[axis] = call.out.shape[axis]
+        dense = _dense(call, moved, weight, None, [shape[a] for a in perm])
+        index = call.emit(ir.Permute, [dense], shape, perm=back)
+    call.trace.bind(call.out, index)
 
 
 def _cat(call):
@@ -525,6 +591,16 @@ def _cat(call):
     if not all(call.traced(t) for t in tensors):
         raise _Refused("concatenates constants with input-dependent tensors, which lrcert does not support")
     call.result(ir.Concat, list(tensors), axis=call["dim"] % tensors[0].dim())
+
+
+def _stack(call):
+    """torch.stack: each tensor with the new axis inserted, then one Concat along it."""
+    tensors, axis = call["tensors"], call["dim"] % (call.out.dim())
+    if not all(call.traced(t) for t in tensors):
+        raise _Refused("stacks constants with input-dependent tensors, which lrcert does not support")
+    shape = [*tensors[0].shape[:axis], 1, *tensors[0].shape[axis:]]
+    parts = [call.emit(ir.Reshape, [t], shape) for t in tensors]
+    call.result(ir.Concat, parts, axis=axis)
 
 
 def _identity(call):
@@ -617,6 +693,17 @@ CONVERTERS: dict[Any, Callable[[_Call], None]] = {
     aten.index_select: _index_select,
     aten.index: _index,
     aten.cat: _cat,
+    aten.stack: _stack,
+    aten.where: _where,
+    aten.upsample_linear1d: _interpolate,
+    aten.upsample_bilinear2d: _interpolate,
+    aten.upsample_trilinear3d: _interpolate,
+    **{op: _copies for op in (
+        aten.split, aten.split_with_sizes, aten.unbind, aten.chunk, aten.tensor_split, aten.upsample_nearest1d,
+        aten.upsample_nearest2d, aten.upsample_nearest3d, aten._upsample_nearest_exact1d, aten._upsample_nearest_exact2d,
+        aten._upsample_nearest_exact3d, aten.pixel_shuffle, aten.pixel_unshuffle, aten.channel_shuffle, aten.repeat,
+        aten.flip, aten.roll, aten.gather, aten.take, aten.diagonal, aten.unfold, aten.narrow, aten.movedim,
+    )},
     aten.clone: _identity,
     aten.alias: _identity,
     aten.detach: _identity,

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 #: The fix for a model that is not (supported) piecewise linear.
 SUPPORTED_NETWORKS = (
-    "lrcert certifies networks built from dense/conv/pool/batch-norm/add layers and ReLU, LeakyReLU or max-pool; "
-    "replace or remove the listed operations"
+    "lrcert certifies networks of affine layers (dense, conv, pooling, batch-norm, residual adds, reshapes, "
+    "splits, resizes, gathers) and the piecewise-linear activations ReLU, LeakyReLU, PReLU, Clip/ReLU6/Hardtanh, "
+    "HardSigmoid, Abs, Max/Min and max-pool; replace or remove the listed operations"
 )
 
 

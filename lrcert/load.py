@@ -13,6 +13,7 @@ Gemm) needs one constant side. All offending nodes are reported at once, by ONNX
 
 from __future__ import annotations
 
+import heapq
 import os
 import pickle
 import warnings
@@ -37,9 +38,12 @@ ONNX_LINEAR = {
     "Gather": (1,), "ReduceMean": (1,), "ReduceSum": (1,), "Expand": (1,), "Neg": (), "Cast": (),
     "Conv": (1, 2), "ConvTranspose": (1, 2), "Div": (1,), "Relu": (), "LeakyRelu": (), "MaxPool": (),
     "Clip": (1, 2), "PRelu": (1,), "Abs": (), "Max": (), "Min": (), "HardSigmoid": (),
+    # entries moved, repeated or dropped (constant sizes, scales and indices): lrcert's Gather
+    "Split": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "DepthToSpace": (), "SpaceToDepth": (), "Tile": (1,),
+    "GatherElements": (1,), "GatherND": (1,), "Where": (0,),
 }
 #: Products: linear only when at most one of the listed operands depends on the input.
-ONNX_PRODUCTS = {"MatMul": (0, 1), "Mul": (0, 1), "Gemm": (0, 1)}
+ONNX_PRODUCTS = {"MatMul": (0, 1), "Mul": (0, 1), "Gemm": (0, 1), "Einsum": (0, 1, 2, 3)}
 #: Ops whose output is a constant even when their input depends on the input (shapes are static).
 ONNX_SHAPE_ONLY = {"Shape", "Size"}
 #: Ops allowed only as the model's last operation: lrcert then certifies the logits before them.
@@ -100,6 +104,8 @@ def from_module(module: torch.nn.Module, sample_shape: Sequence[int], *, source:
 def load_onnx(path: str | os.PathLike, *, sample_shape: Sequence[int] | None = None) -> ir.Network:
     path = Path(path)
     model = _read_onnx(path)
+    reordered = _sort_nodes(model.graph)
+    _check_onnx(model, path)
     problems, input_name, dims = _inspect_onnx_graph(model)
     if problems:
         raise LrcertError(
@@ -109,7 +115,48 @@ def load_onnx(path: str | os.PathLike, *, sample_shape: Sequence[int] | None = N
         )
     batch, declared = _input_layout(dims, sample_shape, path.name)
     graph_module = _onnx_to_torch(_explicit_padding(model, path), path)
-    return _network(graph_module, batch, declared, path.name)
+    network = _network(graph_module, batch, declared, path.name)
+    if reordered:
+        note = f"the graph lists {reordered} nodes before the nodes they read; lrcert sorted them, as onnxruntime does"
+        network = replace(network, notes=(*network.notes, note))
+    return network
+
+
+def _sort_nodes(graph) -> int:
+    """Put the graph's nodes in topological order (each after the producers of its inputs),
+    keeping the file's order where it already is one; returns how many nodes came too early.
+    A node whose inputs never become available (a cycle, a missing tensor) stays at the end for
+    the checker to name."""
+    available = {t.name for t in graph.input} | {t.name for t in graph.initializer} | {""}
+    produced = set(available)
+    pending, ordered, early = list(graph.node), [], 0
+    for node in graph.node:
+        early += any(name not in produced for name in node.input)
+        produced.update(node.output)
+    if not early:
+        return 0
+    waiting = [0] * len(pending)  # per node: how many of its inputs no node before it has produced yet
+    readers: dict[str, list[int]] = {}
+    for k, node in enumerate(pending):
+        for name in set(node.input) - available:
+            readers.setdefault(name, []).append(k)
+            waiting[k] += 1
+    ready = [k for k, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    while ready:  # Kahn's algorithm, the earliest ready node first: the file's order where it is one
+        k = heapq.heappop(ready)
+        ordered.append(pending[k])
+        for name in pending[k].output:
+            for reader in readers.pop(name, []):
+                waiting[reader] -= 1
+                if waiting[reader] == 0:
+                    heapq.heappush(ready, reader)
+    placed = {id(node) for node in ordered}
+    pending = [node for node in pending if id(node) not in placed]
+    nodes = ordered + pending
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return early
 
 
 def _input_layout(dims: list[int | None], sample_shape: Sequence[int] | None, name: str) -> tuple[int | None, tuple[int, ...]]:
@@ -235,10 +282,18 @@ def _read_onnx(path: Path):
                 )
     try:
         load_external_data_for_model(model, str(base))
-        onnx.checker.check_model(model)
     except Exception as exc:
         raise LrcertError(f"{path.name} is not a valid ONNX model: {first_line(exc)}", fix="re-export the model") from None
     return model
+
+
+def _check_onnx(model, path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise LrcertError(f"{path.name} is not a valid ONNX model: {first_line(exc)}", fix="re-export the model") from None
 
 
 def _inspect_onnx_graph(model) -> tuple[list[str], str, list[int | None]]:
@@ -279,6 +334,8 @@ def _inspect_onnx_graph(model) -> tuple[list[str], str, list[int | None]]:
             bad = [i for i in reads if i in ONNX_LINEAR[op]]
             if bad:
                 problems.append(f"{label} takes an input-dependent operand {bad[0]}, which must be constant")
+            elif op == "Dropout" and len(node.input) > 2 and node.input[2] and _constant(graph, node.input[2]) is not False:
+                problems.append(f"{label} is dropout in training mode (random masks; export the model in eval mode)")
         elif op in ONNX_PRODUCTS:
             if len([i for i in reads if i in ONNX_PRODUCTS[op]]) > 1:
                 problems.append(f"{label} multiplies two input-dependent tensors")
@@ -289,6 +346,20 @@ def _inspect_onnx_graph(model) -> tuple[list[str], str, list[int | None]]:
         else:
             problems.append(f"{label} is an operation lrcert does not support")
     return problems, entry.name, dims
+
+
+def _constant(graph, name: str):
+    """The value of a graph constant (an initializer or a Constant node's output) as a Python
+    scalar or list; None when ``name`` is not a constant."""
+    from onnx import numpy_helper
+
+    for tensor in graph.initializer:
+        if tensor.name == name:
+            return numpy_helper.to_array(tensor).tolist()
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name and node.attribute and node.attribute[0].name == "value":
+            return numpy_helper.to_array(node.attribute[0].t).tolist()
+    return None
 
 
 def _explicit_padding(model, path: Path):

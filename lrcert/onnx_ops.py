@@ -32,10 +32,15 @@ OPS = (
     "Relu", "LeakyRelu", "PRelu", "Clip", "Abs", "Max", "Min", "HardSigmoid", "MaxPool", "AveragePool",
     "GlobalAveragePool", "ReduceMean", "ReduceSum", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
     "Slice", "Gather", "Concat", "Expand", "Pad", "Identity", "Dropout", "Cast", "Shape", "Constant",
-    "ConstantOfShape", "Softmax", "LogSoftmax",
+    "ConstantOfShape", "Softmax", "LogSoftmax", "Split", "Resize", "Upsample", "DepthToSpace", "SpaceToDepth", "Tile",
+    "GatherElements", "GatherND", "Where", "Einsum",
 )
 #: Attribute values that keep a newer attribute's older meaning (served by the older converter).
-NEUTRAL = {"dilations": lambda value: all(d == 1 for d in value)}
+NEUTRAL = {
+    "dilations": lambda value: all(d == 1 for d in value),
+    "antialias": lambda value: value == 0,  # Resize-18: plain interpolation
+    "keep_aspect_ratio_policy": lambda value: value in ("stretch", b"stretch"),  # Resize-18: scales as given
+}
 
 _registered = False
 
@@ -47,6 +52,11 @@ def register() -> None:
         return
     from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription, add_converter
 
+    for op, versions in (("DepthToSpace", (1, 11, 13)), ("SpaceToDepth", (1, 13))):  # onnx2torch: CRD only, or none
+        for version in versions:
+            _CONVERTER_REGISTRY[OperationDescription(defs.ONNX_DOMAIN, op, version)] = _block_rearrange
+    for description in [d for d in _CONVERTER_REGISTRY if d.operation_type == "Flatten"]:  # axis=0: onnx2torch gives 1-D
+        _CONVERTER_REGISTRY[description] = _flatten(_CONVERTER_REGISTRY[description])
     known = {(d.operation_type, d.version) for d in _CONVERTER_REGISTRY if d.domain == defs.ONNX_DOMAIN}
     for op, version in _newer_versions(known):
         if op == "Reshape":
@@ -125,6 +135,52 @@ def _reshape(node, graph):
 
     module = LiteralReshape() if node.attributes.get("allowzero", 0) == 1 else OnnxReshape()
     return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
+
+
+class BlockRearrange(nn.Module):
+    """ONNX DepthToSpace (modes DCR and CRD) and SpaceToDepth, as the ONNX spec writes them:
+    one reshape, one transpose, one reshape."""
+
+    def __init__(self, op: str, blocksize: int, mode: str):
+        super().__init__()
+        self.op, self.blocksize, self.mode = op, blocksize, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        k = self.blocksize
+        if self.op == "SpaceToDepth":
+            moved = x.reshape(b, c, h // k, k, w // k, k).permute(0, 3, 5, 1, 2, 4)
+            return moved.reshape(b, c * k * k, h // k, w // k)
+        if self.mode == "DCR":
+            moved = x.reshape(b, k, k, c // (k * k), h, w).permute(0, 3, 4, 1, 5, 2)
+        else:
+            moved = x.reshape(b, c // (k * k), k, k, h, w).permute(0, 1, 4, 2, 5, 3)
+        return moved.reshape(b, c // (k * k), h * k, w * k)
+
+
+def _block_rearrange(node, graph):
+    from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
+
+    module = BlockRearrange(node.operation_type, node.attributes["blocksize"], node.attributes.get("mode", "DCR"))
+    return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
+
+
+class FlattenAll(nn.Module):
+    """ONNX Flatten with ``axis=0``: every axis into the second, shape (1, n)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(1, -1)
+
+
+def _flatten(converter):
+    def convert(node, graph):
+        from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
+
+        if node.attributes.get("axis", 1) == 0:
+            return OperationConverterResult(torch_module=FlattenAll(), onnx_mapping=onnx_mapping_from_node(node))
+        return converter(node, graph)
+
+    return convert
 
 
 class StaticMean(nn.Module):

@@ -178,7 +178,83 @@ SUPPORTED = {
     ),
 }
 
+
+def _moved(op_nodes, out_channels_and_size: int, opset: int = 13, extra: dict | None = None):
+    """A conv and ReLU in front of ops that move entries (``m`` in, ``moved`` out), a ReLU and a
+    MatMul to 3 outputs after: every op's output is both read by faces and sets the logits."""
+    return make(
+        [
+            n("Conv", ["x", "K", "c"], ["h"], pads=[1, 1, 1, 1]),
+            n("Relu", ["h"], ["m"]),
+            *op_nodes,
+            n("Relu", ["moved"], ["a"]),
+            n("Flatten", ["a"], ["f"]),
+            n("MatMul", ["f", "W"], ["y"]),
+        ],
+        [1, 1, 4, 4],
+        {"K": weight(4, 1, 3, 3), "c": weight(4), "W": weight(out_channels_and_size, 3), **(extra or {})},
+        opset=opset,
+    )
+
+
+#: Ops that only move, repeat, drop or interpolate entries with constant parameters.
+SUPPORTED.update({
+    "matmul_with_a_vector": lambda: make(
+        [n("MatMul", ["x", "W"], ["h"]), n("Relu", ["h"], ["a"]), n("MatMul", ["a", "v"], ["y"])],
+        [1, 4], {"W": weight(4, 5), "v": weight(5)}, out_rank=1),
+    "flatten_axis_0": lambda: make(
+        [n("Flatten", ["x"], ["f"], axis=0), n("MatMul", ["f", "W"], ["h"]), n("Relu", ["h"], ["a"]),
+         n("MatMul", ["a", "W2"], ["y"])],
+        [1, 4], {"W": weight(4, 5), "W2": weight(5, 2)}),
+    "where_constant_condition": lambda: make(
+        [n("MatMul", ["x", "W"], ["h"]), n("Relu", ["h"], ["a"]), n("Neg", ["h"], ["b"]),
+         n("Where", ["cond", "a", "fill"], ["w1"]), n("Where", ["cond", "b", "w1"], ["w2"]), n("Relu", ["w2"], ["r"]),
+         n("MatMul", ["r", "W2"], ["y"])],
+        [1, 4], {"W": weight(4, 5), "cond": np.array([True, False, True, True, False]), "fill": weight(5),
+                 "W2": weight(5, 3)}),
+    "einsum_with_a_constant": lambda: make(
+        [n("Einsum", ["x", "W"], ["h"], equation="bi,ij->bj"), n("Relu", ["h"], ["a"]),
+         n("Einsum", ["W2", "a"], ["y"], equation="jk,bj->bk")],
+        [1, 4], {"W": weight(4, 5), "W2": weight(5, 3)}, opset=13),
+    "dropout_in_inference_mode": lambda: make(
+        [n("Gemm", ["x", "W", "b"], ["h"]), n("Dropout", ["h", "ratio", "training"], ["d"]), n("Relu", ["d"], ["a"]),
+         n("Gemm", ["a", "W2", "b2"], ["y"])],
+        ["N", 4], {"W": weight(4, 3), "b": weight(3), "W2": weight(3, 2), "b2": weight(2),
+                   "ratio": np.array(0.5, dtype=np.float32), "training": np.array(False)},
+    ),
+    "split": lambda: _moved(
+        [n("Split", ["m", "sizes"], ["s1", "s2"], axis=1), n("Neg", ["s1"], ["n1"]), n("Concat", ["s2", "n1"], ["moved"], axis=1)],
+        64, extra={"sizes": np.array([1, 3], dtype=np.int64)}),
+    "resize_nearest": lambda: _moved(
+        [n("Resize", ["m", "", "scales"], ["moved"], mode="nearest")], 256,
+        extra={"scales": np.array([1, 1, 2, 2], dtype=np.float32)}),
+    "resize_linear_sizes": lambda: _moved(
+        [n("Resize", ["m", "", "", "sizes"], ["moved"], mode="linear")], 4 * 7 * 6,
+        extra={"sizes": np.array([1, 4, 7, 6], dtype=np.int64)}),
+    "resize_linear_align_corners": lambda: _moved(
+        [n("Resize", ["m", "", "scales"], ["moved"], mode="linear", coordinate_transformation_mode="align_corners")], 256,
+        extra={"scales": np.array([1, 1, 2, 2], dtype=np.float32)}),
+    "depth_to_space_dcr": lambda: _moved([n("DepthToSpace", ["m"], ["moved"], blocksize=2, mode="DCR")], 64),
+    "depth_to_space_crd": lambda: _moved([n("DepthToSpace", ["m"], ["moved"], blocksize=2, mode="CRD")], 64),
+    "space_to_depth": lambda: _moved([n("SpaceToDepth", ["m"], ["moved"], blocksize=2)], 64),
+    "tile": lambda: _moved([n("Tile", ["m", "repeats"], ["moved"])], 4 * 4 * 12,
+                           extra={"repeats": np.array([1, 1, 1, 3], dtype=np.int64)}),
+    "gather_elements": lambda: _moved([n("GatherElements", ["m", "index"], ["moved"], axis=3)], 4 * 4 * 5,
+                                      extra={"index": RNG.integers(0, 4, (1, 4, 4, 5)).astype(np.int64)}),
+    "gather_nd": lambda: _moved([n("GatherND", ["m", "index"], ["moved"])], 5 * 4 * 4,  # (batch 0, channel) pairs
+                                extra={"index": np.stack([np.zeros((1, 5), np.int64), RNG.integers(0, 4, (1, 5))], -1)}),
+})
+
 REFUSED = {
+    "dropout_in_training_mode": (
+        lambda: make(
+            [n("Gemm", ["x", "W", "b"], ["h"], name="fc"), n("Dropout", ["h", "ratio", "training"], ["d"], name="drop"),
+             n("Relu", ["d"], ["a"], name="relu"), n("Gemm", ["a", "W2", "b2"], ["y"], name="out")],
+            ["N", 4], {"W": weight(4, 3), "b": weight(3), "W2": weight(3, 2), "b2": weight(2),
+                       "ratio": np.array(0.5, dtype=np.float32), "training": np.array(True)},
+        ),
+        ["'drop' (Dropout) is dropout in training mode (random masks; export the model in eval mode)"],
+    ),
     "sigmoid": (
         lambda: make(
             [n("Gemm", ["x", "W", "b"], ["h"], name="fc"), n("Sigmoid", ["h"], ["s"], name="squash"),

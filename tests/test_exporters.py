@@ -140,8 +140,8 @@ def test_whole_calls_when_the_data_rows_have_the_full_input_shape(tmp_path):
     assert doc["model"]["input_shape"] == [2, 20] and len(doc["results"]) == 3
 
 
-@pytest.mark.slow  # about a minute for both on 2 cores; `pytest -m "not slow"` leaves them out
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+@pytest.mark.slow  # about a minute for all three on 2 cores; `pytest -m "not slow"` leaves them out
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "vgg11_bn"])  # VGG: its 7×7 adaptive pool of a 1×1 map is a GatherND
 def test_torchvision_classics_from_the_default_exporter(tmp_path, name):
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
@@ -150,10 +150,13 @@ def test_torchvision_classics_from_the_default_exporter(tmp_path, name):
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     network = lrcert.load(path)
     kinds = {network.layers[i].kind for i in network.nonlinear}
-    assert kinds == ({"relu", "maxpool"} if name == "resnet18" else {"clip"})  # mobilenet's ReLU6: Clip(0, 6)
+    assert kinds == ({"clip"} if name == "mobilenet_v2" else {"relu", "maxpool"})  # mobilenet's ReLU6: Clip(0, 6)
     results = lrcert.certify(network, x, dtype=torch.float64, norms=("l2",))
     expected = lrcert.certify(model, x, dtype=torch.float64, norms=("l2",))
-    assert relative_error(results[0].radius["l2"], expected[0].radius["l2"]) < 1e-9
+    # VGG's binding face is a max-pool gap of 1.4e-8 between terms of order 1, and the exporter folds batch-norm
+    # into the convolutions (weights moved by float64 rounding): its ratio agrees to about 1e-8
+    tolerance = 1e-6 if name == "vgg11_bn" else 1e-9
+    assert relative_error(results[0].radius["l2"], expected[0].radius["l2"]) < tolerance
     got, want = results[0].binding["l2"], expected[0].binding["l2"]
     assert (got.kind, got.unit, got.position) == (want.kind, want.unit, want.position)
 

@@ -151,3 +151,23 @@ def test_pytorch_export_with_dynamic_flatten(tmp_path):
     for k, result in enumerate(from_onnx):
         expected = reference_radii(model, x[k : k + 1])
         assert all(relative_error(result.radius[p], expected[p]) < 1e-9 for p in expected)
+
+
+def test_a_graph_out_of_topological_order_is_sorted_and_noted(tmp_path):
+    """Constants listed after their users (onnx's checker refuses such a file, onnxruntime sorts
+    it): lrcert sorts the nodes, says so, and certifies as the ordered graph."""
+    ordered = SUPPORTED["split"]()
+    nodes = list(ordered.graph.node)
+    weights = {t.name: t for t in ordered.graph.initializer if t.name in ("W", "sizes")}
+    constants = [onnx.helper.make_node("Constant", [], [name], value=tensor) for name, tensor in weights.items()]
+    graph = onnx.helper.make_graph(nodes + constants, "unsorted", ordered.graph.input, ordered.graph.output,
+                                   [t for t in ordered.graph.initializer if t.name not in weights])
+    unsorted = onnx.helper.make_model(graph, opset_imports=ordered.opset_import)
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(unsorted)
+    network = lrcert.load(_save(unsorted, tmp_path, "unsorted.onnx"))
+    assert any("sorted them, as onnxruntime does" in note for note in network.notes), network.notes
+    x = np.random.default_rng(3).standard_normal((3, *network.sample_shape))
+    got = lrcert.certify(network, x, dtype=torch.float64)
+    want = lrcert.certify(lrcert.load(_save(ordered, tmp_path)), x, dtype=torch.float64)
+    assert [r.radius for r in got] == [r.radius for r in want]
