@@ -800,12 +800,19 @@ def to_network(
             fix=SUPPORTED_NETWORKS,
             details=problems,
         )
+    traced_output = output_index
+    if output_index >= 0 and any(isinstance(layer, ir.Nonlinearity) for layer in trace.layers[output_index + 1 :]):
+        # nonlinearities past the output (an ONNX model's other outputs) bound the region too: the
+        # network runs them all and reads the output from a copy of it placed last
+        shape = trace.layers[output_index].shape
+        trace.layers.append(ir.Reshape(name="output", inputs=(output_index,), shape=shape, in_shapes=(shape,)))
+        output_index = len(trace.layers) - 1
     layers = tuple(layer.to("cpu", torch.float64) for layer in trace.layers)  # exact parameters, one dtype
     _check_layers(layers, source)
     network = ir.Network(
         layers=layers, output=output_index, sample_shape=tuple(sample_shape), notes=tuple(notes), source=source
     )
-    _check_reproduces(network, example, output if not notes else None, trace, output_index)
+    _check_reproduces(network, example, output if not notes else None, trace, traced_output)
     return network
 
 

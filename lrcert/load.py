@@ -61,6 +61,7 @@ def load(
     *,
     trust_pickle: bool = False,
     sample_shape: Sequence[int] | None = None,
+    output_name: str | None = None,
 ) -> ir.Network:
     """Load a model file into a layer list.
 
@@ -68,12 +69,14 @@ def load(
     which do not record their input shape, and for ONNX inputs with dynamic dimensions. The layer
     list lives on the CPU (engines move it where they compute): every tensor made while loading,
     by lrcert or by the converters it calls, is made there, whatever the default device.
+    ``output_name`` picks the output of an ONNX model with several (default: the first) that
+    predictions are read from; the regions are the whole graph's whichever is picked.
     """
     with torch.device("cpu"):
-        return _load(Path(path), trust_pickle, sample_shape)
+        return _load(Path(path), trust_pickle, sample_shape, output_name)
 
 
-def _load(path: Path, trust_pickle: bool, sample_shape: Sequence[int] | None) -> ir.Network:
+def _load(path: Path, trust_pickle: bool, sample_shape: Sequence[int] | None, output_name: str | None = None) -> ir.Network:
     if not path.exists():
         raise LrcertError(f"model file {str(path)!r} does not exist", fix="check the path")
     if path.is_dir():
@@ -82,11 +85,16 @@ def _load(path: Path, trust_pickle: bool, sample_shape: Sequence[int] | None) ->
         head = path.open("rb").read(4)
     except OSError as exc:
         raise LrcertError(f"cannot read model file {str(path)!r}: {exc.strerror}", fix="check its permissions") from None
+    onnx_file = not zipfile.is_zipfile(path) and not (
+        path.suffix.lower() in (".pt", ".pth", ".pkl", ".ckpt", ".bin") or head[:1] == b"\x80")
+    if output_name is not None and not onnx_file:
+        raise LrcertError(f"--output-name {output_name!r} is given for {path.name}, which is not an ONNX model",
+                          fix="leave it out: a PyTorch model must return one tensor")
     if zipfile.is_zipfile(path):
         return _load_torch_archive(path, trust_pickle, sample_shape)
-    if path.suffix.lower() in (".pt", ".pth", ".pkl", ".ckpt", ".bin") or head[:1] == b"\x80":
+    if not onnx_file:
         return _load_pickle(path, trust_pickle, sample_shape)
-    return load_onnx(path, sample_shape=sample_shape)
+    return load_onnx(path, sample_shape=sample_shape, output_name=output_name)
 
 
 def from_module(module: torch.nn.Module, sample_shape: Sequence[int], *, source: str = "") -> ir.Network:
@@ -101,7 +109,7 @@ def from_module(module: torch.nn.Module, sample_shape: Sequence[int], *, source:
 # ---------------------------------------------------------------------------------------------- ONNX
 
 
-def load_onnx(path: str | os.PathLike, *, sample_shape: Sequence[int] | None = None) -> ir.Network:
+def load_onnx(path: str | os.PathLike, *, sample_shape: Sequence[int] | None = None, output_name: str | None = None) -> ir.Network:
     path = Path(path)
     model = _read_onnx(path)
     reordered = _sort_nodes(model.graph)
@@ -113,13 +121,34 @@ def load_onnx(path: str | os.PathLike, *, sample_shape: Sequence[int] | None = N
             fix=SUPPORTED_NETWORKS,
             details=problems,
         )
+    outputs_note = _choose_output(model.graph, output_name, path.name)  # (after the checks: a final softmax may end any output)
     batch, declared = _input_layout(dims, sample_shape, path.name)
     graph_module = _onnx_to_torch(_explicit_padding(model, path), path)
     network = _network(graph_module, batch, declared, path.name)
     if reordered:
         note = f"the graph lists {reordered} nodes before the nodes they read; lrcert sorted them, as onnxruntime does"
         network = replace(network, notes=(*network.notes, note))
+    if outputs_note:
+        network = replace(network, notes=(*network.notes, outputs_note))
     return network
+
+
+def _choose_output(graph, name: str | None, file: str) -> str | None:
+    """Keep one graph output, ``name`` (default: the first), as the one predictions are read
+    from; the nodes that compute only the others stay in the graph, so their faces still bound
+    the region. Returns the note that says so, None for a single output."""
+    names = [o.name for o in graph.output]
+    if name is not None and name not in names:
+        raise LrcertError(f"{file} has no output {name!r} (its outputs: {', '.join(names)})",
+                          fix="give one of those to --output-name")
+    if len(names) == 1:
+        return None
+    chosen = name if name is not None else names[0]
+    kept = [o for o in graph.output if o.name == chosen]
+    del graph.output[:]
+    graph.output.extend(kept)
+    return (f"the model has {len(names)} outputs ({', '.join(names)}): the regions are the whole graph's; "
+            f"predictions and prediction radii read {chosen!r}" + ("" if name else " (the first; --output-name picks another)"))
 
 
 def _sort_nodes(graph) -> int:

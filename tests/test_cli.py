@@ -375,3 +375,22 @@ def test_an_adversarial_file_of_only_nan_comes_with_a_note(mlp, tmp_path):
     points = np.load(tmp_path / "adv.npy")
     assert np.isnan(points).all() == (exact == 0)
     assert ("holds only NaN" in result.stderr) == (exact == 0)
+
+
+def test_output_name_picks_the_output_of_a_model_with_several(tmp_path):
+    from test_load_onnx import _two_outputs
+
+    model, _ = _two_outputs()
+    onnx.save(model, str(tmp_path / "two.onnx"))
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32))
+    first = invoke("certify", tmp_path / "two.onnx", tmp_path / "x.npy", "-f", "json")
+    chosen = invoke("certify", tmp_path / "two.onnx", tmp_path / "x.npy", "-f", "json", "--output-name", "z")
+    assert first.exit_code == chosen.exit_code == 0, first.stderr + chosen.stderr
+    assert "predictions and prediction radii read 'y' (the first; --output-name picks another)" in first.stderr
+    one, other = json.loads(first.stdout)["results"], json.loads(chosen.stdout)["results"]
+    assert [r["radius"] for r in one] == [r["radius"] for r in other]  # the same regions, whichever output is read
+    assert {r["prediction"] for r in other} <= {0, 1} and one[0]["prediction_radius"] != other[0]["prediction_radius"]
+    assert_error(invoke("certify", tmp_path / "two.onnx", tmp_path / "x.npy", "--output-name", "q"), 2,
+                 "has no output 'q' (its outputs: y, z)")
+    assert_error(invoke("certify", MODELS / "moons_mlp.onnx", MODELS / "moons_mlp.inputs.npy", "--output-name", "q"), 2,
+                 "has no output 'q' (its outputs: logits)")

@@ -171,3 +171,54 @@ def test_a_graph_out_of_topological_order_is_sorted_and_noted(tmp_path):
     got = lrcert.certify(network, x, dtype=torch.float64)
     want = lrcert.certify(lrcert.load(_save(ordered, tmp_path)), x, dtype=torch.float64)
     assert [r.radius for r in got] == [r.radius for r in want]
+
+
+def _two_outputs():
+    """x → ReLU(x W) = a; outputs y = a W2 (3 classes) and z = ReLU(a W3) (2 classes)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_models import n, weight
+
+    weights = {"W": weight(4, 6), "W2": weight(6, 3), "W3": weight(6, 2)}
+    nodes = [n("MatMul", ["x", "W"], ["h"]), n("Relu", ["h"], ["a"]), n("MatMul", ["a", "W2"], ["y"]),
+             n("MatMul", ["a", "W3"], ["u"]), n("Relu", ["u"], ["z"])]
+    graph = helper.make_graph(
+        nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3]), helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), weights
+
+
+class _TwoOutputs(torch.nn.Module):
+    """The same network in torch, reading output ``which``; both branches run, so the reference
+    sees every ReLU's faces."""
+
+    def __init__(self, weights, which):
+        super().__init__()
+        self.w = {k: torch.from_numpy(v).double() for k, v in weights.items()}
+        self.relu_a, self.relu_z, self.which = torch.nn.ReLU(), torch.nn.ReLU(), which
+
+    def forward(self, x):
+        a = self.relu_a(x @ self.w["W"])
+        y, z = a @ self.w["W2"], self.relu_z(a @ self.w["W3"])
+        return y if self.which == "y" else z
+
+
+@pytest.mark.parametrize("which", [None, "y", "z"])
+def test_several_outputs_share_the_regions_and_predict_from_the_chosen_one(tmp_path, which):
+    model, weights = _two_outputs()
+    path = _save(model, tmp_path, "two.onnx")
+    network = lrcert.load(path, output_name=which)
+    assert any("2 outputs (y, z)" in note for note in network.notes), network.notes
+    x = np.random.default_rng(4).standard_normal((5, 4))
+    results = lrcert.certify(network, x, dtype=torch.float64)
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    read = dict(zip(("y", "z"), session.run(None, {"x": x.astype(np.float32)})))[which or "y"]
+    twin = _TwoOutputs(weights, which or "y")
+    for k, result in enumerate(results):
+        expected = reference_radii(twin, torch.from_numpy(x[k : k + 1]))  # the faces of both branches
+        for p in ("l1", "l2", "linf"):
+            assert relative_error(result.radius[p], expected[p]) < 1e-9, (which, k, p)
+        assert result.prediction == int(np.argmax(read[k]))
+    with pytest.raises(LrcertError, match=r"no output 'q' \(its outputs: y, z\)"):
+        lrcert.load(path, output_name="q")

@@ -159,6 +159,7 @@ def certify(
     dtype: Annotated[DType, typer.Option("--dtype", help="auto: float64 radii at about float32 speed (the expensive passes in float32 with rigorous rounding bounds, the faces that can bind recomputed in float64); float32: raw speed; float64: everything in float64.")] = DType.auto,
     input_shape: Annotated[Optional[str], typer.Option("--input-shape", metavar="SHAPE", help="Shape of one input, e.g. 1,28,28 (only for models that do not record it).")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model or TorchScript file: this runs code stored in the file.")] = False,
+    output_name: Annotated[Optional[str], typer.Option("--output-name", metavar="NAME", help="For an ONNX model with several outputs: the one predictions and prediction radii read (default: the first). The regions are the whole graph's either way.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="With --format jsonl --output FILE: continue an interrupted run, keeping the rows already written.")] = False,
     min_certified: Annotated[Optional[list[str]], typer.Option("--min-certified", metavar="R", help="CI check on predictions: exit 1 if any certified radius, min(ε̂, prediction radius), is below R. Same forms as --min-radius.")] = None,
     adversarial_out: Annotated[Optional[Path], typer.Option("--adversarial-out", help="Write an .npy shaped like the inputs (float64): row i is the closest input with another prediction where the prediction radius is at most ε̂ (exact), NaN elsewhere.")] = None,
@@ -211,7 +212,7 @@ def certify(
     source = sys.stdin.buffer.read() if data == "-" else data
     if shape_hint is None:
         shape_hint = data_io.peek_row_shape(source, key)
-    network = load(model, trust_pickle=trust_pickle, sample_shape=shape_hint)
+    network = load(model, trust_pickle=trust_pickle, sample_shape=shape_hint, output_name=output_name)
     rows, notes = data_io.read_rows(source, network.sample_shape, key=key, name="stdin" if data == "-" else data)
     directions = None
     if direction is not None:

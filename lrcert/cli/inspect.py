@@ -19,6 +19,7 @@ def inspect(
     input_shape: Annotated[Optional[str], typer.Option("--input-shape", metavar="SHAPE", help="Shape of one input, for models that do not record it, e.g. 1,28,28.")] = None,
     output_format: Annotated[TableOrJson, typer.Option("--format", "-f", help="table (for people) or json.")] = TableOrJson.table,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model (runs code from the file).")] = False,
+    output_name: Annotated[Optional[str], typer.Option("--output-name", metavar="NAME", help="For an ONNX model with several outputs: the one to show as the output (default: the first).")] = None,
 ) -> int:
     """Show the layer list lrcert built from MODEL, its input shape, and anything unsupported."""
     import json
@@ -26,7 +27,7 @@ def inspect(
     from ..load import load
 
     try:
-        network = load(model, trust_pickle=trust_pickle, sample_shape=parse_shape(input_shape))
+        network = load(model, trust_pickle=trust_pickle, sample_shape=parse_shape(input_shape), output_name=output_name)
     except LrcertError as error:
         if not error.details:
             raise
