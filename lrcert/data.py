@@ -39,13 +39,15 @@ def read_rows(
     name: str | None = None,
     what: str = "data",
     single: bool = False,
+    inputs: Sequence[tuple[str, Sequence[int]]] = (),
 ) -> tuple[np.ndarray, list[str]]:
     """Read, check and shape the rows of ``source`` (a path, ``-`` for stdin, or raw bytes).
 
     ``single``: the source holds one input, saved with a leading axis of 1 or in the model's own
-    row shape (``np.save(path, x)`` for one x).
+    row shape (``np.save(path, x)`` for one x). ``inputs``: a model's several inputs (name, row
+    shape); an .npz holding an array for each name (and no --key) gives rows that join them.
     """
-    array, name = _open(source, key, name)
+    array, name = _open(source, key, name, inputs)
     if single and tuple(array.shape) == tuple(sample_shape):
         array = array[None]
     rows, notes = _shape_rows(array, tuple(sample_shape), name, what)
@@ -53,14 +55,14 @@ def read_rows(
     return rows, notes
 
 
-def _open(source: str | bytes, key: str | None, name: str | None) -> tuple[np.ndarray, str]:
+def _open(source: str | bytes, key: str | None, name: str | None, inputs=()) -> tuple[np.ndarray, str]:
     if isinstance(source, bytes) or source == "-":
         raw = source if isinstance(source, bytes) else sys.stdin.buffer.read()
         name = name or "stdin"
         if not raw:
             raise LrcertError(f"{name} is empty", fix="pipe a .npy or .npz file into lrcert")
         if raw[:2] == b"PK":
-            return _from_npz(np.load(io.BytesIO(raw), allow_pickle=False), key, name), name
+            return _from_npz(np.load(io.BytesIO(raw), allow_pickle=False), key, name, inputs), name
         return _load_npy(io.BytesIO(raw), name), name
     path = Path(source)
     name = name or str(path)
@@ -73,7 +75,7 @@ def _open(source: str | bytes, key: str | None, name: str | None) -> tuple[np.nd
             archive = np.load(path, allow_pickle=False)
         except Exception as exc:
             raise _unreadable(name, exc) from None
-        return _from_npz(archive, key, name), name
+        return _from_npz(archive, key, name, inputs), name
     return _load_npy(path, name), name
 
 
@@ -100,8 +102,10 @@ def _unreadable(name: str, exc: Exception) -> LrcertError:
     )
 
 
-def _from_npz(archive, key: str | None, name: str) -> np.ndarray:
+def _from_npz(archive, key: str | None, name: str, inputs=()) -> np.ndarray:
     keys = list(archive.keys())
+    if key is None and inputs and all(input_name in keys for input_name, _ in inputs):
+        return _joined(archive, inputs, name)
     if key is None:
         if len(keys) != 1:
             raise LrcertError(
@@ -120,6 +124,22 @@ def _from_npz(archive, key: str | None, name: str) -> np.ndarray:
         raise _unreadable(name, exc) from None
     except Exception as exc:
         raise _unreadable(name, exc) from None
+
+
+def _joined(archive, inputs, name: str) -> np.ndarray:
+    """One row per input of a model with several: each array's rows flattened, side by side."""
+    parts = []
+    for key, shape in inputs:
+        array = _from_npz(archive, key, name)
+        size = math.prod(shape)
+        if array.ndim == 0 or array[0].size != size:
+            raise LrcertError(f"array {key!r} of {name} has shape {list(array.shape)}, not (N, {_dims(shape)})",
+                              fix=f"give input {key!r} as an array of shape (N, {_dims(shape)})")
+        if parts and len(array) != len(parts[0]):
+            raise LrcertError(f"array {key!r} of {name} holds {len(array)} rows, {inputs[0][0]!r} {len(parts[0])}",
+                              fix="give every input the same number of rows")
+        parts.append(np.asarray(array).reshape(len(array), size))
+    return np.concatenate(parts, axis=1)
 
 
 def _shape_rows(array: np.ndarray, sample: tuple[int, ...], name: str, what: str) -> tuple[np.ndarray, list[str]]:

@@ -624,7 +624,9 @@ class Network:
     rows are reshaped to ``layers[0].shape`` before the first layer. ``notes`` records what the
     loader changed (for instance a dropped trailing softmax). ``rows_per_call`` is the batch the
     traced model call holds inside: 1, or B for a model that fixes its batch to B > 1 and runs
-    each row padded with zero rows.
+    each row padded with zero rows. ``inputs``, for a model with several inputs, names them and
+    their row shapes in the order their flattened rows are joined into one row (the joint space
+    lrcert certifies in); empty for one input.
     """
 
     layers: tuple[Layer, ...]
@@ -633,6 +635,7 @@ class Network:
     notes: tuple[str, ...] = ()
     source: str = ""
     rows_per_call: int = 1
+    inputs: tuple[tuple[str, Shape], ...] = ()
 
     def __post_init__(self):
         if not self.layers or not isinstance(self.layers[0], Input):

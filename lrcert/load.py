@@ -14,6 +14,7 @@ Gemm) needs one constant side. All offending nodes are reported at once, by ONNX
 from __future__ import annotations
 
 import heapq
+import math
 import os
 import pickle
 import warnings
@@ -114,6 +115,7 @@ def load_onnx(path: str | os.PathLike, *, sample_shape: Sequence[int] | None = N
     model = _read_onnx(path)
     reordered = _sort_nodes(model.graph)
     _check_onnx(model, path)
+    joined = _join_inputs(model, path.name)
     problems, input_name, dims = _inspect_onnx_graph(model)
     if problems:
         raise LrcertError(
@@ -130,7 +132,71 @@ def load_onnx(path: str | os.PathLike, *, sample_shape: Sequence[int] | None = N
         network = replace(network, notes=(*network.notes, note))
     if outputs_note:
         network = replace(network, notes=(*network.notes, outputs_note))
+    if joined:
+        parts = ", ".join(f"{name} ({'×'.join(map(str, shape)) or 'scalar'})" for name, shape in joined)
+        note = (f"the model has {len(joined)} inputs: lrcert certifies in their joint space, each row "
+                f"{network.input_size} numbers, {parts} flattened in that order (an .npz with one array per input "
+                "name is joined so)")
+        network = replace(network, notes=(*network.notes, note), inputs=joined)
     return network
+
+
+JOINT_INPUT = "lrcert_joint_input"
+
+
+def _join_inputs(model, file: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Rewrite a graph of several inputs into one of a single flat input whose rows join every
+    input's flattened row, in the graph's order (a Slice and a Reshape give each input back).
+    Returns the inputs' names and row shapes; () for a graph of one input."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    constants = {t.name for t in graph.initializer} | {t.name for t in graph.sparse_initializer}
+    inputs = [i for i in graph.input if i.name not in constants]
+    if len(inputs) < 2:
+        return ()
+    joined, batches = [], set()
+    for entry in inputs:
+        tensor = entry.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
+        if tensor.elem_type not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16):
+            raise LrcertError(f"{file}: input {entry.name!r} is not a floating-point tensor",
+                              fix="certify a model whose inputs are all float tensors")
+        if not dims or None in dims[1:] or dims[0] not in (None, 1):
+            shown = ", ".join(str(d.dim_value) if d.HasField("dim_value") else d.dim_param or "?" for d in tensor.shape.dim)
+            raise LrcertError(f"{file}: input {entry.name!r} has shape ({shown}); "
+                              "joining several inputs needs a batch axis (dynamic or 1) and fixed other sizes",
+                              fix="re-export the model with static input shapes")
+        batches.add(dims[0])
+        joined.append((entry.name, tuple(dims[1:]), tensor.elem_type))
+    if len(batches) != 1:
+        raise LrcertError(f"{file}: the inputs' batch axes differ (dynamic and 1)", fix="re-export with one batch layout")
+    opset = _opset(model)
+    nodes, start = [], 0
+    for k, (name, shape, elem_type) in enumerate(joined):
+        size = math.prod(shape)
+        piece, flat = f"{JOINT_INPUT}_{k}", f"{JOINT_INPUT}_{k}_flat"
+        if opset >= 10:
+            bounds = {f"{piece}_starts": [start], f"{piece}_ends": [start + size], f"{piece}_axes": [1]}
+            graph.initializer.extend(numpy_helper.from_array(np.array(v, dtype=np.int64), n) for n, v in bounds.items())
+            nodes.append(helper.make_node("Slice", [JOINT_INPUT, *bounds], [flat], name=flat))
+        else:
+            nodes.append(helper.make_node("Slice", [JOINT_INPUT], [flat], name=flat, starts=[start], ends=[start + size], axes=[1]))
+        graph.initializer.append(numpy_helper.from_array(np.array([-1, *shape], dtype=np.int64), f"{piece}_shape"))
+        reshaped = name if elem_type == TensorProto.FLOAT else piece
+        nodes.append(helper.make_node("Reshape", [flat, f"{piece}_shape"], [reshaped], name=piece))
+        if elem_type != TensorProto.FLOAT:
+            nodes.append(helper.make_node("Cast", [piece], [name], name=f"{piece}_cast", to=elem_type))
+        start += size
+    batch = batches.pop()
+    joint = helper.make_tensor_value_info(JOINT_INPUT, TensorProto.FLOAT, ["N" if batch is None else 1, start])
+    others = [i for i in graph.input if i.name in constants]
+    del graph.input[:]
+    graph.input.extend([joint, *others])
+    rest = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([*nodes, *rest])
+    return tuple((name, shape) for name, shape, _ in joined)
 
 
 def _choose_output(graph, name: str | None, file: str) -> str | None:

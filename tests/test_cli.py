@@ -394,3 +394,21 @@ def test_output_name_picks_the_output_of_a_model_with_several(tmp_path):
                  "has no output 'q' (its outputs: y, z)")
     assert_error(invoke("certify", MODELS / "moons_mlp.onnx", MODELS / "moons_mlp.inputs.npy", "--output-name", "q"), 2,
                  "has no output 'q' (its outputs: logits)")
+
+
+def test_an_npz_with_one_array_per_input_is_joined(tmp_path):
+    from test_load_onnx import _two_inputs
+
+    model, _ = _two_inputs()
+    onnx.save(model, str(tmp_path / "two.onnx"))
+    rng = np.random.default_rng(1)
+    img, vec = rng.standard_normal((3, 1, 2, 2)).astype(np.float32), rng.standard_normal((3, 3)).astype(np.float32)
+    np.savez(tmp_path / "both.npz", vec=vec, img=img)  # (the model's order, not the file's, joins them)
+    np.save(tmp_path / "joint.npy", np.concatenate([img.reshape(3, -1), vec], axis=1))
+    joined = invoke("certify", tmp_path / "two.onnx", tmp_path / "both.npz", "-f", "json")
+    flat = invoke("certify", tmp_path / "two.onnx", tmp_path / "joint.npy", "-f", "json")
+    assert joined.exit_code == flat.exit_code == 0, joined.stderr + flat.stderr
+    assert "joint space, each row 7 numbers, img (1×2×2), vec (3)" in joined.stderr
+    assert [r["radius"] for r in json.loads(joined.stdout)["results"]] == [r["radius"] for r in json.loads(flat.stdout)["results"]]
+    np.savez(tmp_path / "short.npz", img=img, vec=vec[:2])
+    assert_error(invoke("certify", tmp_path / "two.onnx", tmp_path / "short.npz"), 2, "array 'vec'", "holds 2 rows")

@@ -91,12 +91,12 @@ def _graph(nodes, initializers, inputs=None, opset=13):
             "with no elements",
         ),
         (
-            "two_inputs",
+            "two_inputs_of_dynamic_size",  # (two inputs of fixed sizes are joined: tests/test_load_onnx.py)
             _graph([n("Add", ["x", "z"], ["y"])], {}, inputs=[
                 helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4]),
-                helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, ["N", 4]),
+                helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, ["N", "M"]),
             ]),
-            "the model has 2 inputs",
+            r"input 'z' has shape \(N, M\); joining several inputs needs a batch axis",
         ),
         (
             "integer_input",

@@ -222,3 +222,56 @@ def test_several_outputs_share_the_regions_and_predict_from_the_chosen_one(tmp_p
         assert result.prediction == int(np.argmax(read[k]))
     with pytest.raises(LrcertError, match=r"no output 'q' \(its outputs: y, z\)"):
         lrcert.load(path, output_name="q")
+
+
+def _two_inputs():
+    """An image input (N, 1, 2, 2) and a vector input (N, 3), joined by an Add, a ReLU, 3 logits."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_models import n, weight
+
+    weights = {"W1": weight(4, 5), "W2": weight(3, 5), "W3": weight(5, 3)}
+    nodes = [n("Flatten", ["img"], ["f"]), n("MatMul", ["f", "W1"], ["p"]), n("MatMul", ["vec", "W2"], ["q"]),
+             n("Add", ["p", "q"], ["h"]), n("Relu", ["h"], ["a"]), n("MatMul", ["a", "W3"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "two_inputs", [helper.make_tensor_value_info("img", TensorProto.FLOAT, ["N", 1, 2, 2]),
+                              helper.make_tensor_value_info("vec", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), weights
+
+
+class _JointTwin(torch.nn.Module):
+    """The two-input network as a function of the joint row v = (img flattened, vec)."""
+
+    def __init__(self, weights):
+        super().__init__()
+        self.w = {k: torch.from_numpy(v).double() for k, v in weights.items()}
+        self.relu = torch.nn.ReLU()
+
+    def forward(self, v):
+        img, vec = v[:, :4], v[:, 4:]
+        return self.relu(img @ self.w["W1"] + vec @ self.w["W2"]) @ self.w["W3"]
+
+
+def test_several_inputs_are_certified_in_their_joint_space(tmp_path):
+    model, weights = _two_inputs()
+    network = lrcert.load(_save(model, tmp_path, "two_inputs.onnx"))
+    assert network.sample_shape == (7,) and network.inputs == (("img", (1, 2, 2)), ("vec", (3,)))
+    assert any("2 inputs: lrcert certifies in their joint space" in note for note in network.notes)
+    rng = np.random.default_rng(5)
+    img, vec = rng.standard_normal((4, 1, 2, 2)), rng.standard_normal((4, 3))
+    joint = np.concatenate([img.reshape(4, -1), vec], axis=1)
+    expected_out = _onnxruntime_inputs(model, {"img": img.astype(np.float32), "vec": vec.astype(np.float32)})
+    got = network.run(torch.from_numpy(joint)).numpy().reshape(expected_out.shape)
+    np.testing.assert_allclose(got, expected_out, rtol=1e-4, atol=1e-5)
+    twin = _JointTwin(weights)
+    for k, result in enumerate(lrcert.certify(network, joint, dtype=torch.float64)):
+        expected = reference_radii(twin, torch.from_numpy(joint[k : k + 1]))
+        for p in ("l1", "l2", "linf"):
+            assert relative_error(result.radius[p], expected[p]) < 1e-9, (k, p)
+
+
+def _onnxruntime_inputs(model, feeds: dict) -> np.ndarray:
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]

@@ -213,7 +213,8 @@ def certify(
     if shape_hint is None:
         shape_hint = data_io.peek_row_shape(source, key)
     network = load(model, trust_pickle=trust_pickle, sample_shape=shape_hint, output_name=output_name)
-    rows, notes = data_io.read_rows(source, network.sample_shape, key=key, name="stdin" if data == "-" else data)
+    rows, notes = data_io.read_rows(source, network.sample_shape, key=key, name="stdin" if data == "-" else data,
+                                    inputs=network.inputs)
     directions = None
     if direction is not None:
         directions, more = data_io.read_rows(direction, network.sample_shape, name=direction, what="directions")
