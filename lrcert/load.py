@@ -46,13 +46,15 @@ ONNX_LINEAR = {
 #: Products: linear only when at most one of the listed operands depends on the input.
 ONNX_PRODUCTS = {"MatMul": (0, 1), "Mul": (0, 1), "Gemm": (0, 1), "Einsum": (0, 1, 2, 3)}
 #: Ops whose output is a constant even when their input depends on the input (shapes are static).
-ONNX_SHAPE_ONLY = {"Shape", "Size"}
+ONNX_SHAPE_ONLY = {"Shape"}
 #: Ops allowed only as the model's last operation: lrcert then certifies the logits before them.
 ONNX_FINAL_ONLY = {"Softmax", "LogSoftmax"}
 ONNX_SMOOTH = {
     "Sigmoid", "Tanh", "Exp", "Log", "Softplus", "Softsign", "Elu", "Selu", "Celu", "Gelu", "Erf", "Sqrt",
     "Pow", "Reciprocal", "HardSwish", "Mish", "Sin", "Cos", "Softmax", "LogSoftmax",
 }
+#: Every op lrcert reads where it may meet an input-dependent tensor (README's table).
+READ_OPS = sorted(set(ONNX_LINEAR) | set(ONNX_PRODUCTS) | ONNX_SHAPE_ONLY | ONNX_FINAL_ONLY)
 #: Old models are brought to this opset first when onnx2torch lacks one of their op versions.
 OLD_OPSET_TARGET = 17
 

@@ -258,6 +258,16 @@ def traceable(module: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return module
 
 
+def versions(ops) -> dict[str, list[int]]:
+    """For each op, the ONNX versions lrcert reads directly (onnx2torch's converters and those
+    :func:`register` adds); older opsets are first converted by ONNX's version converter."""
+    from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY
+
+    register()
+    return {op: sorted(d.version for d in _CONVERTER_REGISTRY if d.domain == defs.ONNX_DOMAIN and d.operation_type == op)
+            for op in ops}
+
+
 def missing(model: onnx.ModelProto) -> list[str]:
     """Nodes onnx2torch (with the converters above) cannot convert, as "'name' (Op-version)"."""
     from onnx2torch.node_converters.registry import get_converter

@@ -234,6 +234,9 @@ SUPPORTED.update({
     "resize_linear_align_corners": lambda: _moved(
         [n("Resize", ["m", "", "scales"], ["moved"], mode="linear", coordinate_transformation_mode="align_corners")], 256,
         extra={"scales": np.array([1, 1, 2, 2], dtype=np.float32)}),
+    "upsample_opset_9": lambda: _moved(  # (an old opset: ONNX's version converter makes it a Resize)
+        [n("Upsample", ["m", "scales"], ["moved"], mode="nearest")], 256,
+        extra={"scales": np.array([1, 1, 2, 2], dtype=np.float32)}, opset=9),
     "depth_to_space_dcr": lambda: _moved([n("DepthToSpace", ["m"], ["moved"], blocksize=2, mode="DCR")], 64),
     "depth_to_space_crd": lambda: _moved([n("DepthToSpace", ["m"], ["moved"], blocksize=2, mode="CRD")], 64),
     "space_to_depth": lambda: _moved([n("SpaceToDepth", ["m"], ["moved"], blocksize=2)], 64),

@@ -126,3 +126,15 @@ def test_the_ci_snippets_are_yaml_and_name_real_hooks():
 def test_the_shipped_models_are_the_ones_the_examples_show():
     result = subprocess.run([sys.executable, "models/make_models.py"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0 and "all 8 files match" in result.stdout, result.stdout + result.stderr
+
+
+def test_the_onnx_op_table_is_what_the_loader_reads():
+    from lrcert import onnx_ops
+    from lrcert.load import READ_OPS
+
+    rows = re.findall(r"^\| (\w+) \| [^|]+ \| ([^|]+) \|$", README.split("**Every ONNX op lrcert reads**")[1].split("\n## ")[0], re.M)
+    shown = {op: cell.strip() for op, cell in rows if op != "ONNX"}
+    read = onnx_ops.versions(READ_OPS)
+    assert set(shown) == set(read)
+    for op, versions in read.items():
+        assert shown[op] == (", ".join(map(str, versions)) if versions else shown[op]) and (versions or "version converter" in shown[op]), op
