@@ -551,8 +551,7 @@ def _copies(call):
     if x.numel() >= 2**53:
         raise _Refused("copies from a tensor too large to index exactly")
     positions = torch.arange(x.numel(), dtype=torch.float64, device=x.device).reshape(x.shape)
-    with torch.utils._python_dispatch._disable_current_modes():
-        copied = call.func(**{**call.args, traced[0]: positions})
+    copied = call.func(**{**call.args, traced[0]: positions})  # (inside the trace's dispatch: not traced)
     flat = call.emit(ir.Reshape, [x], (x.numel(),))
     outputs = copied if isinstance(copied, (tuple, list)) else [copied]
     results = call.out if isinstance(call.out, (tuple, list)) else [call.out]
@@ -574,8 +573,7 @@ def _interpolate(call):
         n = x.shape[axis]
         basis = torch.eye(n, dtype=torch.float64, device=x.device).reshape(n, 1, *[n if a == axis else 1 for a in range(2, x.dim())])
         basis = basis.expand(n, 1, *[n if a == axis else x.shape[a] for a in range(2, x.dim())]).contiguous()
-        with torch.utils._python_dispatch._disable_current_modes():
-            columns = call.func(**{**call.args, name: basis})
+        columns = call.func(**{**call.args, name: basis})
         weight = columns[(slice(None), 0, *[slice(None) if a == axis else 0 for a in range(2, x.dim())])].T.contiguous()
         perm = tuple(a for a in range(x.dim()) if a != axis) + (axis,)
         back = tuple(perm.index(a) for a in range(x.dim()))
