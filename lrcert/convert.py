@@ -544,7 +544,7 @@ def _copies(call):
     flat positions (0, 1, …, n−1, exact in float64); each output is then a Gather of the flattened
     input. Constant arguments (sizes, scales, indices) are taken as they are."""
     traced = [name for name, value in call.args.items() if call.traced(value)]
-    nested = [t for name, value in call.args.items() if isinstance(value, (list, tuple)) for t in value if call.traced(t)]
+    nested = [t for value in call.args.values() if isinstance(value, (list, tuple)) for t in value if call.traced(t)]
     if len(traced) != 1 or nested:
         raise _Refused("takes more than one input-dependent tensor, which lrcert does not support here")
     x = call[traced[0]]

@@ -88,14 +88,14 @@ def _load(path: Path, trust_pickle: bool, sample_shape: Sequence[int] | None, ou
         head = path.open("rb").read(4)
     except OSError as exc:
         raise LrcertError(f"cannot read model file {str(path)!r}: {exc.strerror}", fix="check its permissions") from None
-    onnx_file = not zipfile.is_zipfile(path) and not (
-        path.suffix.lower() in (".pt", ".pth", ".pkl", ".ckpt", ".bin") or head[:1] == b"\x80")
-    if output_name is not None and not onnx_file:
+    archive = zipfile.is_zipfile(path)
+    pickled = not archive and (path.suffix.lower() in (".pt", ".pth", ".pkl", ".ckpt", ".bin") or head[:1] == b"\x80")
+    if output_name is not None and (archive or pickled):
         raise LrcertError(f"--output-name {output_name!r} is given for {path.name}, which is not an ONNX model",
                           fix="leave it out: a PyTorch model must return one tensor")
-    if zipfile.is_zipfile(path):
+    if archive:
         return _load_torch_archive(path, trust_pickle, sample_shape)
-    if not onnx_file:
+    if pickled:
         return _load_pickle(path, trust_pickle, sample_shape)
     return load_onnx(path, sample_shape=sample_shape, output_name=output_name)
 
@@ -129,18 +129,15 @@ def load_onnx(path: str | os.PathLike, *, sample_shape: Sequence[int] | None = N
     batch, declared = _input_layout(dims, sample_shape, path.name)
     graph_module = _onnx_to_torch(_explicit_padding(model, path), path)
     network = _network(graph_module, batch, declared, path.name)
+    notes = [outputs_note] if outputs_note else []
     if reordered:
-        note = f"the graph lists {reordered} nodes before the nodes they read; lrcert sorted them, as onnxruntime does"
-        network = replace(network, notes=(*network.notes, note))
-    if outputs_note:
-        network = replace(network, notes=(*network.notes, outputs_note))
+        notes.append(f"the graph lists {reordered} nodes before the nodes they read; lrcert sorted them, as onnxruntime does")
     if joined:
         parts = ", ".join(f"{name} ({'×'.join(map(str, shape)) or 'scalar'})" for name, shape in joined)
-        note = (f"the model has {len(joined)} inputs: lrcert certifies in their joint space, each row "
-                f"{network.input_size} numbers, {parts} flattened in that order (an .npz with one array per input "
-                "name is joined so)")
-        network = replace(network, notes=(*network.notes, note), inputs=joined)
-    return network
+        notes.append(f"the model has {len(joined)} inputs: lrcert certifies in their joint space, each row "
+                     f"{network.input_size} numbers, {parts} flattened in that order (an .npz with one array per input "
+                     "name is joined so)")
+    return replace(network, notes=(*network.notes, *notes), inputs=joined) if notes else network
 
 
 JOINT_INPUT = "lrcert_joint_input"
@@ -153,15 +150,14 @@ def _join_inputs(model, file: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
     from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
-    constants = {t.name for t in graph.initializer} | {t.name for t in graph.sparse_initializer}
-    inputs = [i for i in graph.input if i.name not in constants]
+    inputs = _graph_inputs(graph)
     if len(inputs) < 2:
         return ()
     joined, batches = [], set()
     for entry in inputs:
         tensor = entry.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
-        if tensor.elem_type not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16):
+        dims = _dims(tensor)
+        if tensor.elem_type not in FLOAT_TYPES:
             raise LrcertError(f"{file}: input {entry.name!r} is not a floating-point tensor",
                               fix="certify a model whose inputs are all float tensors")
         if not dims or None in dims[1:] or dims[0] not in (None, 1):
@@ -192,9 +188,9 @@ def _join_inputs(model, file: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
         start += size
     batch = batches.pop()
     joint = helper.make_tensor_value_info(JOINT_INPUT, TensorProto.FLOAT, ["N" if batch is None else 1, start])
-    others = [i for i in graph.input if i.name in constants]
+    weights = [i for i in graph.input if i.name not in {entry.name for entry in inputs}]
     del graph.input[:]
-    graph.input.extend([joint, *others])
+    graph.input.extend([joint, *weights])
     rest = list(graph.node)
     del graph.node[:]
     graph.node.extend([*nodes, *rest])
@@ -393,11 +389,25 @@ def _check_onnx(model, path: Path) -> None:
         raise LrcertError(f"{path.name} is not a valid ONNX model: {first_line(exc)}", fix="re-export the model") from None
 
 
+#: ONNX element types of floating-point tensors: float, float16, double, bfloat16.
+FLOAT_TYPES = (1, 10, 11, 16)
+
+
+def _graph_inputs(graph) -> list:
+    """The graph's inputs that are not weights (old exporters list their weights among the inputs)."""
+    constants = {t.name for t in graph.initializer} | {t.name for t in graph.sparse_initializer}
+    return [i for i in graph.input if i.name not in constants]
+
+
+def _dims(tensor_type) -> list[int | None]:
+    """A tensor's dimensions, None where they are dynamic."""
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim]
+
+
 def _inspect_onnx_graph(model) -> tuple[list[str], str, list[int | None]]:
     """Decide piecewise-linearity on the ONNX graph: which nodes read input-dependent tensors, how."""
     graph = model.graph
-    constants = {t.name for t in graph.initializer} | {t.name for t in graph.sparse_initializer}
-    inputs = [i for i in graph.input if i.name not in constants]
+    inputs = _graph_inputs(graph)
     if len(inputs) != 1:
         names = ", ".join(i.name for i in inputs) or "none"
         raise LrcertError(
@@ -405,11 +415,11 @@ def _inspect_onnx_graph(model) -> tuple[list[str], str, list[int | None]]:
         )
     entry = inputs[0]
     tensor_type = entry.type.tensor_type
-    if tensor_type.elem_type not in (1, 10, 11, 16):  # float, float16, double, bfloat16
+    if tensor_type.elem_type not in FLOAT_TYPES:
         raise LrcertError(
             f"the model's input {entry.name!r} is not a floating-point tensor", fix="certify a model with a float input"
         )
-    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim]
+    dims = _dims(tensor_type)
     outputs = {o.name for o in graph.output}
     consumers: dict[str, int] = {}
     for node in graph.node:

@@ -129,12 +129,17 @@ class LiteralReshape(nn.Module):
         return torch.reshape(x, [int(d) for d in shape.tolist()])
 
 
-def _reshape(node, graph):
-    from onnx2torch.node_converters.reshape import OnnxReshape
+def _converted(node, module: nn.Module):
+    """onnx2torch's result for ``node`` computed by ``module`` from the node's own inputs and outputs."""
     from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
 
-    module = LiteralReshape() if node.attributes.get("allowzero", 0) == 1 else OnnxReshape()
     return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
+
+
+def _reshape(node, graph):
+    from onnx2torch.node_converters.reshape import OnnxReshape
+
+    return _converted(node, LiteralReshape() if node.attributes.get("allowzero", 0) == 1 else OnnxReshape())
 
 
 class BlockRearrange(nn.Module):
@@ -159,10 +164,7 @@ class BlockRearrange(nn.Module):
 
 
 def _block_rearrange(node, graph):
-    from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
-
-    module = BlockRearrange(node.operation_type, node.attributes["blocksize"], node.attributes.get("mode", "DCR"))
-    return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
+    return _converted(node, BlockRearrange(node.operation_type, node.attributes["blocksize"], node.attributes.get("mode", "DCR")))
 
 
 class FlattenAll(nn.Module):
@@ -173,12 +175,10 @@ class FlattenAll(nn.Module):
 
 
 def _flatten(converter):
-    def convert(node, graph):
-        from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
+    """onnx2torch's Flatten ``converter``, but ours for ``axis=0`` (onnx2torch flattens to 1-D)."""
 
-        if node.attributes.get("axis", 1) == 0:
-            return OperationConverterResult(torch_module=FlattenAll(), onnx_mapping=onnx_mapping_from_node(node))
-        return converter(node, graph)
+    def convert(node, graph):
+        return _converted(node, FlattenAll()) if node.attributes.get("axis", 1) == 0 else converter(node, graph)
 
     return convert
 
