@@ -92,8 +92,9 @@ class _Call:
 
 
 class _Trace(TorchDispatchMode):
-    def __init__(self, names: dict[int, str]):
+    def __init__(self, names: dict[int, str], op_types: dict[str, str]):
         super().__init__()
+        self.op_types = op_types
         self.layers: list[ir.Layer] = []
         self.node: dict[int, int] = {}  # id(tensor) -> layer index
         self.poison: dict[int, _Poison] = {}  # id(tensor) -> why it may not be used
@@ -133,9 +134,10 @@ class _Trace(TorchDispatchMode):
             elif isinstance(t, Tensor):
                 self.mark(t, _Poison(None))
 
-    def where(self) -> str:
+    def where(self, op: str) -> str:
+        """The running submodule and what it computes: its ONNX op type where known, else ``op``."""
         scope = next((s for s in reversed(self.scope) if s), None)
-        return f"{scope!r}" if scope else "the model's top level"
+        return f"{scope!r} ({self.op_types.get(scope, op)})" if scope else f"the model's top level ({op})"
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -151,14 +153,14 @@ class _Trace(TorchDispatchMode):
                 return out
             reasons = [p.reason for p in poisoned if p.reason]
             if reasons:
-                self.problems.append(f"{self.where()} ({op}) uses {reasons[0]}")
+                self.problems.append(f"{self.where(op)} uses {reasons[0]}")
             self.mark(out, _Poison(None))
             return out
         call = _Call(self, func, args, kwargs, out)
         mutated = func._schema.arguments[0].alias_info if func._schema.arguments else None
         if mutated is not None and mutated.is_write and call.traced(args[0]):
             if args[0]._is_view() or id(args[0]) in self.viewed:
-                self.problems.append(f"{self.where()} ({op}) changes a tensor in place that shares memory with another")
+                self.problems.append(f"{self.where(op)} changes a tensor in place that shares memory with another")
                 self.mark(out, _Poison(None))
                 return out
         converter = CONVERTERS.get(func.overloadpacket)
@@ -167,7 +169,7 @@ class _Trace(TorchDispatchMode):
                 raise _Refused(_refusal(op))
             converter(call)
         except _Refused as refusal:
-            self.problems.append(f"{self.where()} ({op}) {refusal}")
+            self.problems.append(f"{self.where(op)} {refusal}")
             self.stand_in(out)
         except _Softmax as softmax:
             self.mark(out, _Poison("a softmax output, which is not piecewise linear", softmax_of=softmax.source))
@@ -561,7 +563,7 @@ def _copies(call):
 
 
 def _interpolate(call):
-    """Linear, bilinear and trilinear resizing: separable, so output = M_1 ⊗ M_2 ⊗ … applied to the
+    """Linear, bilinear, trilinear and bicubic resizing (antialiased too): separable, so output = M_1 ⊗ M_2 ⊗ … applied to the
     spatial axes, each M_a (out_a × in_a) a Dense layer over axis a (moved last and back). M_a's
     column i is the op's output for the input that is 1 at position i of axis a and constant along
     the other axes (their interpolation weights sum to 1)."""
@@ -696,6 +698,9 @@ CONVERTERS: dict[Any, Callable[[_Call], None]] = {
     aten.upsample_linear1d: _interpolate,
     aten.upsample_bilinear2d: _interpolate,
     aten.upsample_trilinear3d: _interpolate,
+    aten.upsample_bicubic2d: _interpolate,
+    aten._upsample_bilinear2d_aa: _interpolate,
+    aten._upsample_bicubic2d_aa: _interpolate,
     **{op: _copies for op in (
         aten.split, aten.split_with_sizes, aten.unbind, aten.chunk, aten.tensor_split, aten.upsample_nearest1d,
         aten.upsample_nearest2d, aten.upsample_nearest3d, aten._upsample_nearest_exact1d, aten._upsample_nearest_exact2d,
@@ -730,12 +735,15 @@ def to_network(
     source: str = "",
     dtype: torch.dtype | None = None,
     named: torch.nn.Module | None = None,
+    op_types: dict[str, str] | None = None,
 ) -> ir.Network:
     """Trace ``model`` on one example input and return its layer list.
 
     ``sample_shape`` is the shape of one data row; the model is called on ``(1, *sample_shape)``
     when ``batch_axis`` is true (the usual case) or on ``sample_shape`` itself otherwise.
-    Layers are named after the submodules of ``named`` (default: the model) that make them.
+    Layers are named after the submodules of ``named`` (default: the model) that make them;
+    refusals name a submodule's ``op_types`` entry (an ONNX node's op type) rather than the
+    PyTorch op it ran.
     The layer list is checked to reproduce the model's output on that input.
     """
     if isinstance(model, torch.nn.Module):
@@ -754,7 +762,7 @@ def to_network(
     generator = torch.Generator(device="cpu").manual_seed(0)  # the same example wherever the model lives
     example = torch.randn(input_shape, generator=generator, dtype=dtype, device="cpu").to(device)
 
-    trace = _Trace(names)
+    trace = _Trace(names, op_types or {})
     trace.layers.append(ir.Input(name="input", inputs=(), shape=input_shape, in_shapes=()))
     trace.bind(example, 0)
     hooks = _scope_hooks(trace) if names else []

@@ -302,6 +302,25 @@ class Sum(Affine):
 
 
 @dataclass(frozen=True, eq=False)
+class Hold(Affine):
+    """Holds some input coordinates fixed (``--vary``): ``y = m ⊙ x + c`` with ``m`` 1 on the
+    coordinates the certificate varies and 0 on the held ones, whose values ``c = (1 − m) ⊙ x``
+    are each row's own constants. The value passes every coordinate; tangents and gradients keep
+    only the varied ones, so every face gradient is the partial one over them."""
+
+    mask: Tensor = field(repr=False, default=None)
+    varied: tuple[str, ...] = ()
+    kind: ClassVar[str] = "hold"
+
+    def apply(self, xs, offset=True):
+        moved = xs[0] * self.mask  # (exact: a multiplication by 0 or 1)
+        return moved + (xs[0] - moved).detach() if offset else moved
+
+    def describe(self):
+        return f"varies {', '.join(self.varied)}; holds the other inputs"
+
+
+@dataclass(frozen=True, eq=False)
 class Concat(Affine):
     axis: int = 0
     kind: ClassVar[str] = "concat"
@@ -714,6 +733,45 @@ class Network:
             for j in self.layers[i].inputs:
                 last[j] = i
         return last
+
+    def vary(self, names: Sequence[str]) -> "Network":
+        """The network certified along the inputs ``names`` only, the model's other inputs held at
+        each row's values (a :class:`Hold` after the input): radii, faces, directions and adversarial
+        points stay in the joint space, and move only the varied coordinates."""
+        known = [name for name, _ in self.inputs]
+        if not known:
+            raise LrcertError("--vary is for models with several inputs; this one has one", fix="leave out --vary")
+        if isinstance(self.layers[1], Hold):
+            raise LrcertError("this network already varies only some inputs", fix="call vary once, with every name")
+        unknown = [name for name in names if name not in known]
+        if unknown or not names:
+            raise LrcertError(f"the model has no input {unknown[0] if unknown else '(none)'!r} (its inputs: {', '.join(known)})",
+                              fix="name one of its inputs")
+        mask, start = torch.zeros(self.input_size, dtype=self.dtype, device=self.device), 0
+        for name, shape in self.inputs:
+            if name in names:
+                mask[start : start + math.prod(shape)] = 1
+            start += math.prod(shape)
+        order = tuple(name for name in known if name in names)
+        hold = Hold("lrcert_hold", (0,), self.input_shape, (self.input_shape,), mask=mask.reshape(self.input_shape), varied=order)
+        moved = (replace(layer, inputs=tuple(j + 1 for j in layer.inputs)) for layer in self.layers[1:])
+        held = ", ".join(name for name in known if name not in names)
+        note = f"certified along {', '.join(order)} only: {held} held at each row's values"
+        return replace(self, layers=(self.layers[0], hold, *moved), output=self.output + 1, notes=(*self.notes, note))
+
+    @property
+    def dimensions(self) -> int:
+        """D: the input coordinates a certificate moves (all, or those :meth:`vary` leaves)."""
+        varied = self.varied
+        return self.input_size if varied is None else len(varied)
+
+    @property
+    def varied(self) -> Tensor | None:
+        """The flat positions of the input coordinates a certificate moves, where :meth:`vary` holds
+        the others; None where every coordinate moves."""
+        if len(self.layers) > 1 and isinstance(self.layers[1], Hold):
+            return self.layers[1].mask.reshape(-1).nonzero()[:, 0]
+        return None
 
     def absolute(self) -> "Network":
         """Every layer with absolute parameters (see :meth:`Layer.absolute`)."""

@@ -127,8 +127,13 @@ def load_onnx(path: str | os.PathLike, *, sample_shape: Sequence[int] | None = N
         )
     outputs_note = _choose_output(model.graph, output_name, path.name)  # (after the checks: a final softmax may end any output)
     batch, declared = _input_layout(dims, sample_shape, path.name)
-    graph_module = _onnx_to_torch(_explicit_padding(model, path), path)
-    network = _network(graph_module, batch, declared, path.name)
+    graph_module, converted = _onnx_to_torch(_explicit_padding(model, path), path)
+    network = _network(graph_module, batch, declared, path.name, onnx_ops.op_types(converted))
+    problems = onnx_ops.resize_problems(converted, graph_module, network.input_shape)
+    if problems:
+        raise LrcertError(f"{path.name} is not a supported piecewise-linear network: " + "; ".join(problems),
+                          fix="re-export the resize as PyTorch computes it (nearest: asymmetric coordinates and floor; "
+                              "linear and cubic: half_pixel or align_corners, cubic_coeff_a=-0.75)", details=problems)
     notes = [outputs_note] if outputs_note else []
     if reordered:
         notes.append(f"the graph lists {reordered} nodes before the nodes they read; lrcert sorted them, as onnxruntime does")
@@ -276,14 +281,17 @@ def _input_layout(dims: list[int | None], sample_shape: Sequence[int] | None, na
     return batch, tuple(declared)
 
 
-def _network(module: torch.nn.Module, batch: int | None, sample_shape: tuple[int, ...], name: str) -> ir.Network:
-    """The layer list of a model taking batches of ``batch`` rows (None: one row, no batch axis)."""
+def _network(module: torch.nn.Module, batch: int | None, sample_shape: tuple[int, ...], name: str,
+             op_types: dict[str, str] | None = None) -> ir.Network:
+    """The layer list of a model taking batches of ``batch`` rows (None: one row, no batch axis);
+    ``op_types`` names what each ONNX node computes (by node name), for refusals."""
     if batch is None or batch <= 1:
-        return to_network(module, sample_shape, batch_axis=batch is not None, source=name)
-    return _fixed_batch_network(module, batch, sample_shape, name)
+        return to_network(module, sample_shape, batch_axis=batch is not None, source=name, op_types=op_types)
+    return _fixed_batch_network(module, batch, sample_shape, name, op_types)
 
 
-def _fixed_batch_network(module: torch.nn.Module, batch: int, sample_shape: tuple[int, ...], name: str) -> ir.Network:
+def _fixed_batch_network(module: torch.nn.Module, batch: int, sample_shape: tuple[int, ...], name: str,
+                         op_types: dict[str, str] | None) -> ir.Network:
     """A model whose input fixes its batch to B > 1, certified one row at a time.
 
     When the model computes each row on its own at batch 1 too (checked: B random rows through the
@@ -298,7 +306,7 @@ def _fixed_batch_network(module: torch.nn.Module, batch: int, sample_shape: tupl
     with torch.no_grad():
         expected = module(rows)
     try:
-        network = to_network(module, sample_shape, source=name)
+        network = to_network(module, sample_shape, source=name, op_types=op_types)
         with torch.no_grad():
             got = network.run(rows.double()).reshape(batch, -1)
         if isinstance(expected, torch.Tensor) and expected.numel() == got.numel() and torch.allclose(
@@ -309,9 +317,9 @@ def _fixed_batch_network(module: torch.nn.Module, batch: int, sample_shape: tupl
     except LrcertError:
         pass
     try:
-        network = to_network(_FirstRowOfBatch(module, batch), sample_shape, source=name, named=module)
+        network = to_network(_FirstRowOfBatch(module, batch), sample_shape, source=name, named=module, op_types=op_types)
     except LrcertError:  # not a batch after all: the first axis belongs to each input
-        return to_network(module, (batch, *sample_shape), batch_axis=False, source=name)
+        return to_network(module, (batch, *sample_shape), batch_axis=False, source=name, op_types=op_types)
     note = (f"the model's input fixes its batch to {batch} (its graph bakes it in): each input runs as the first row "
             f"of a batch of {batch} zero-padded rows, {batch}× the work of one row")
     return replace(network, notes=(*network.notes, note), rows_per_call=batch)
@@ -553,11 +561,12 @@ def _set_attribute(node, name: str, value) -> None:
     node.attribute.append(onnx.helper.make_attribute(name, value))
 
 
-def _onnx_to_torch(model, path: Path) -> torch.fx.GraphModule:
+def _onnx_to_torch(model, path: Path) -> tuple[torch.fx.GraphModule, "onnx.ModelProto"]:
     """onnx2torch, with converters for the op versions it lacks (``onnx_ops``), after ONNX's version
     converter has lifted what onnx2torch cannot read as it is: old opsets (to 17; onnx2torch lacks
     some old op versions) and, before opset 19, Reshape with ``allowzero=1`` (to 19, whose Reshape
-    lrcert converts). Nodes no converter can take are named, each with its op version."""
+    lrcert converts). Nodes no converter can take are named, each with its op version. Returns
+    the module and the model it was converted from (after the version converter)."""
     from onnx import version_converter
     from onnx2torch import convert
 
@@ -587,7 +596,7 @@ def _onnx_to_torch(model, path: Path) -> torch.fx.GraphModule:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return onnx_ops.traceable(convert(model))
+            return onnx_ops.traceable(convert(model)), model
     except Exception as exc:
         raise LrcertError(
             f"onnx2torch cannot convert {path.name}: {first_line(exc)}",

@@ -21,6 +21,9 @@ True
 
 from __future__ import annotations
 
+import inspect
+
+import numpy as np
 import onnx
 import torch
 from onnx import defs
@@ -285,3 +288,69 @@ def missing(model: onnx.ModelProto) -> list[str]:
             version = defs.get_schema(node.op_type, opset).since_version if _exists(node.op_type, opset) else opset
             problems.append(f"{node.name or f'node #{k}'!r} ({node.op_type}-{version}): onnx2torch has no converter for it")
     return problems
+
+
+def op_types(model: onnx.ModelProto) -> dict[str, str]:
+    """Each node's op type by the name onnx2torch gives its module (for refusals that name it)."""
+    from onnx2torch.onnx_graph import OnnxGraph
+
+    return {name: node.operation_type for name, node in OnnxGraph(model.graph).nodes.items()}
+
+
+def resize_problems(model: onnx.ModelProto, module: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
+    """The Resize nodes whose onnx2torch module computes otherwise than ONNX says, as one line each.
+
+    onnx2torch maps Resize onto ``F.interpolate`` and only warns where that differs (a nearest mode
+    or coordinate transformation PyTorch lacks, ``cubic_coeff_a`` ≠ −0.75, ``exclude_outside``).
+    So the graph runs once on a random input of ``input_shape``, and each Resize module, given a
+    random tensor of the shape it meets there and the scales or sizes it is given, is compared with
+    ONNX's reference implementation (``onnx.reference``) of its node."""
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+    from onnx2torch.onnx_graph import OnnxGraph
+
+    nodes = {name: node.proto for name, node in OnnxGraph(model.graph).nodes.items() if node.operation_type == "Resize"}
+    if not nodes:
+        return []
+    opsets = list(model.opset_import)
+    problems: list[str] = []
+
+    def check(name: str, node: onnx.NodeProto):
+        def hook(resize, args, kwargs, output):
+            bound = inspect.signature(resize.forward).bind(*args, **kwargs)  # (its parameters: the ONNX inputs, in order)
+            args = [bound.arguments.get(p) for p in inspect.signature(resize.forward).parameters]
+            args[0] = torch.randn(args[0].shape, generator=generator, dtype=args[0].dtype)  # (every entry random: none hidden)
+            output = resize.forward(*args)
+            feeds = {f"in{i}": a.detach().cpu().numpy() for i, a in enumerate(args) if a is not None}
+            inputs = [f"in{i}" if a is not None else "" for i, a in enumerate(args)]
+            single = helper.make_node(node.op_type, inputs, ["out"], domain=node.domain, **{
+                a.name: helper.get_attribute_value(a) for a in node.attribute})
+            declared = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for k, v in feeds.items()]
+            graph = helper.make_graph([single], "resize", declared, [helper.make_empty_tensor_value_info("out")])
+            expected = ReferenceEvaluator(helper.make_model(graph, opset_imports=opsets)).run(None, feeds)[0]
+            got = output.detach().cpu().numpy()
+            scale = float(np.abs(expected).max(initial=0.0)) + 1e-12
+            if expected.shape != got.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-5 * scale):
+                settings = ", ".join(f"{a.name}={_shown(helper.get_attribute_value(a))}" for a in node.attribute)
+                differs = ("output shape " + "×".join(map(str, got.shape)) + " instead of " + "×".join(map(str, expected.shape))
+                           if expected.shape != got.shape else f"values up to {np.abs(got - expected).max():.3g} off")
+                problems.append(f"{node.name or name!r} (Resize{', ' + settings if settings else ''}): PyTorch's interpolation, "
+                                f"which lrcert reads it as, computes it otherwise than ONNX ({differs})")
+        return hook
+
+    generator = torch.Generator(device="cpu").manual_seed(3)
+    modules = dict(module.named_modules())
+    hooks = [modules[name].register_forward_hook(check(name, node), with_kwargs=True) for name, node in nodes.items() if name in modules]
+    try:
+        dtype = next((t.dtype for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()), torch.float32)
+        example = torch.randn(input_shape, generator=torch.Generator(device="cpu").manual_seed(2), dtype=dtype, device="cpu")
+        with torch.no_grad():
+            module(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return problems
+
+
+def _shown(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -234,6 +234,9 @@ SUPPORTED.update({
     "resize_linear_align_corners": lambda: _moved(
         [n("Resize", ["m", "", "scales"], ["moved"], mode="linear", coordinate_transformation_mode="align_corners")], 256,
         extra={"scales": np.array([1, 1, 2, 2], dtype=np.float32)}),
+    "resize_cubic": lambda: _moved(
+        [n("Resize", ["m", "", "scales"], ["moved"], mode="cubic")], 4 * 8 * 6,
+        extra={"scales": np.array([1, 1, 2, 1.5], dtype=np.float32)}),
     "upsample_opset_9": lambda: _moved(  # (an old opset: ONNX's version converter makes it a Resize)
         [n("Upsample", ["m", "scales"], ["moved"], mode="nearest")], 256,
         extra={"scales": np.array([1, 1, 2, 2], dtype=np.float32)}, opset=9),
@@ -249,6 +252,20 @@ SUPPORTED.update({
 })
 
 REFUSED = {
+    # Resize attributes PyTorch's interpolation has no equivalent of (onnx2torch only warns): checked against onnx.reference
+    "resize_cubic_coefficient": (
+        lambda: _moved([n("Resize", ["m", "", "scales"], ["moved"], name="up", mode="cubic", cubic_coeff_a=-0.5)], 4 * 8 * 8,
+                       extra={"scales": np.array([1, 1, 2, 2], dtype=np.float32)}),
+        ["'up' (Resize, cubic_coeff_a=-0.5, mode=cubic): PyTorch's interpolation, which lrcert reads it as, computes it "
+         "otherwise than ONNX (values up to 0.208 off)"],
+    ),
+    "resize_linear_asymmetric": (
+        lambda: _moved([n("Resize", ["m", "", "", "sizes"], ["moved"], name="up", mode="linear",
+                          coordinate_transformation_mode="asymmetric")], 4 * 7 * 6,
+                       extra={"sizes": np.array([1, 4, 7, 6], dtype=np.int64)}),
+        ["'up' (Resize, coordinate_transformation_mode=asymmetric, mode=linear): PyTorch's interpolation, which lrcert "
+         "reads it as, computes it otherwise than ONNX (values up to 0.824 off)"],
+    ),
     "dropout_in_training_mode": (
         lambda: make(
             [n("Gemm", ["x", "W", "b"], ["h"], name="fc"), n("Dropout", ["h", "ratio", "training"], ["d"], name="drop"),

@@ -277,3 +277,19 @@ def test_several_inputs_are_certified_in_their_joint_space(tmp_path):
 def _onnxruntime_inputs(model, feeds: dict) -> np.ndarray:
     session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, feeds)[0]
+
+
+def test_refusals_in_the_trace_name_the_onnx_op_type_not_the_pytorch_op():
+    from lrcert.convert import to_network
+
+    class Squash(torch.nn.Module):
+        def forward(self, x):
+            return torch.sigmoid(x)
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), Squash())
+    with pytest.raises(LrcertError) as plain:
+        to_network(model, (3,))
+    with pytest.raises(LrcertError) as named:
+        to_network(model, (3,), op_types={"1": "Sigmoid"})
+    assert plain.value.details == ["'1' (sigmoid) is not piecewise linear"]
+    assert named.value.details == ["'1' (Sigmoid) is not piecewise linear"]

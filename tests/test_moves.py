@@ -1,5 +1,5 @@
 """Ops that move, repeat, drop or interpolate entries with constant parameters (torch.split,
-F.interpolate nearest and (bi/tri)linear, pixel (un)shuffle, repeat, flip, roll, gather, constant
+F.interpolate nearest, (bi/tri)linear and bicubic, antialiased too, pixel (un)shuffle, repeat, flip, roll, gather, constant
 advanced indexing and masks): certified exactly, from PyTorch modules and from both ONNX exporters,
 against the independent float64 computation of tests/reference.py (hooks and autograd Jacobians)."""
 
@@ -60,6 +60,9 @@ MOVES = {
     "bilinear_align_corners": (lambda x: F.interpolate(x, size=(7, 6), mode="bilinear", align_corners=True), 2),
     "linear_1d": (lambda x: F.interpolate(x, scale_factor=1.5, mode="linear"), 1),
     "trilinear": (lambda x: F.interpolate(x, scale_factor=2, mode="trilinear"), 3),
+    "bicubic": (lambda x: F.interpolate(x, scale_factor=(2.5, 1.5), mode="bicubic"), 2),
+    "bilinear_antialias_down": (lambda x: F.interpolate(x, size=(3, 2), mode="bilinear", antialias=True), 2),
+    "bicubic_antialias_down": (lambda x: F.interpolate(x, scale_factor=0.6, mode="bicubic", antialias=True), 2),
     "pixel_shuffle": (nn.PixelShuffle(2), 2),
     "pixel_unshuffle": (nn.PixelUnshuffle(2), 2),
     "repeat": (lambda x: x.repeat(1, 2, 1, 3), 2),

@@ -159,6 +159,7 @@ def certify(
     dtype: Annotated[DType, typer.Option("--dtype", help="auto: float64 radii at about float32 speed (the expensive passes in float32 with rigorous rounding bounds, the faces that can bind recomputed in float64); float32: raw speed; float64: everything in float64.")] = DType.auto,
     input_shape: Annotated[Optional[str], typer.Option("--input-shape", metavar="SHAPE", help="Shape of one input, e.g. 1,28,28 (only for models that do not record it).")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model or TorchScript file: this runs code stored in the file.")] = False,
+    vary: Annotated[Optional[list[str]], typer.Option("--vary", metavar="NAME", help="For an ONNX model with several inputs: certify along this input only, the others held at each row's values (radii, faces and adversarial points then move only its coordinates). Repeatable. Default: every input (their joint space).")] = None,
     output_name: Annotated[Optional[str], typer.Option("--output-name", metavar="NAME", help="For an ONNX model with several outputs: the one predictions and prediction radii read (default: the first). The regions are the whole graph's either way.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="With --format jsonl --output FILE: continue an interrupted run, keeping the rows already written.")] = False,
     min_certified: Annotated[Optional[list[str]], typer.Option("--min-certified", metavar="R", help="CI check on predictions: exit 1 if any certified radius, min(ε̂, prediction radius), is below R. Same forms as --min-radius.")] = None,
@@ -213,6 +214,8 @@ def certify(
     if shape_hint is None:
         shape_hint = data_io.peek_row_shape(source, key)
     network = load(model, trust_pickle=trust_pickle, sample_shape=shape_hint, output_name=output_name)
+    if vary:
+        network = network.vary(vary)
     rows, notes = data_io.read_rows(source, network.sample_shape, key=key, name="stdin" if data == "-" else data,
                                     inputs=network.inputs)
     directions = None
@@ -225,10 +228,13 @@ def certify(
                 fix="give one direction per input, or a single direction for all",
             )
         directions = torch.from_numpy(np.array(directions, dtype=np.float64))  # (a copy: torch wants writable memory)
+        if network.varied is not None and directions.reshape(len(directions), -1).index_fill(1, network.varied, 0).any():
+            raise LrcertError(f"{direction} moves the inputs --vary holds",
+                              fix="set their coordinates of every direction to 0, or drop --vary")
     for note in (*network.notes, *notes) if lead else ():
         say(f"note: {note}")
 
-    progress = _Progress(network.input_size, ranks.size, shown=lead)
+    progress = _Progress(network.dimensions, ranks.size, shown=lead)
     engine = Engine(network, norms=norms, device=target, dtype=torch_dtype, batch_size=batch_size,
                     predictions=not no_prediction_radius, adversarial_norm=point_norm, progress=progress.pushed,
                     guarantee=bound, seed=seed)
@@ -243,6 +249,7 @@ def certify(
         "device": devices.describe(target),
         "batch_size": plan.batch_size,
         "direction": direction,
+        "vary": vary or None,
         "min_radius": thresholds,
         "min_certified": certified_thresholds,
         "adversarial_out": None if adversarial_out is None else str(adversarial_out),

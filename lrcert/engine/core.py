@@ -87,6 +87,9 @@ class Engine:
         self.tangent_network = network.to(self.device, self.dtype) if self.auto else self.network
         self.norms = tuple(p for p in NORMS if p in norms)
         self.nonlinear = network.nonlinear
+        varied = network.varied  # the coordinates a certificate moves (Network.vary), or all
+        self.varied = None if varied is None else varied.to(self.device)
+        self.dimensions = network.dimensions  # D (every gradient is zero on the held coordinates)
         self.walk = Walk.build(network)
         #: One fused reduction per dual norm (GPU), or |g| shared by the sum and the max (CPU).
         self.fused_norms = self.device.type == "cuda"
@@ -102,7 +105,7 @@ class Engine:
         if deterministic or not self.nonlinear:
             sketch = False
         elif sketch is None:
-            sketch = screen and sketch_module.pays(network.input_size, sketch_directions)
+            sketch = screen and sketch_module.pays(self.dimensions, sketch_directions)
         self.sketching = sketch
         self.sketch = sketch_module.Sketch(self, sketch_directions, seed, float(guarantee)) if sketch else None
         #: Sketched inputs take the prediction radius from :func:`.prediction.sketched_margins`.
@@ -225,7 +228,7 @@ class Engine:
 
     def _dense(self, region: Region, x: Tensor, plan: planning.Plan) -> dict[str, Tensor]:
         """The radii from every face's gradient: all D input directions pushed, in chunks."""
-        d = self.network.input_size
+        d = self.dimensions
         stats = face_norms.DualNorms(region.batch, self.norms, self.fused_norms)
         for start in range(0, d, plan.directions_per_pass):
             stop = min(d, start + plan.directions_per_pass)
@@ -244,7 +247,7 @@ class Engine:
         left after both go the dense way. One host wait for each count of inputs. Also returns,
         where the sketched inputs' prediction radius is to come from :func:`.prediction.sketched_margins`,
         what it needs: (their index, their region, the outputs' tangents, the sketch's c)."""
-        b, d = len(x), self.network.input_size
+        b, d = len(x), self.dimensions
         tensors = region.summary() | screen.unknown(region)
         tensors["delta"] = torch.zeros(b, dtype=torch.float64, device=self.device)
         floor, index, sketched = None, torch.arange(b, device=self.device), None
@@ -334,10 +337,14 @@ class Engine:
         return self._exact
 
     def identity(self, start: int, stop: int, dtype: torch.dtype | None = None) -> Tensor:
-        """The input directions e_start … e_(stop−1), as one seed shared by all inputs: (1, K, *input_shape),
+        """The input directions e_start … e_(stop−1) of the coordinates a certificate moves (all, or
+        those :meth:`ir.Network.vary` leaves), as one seed shared by all inputs: (1, K, *input_shape),
         in ``dtype`` (default: the tangent passes')."""
         identity = torch.zeros(stop - start, self.network.input_size, device=self.device, dtype=dtype or self.dtype)
-        identity.diagonal(offset=start).fill_(1)
+        if self.varied is None:
+            identity.diagonal(offset=start).fill_(1)
+        else:
+            identity[torch.arange(stop - start, device=self.device), self.varied[start:stop]] = 1
         return identity.reshape(1, stop - start, *self.network.input_shape)
 
 

@@ -61,7 +61,7 @@ def gpu_plan(engine, n_inputs: int, row: int) -> Plan:
     per_input = bytes_per_input(engine)
     batch = engine.requested_batch or max(1, min(n_inputs, GPU_BATCH, engine.memory_bytes // 2 // per_input))
     room = max(row, engine.memory_bytes - batch * per_input)
-    directions = min(engine.network.input_size, max(1, room // row))
+    directions = min(engine.dimensions, max(1, room // row))
     return Plan(batch, max(1, min(batch, room // (row * directions))), directions, row)
 
 
@@ -73,7 +73,7 @@ def bytes_per_row(engine, dtype: torch.dtype | None = None, walk=None) -> int:
 
 def directions_per_pass(engine, dtype: torch.dtype | None = None, walk=None) -> int:
     """Input directions one input pushes per pass through ``walk`` in ``dtype`` (defaults as above)."""
-    return min(engine.network.input_size, max(1, engine.memory_bytes // bytes_per_row(engine, dtype, walk)))
+    return min(engine.dimensions, max(1, engine.memory_bytes // bytes_per_row(engine, dtype, walk)))
 
 
 def bytes_per_input(engine) -> int:
@@ -163,7 +163,7 @@ def skippable_relus(engine, skip_inactive: bool) -> dict[int, int]:
     CPU) still pays; only ReLUs that reach the rest of the network through dense layers alone."""
     directions = directions_per_pass(engine)
     skip_inactive = skip_inactive and engine.device.type == "cpu" and (
-        directions == engine.network.input_size or directions >= MIN_SKIP_DIRECTIONS
+        directions == engine.dimensions or directions >= MIN_SKIP_DIRECTIONS
     )
     return {i: _skip_limit(engine, i) for i in engine.nonlinear if skip_inactive and _feeds_only_dense(engine, i)}
 

@@ -168,7 +168,7 @@ def refine(region, norms, tensors: dict[str, Tensor], x: Tensor) -> None:
         settled &= (count == 0) | on_boundary
     candidates = torch.unique(candidates, dim=0)
     per_input = torch.bincount(candidates[:, 0], minlength=b)
-    whole = ~settled & (per_input > int(RERUN_SHARE * region.network.input_size))
+    whole = ~settled & (per_input > int(RERUN_SHARE * engine.dimensions))
     exact_ratios(region, tensors, x, candidates[(~settled & ~whole)[candidates[:, 0]]])
     _rerun(region, tensors, x, whole.nonzero()[:, 0])
 

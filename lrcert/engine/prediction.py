@@ -180,7 +180,7 @@ def sketched_margins(engine, region, x: Tensor, outputs: Tensor, c: float, direc
     other = torch.arange(classes, device=x.device)[None] != predicted[:, None]
     candidates = torch.zeros_like(other)
     for p in engine.norms:
-        widen = error * math.sqrt(d) if p == "linf" else error
+        widen = error * math.sqrt(engine.dimensions) if p == "linf" else error
         low, high = (estimate[p] - widen).clamp_min(0), estimate[p] + widen
         smallest = torch.where(other & (high > 0), margin / high, math.inf)
         largest = torch.where(other & (low > 0), margin / torch.where(low > 0, low, 1.0), math.inf)

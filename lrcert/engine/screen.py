@@ -60,14 +60,14 @@ GROWTH = 8
 def entry_work(engine) -> int:
     """Multiply-adds of :func:`entry_norms`: the D input directions through the first affine layers."""
     layers = engine.network.layers
-    return engine.network.input_size * sum(layers[i].size * max(1, layers[i].terms) for i in engine.walk.prefix)
+    return engine.dimensions * sum(layers[i].size * max(1, layers[i].terms) for i in engine.walk.prefix)
 
 
 def entry_norms(engine) -> dict[tuple[int, str], Tensor]:
     """Per (layer, norm) of the nonlinearities that read only the input-independent first affine
     layers: the exact q-norms of their faces' gradients, (1, units), float64."""
     network = engine.float64_network()
-    layers, d = network.layers, network.input_size
+    layers, d = network.layers, engine.dimensions
     row = sum(layers[i].size for i in [0, *engine.walk.prefix])
     step = max(1, min(d, engine.memory_bytes // (8 * row)))
     sums: dict[tuple[int, str], Tensor] = {}
@@ -147,7 +147,7 @@ def certify(region, x: Tensor, floor: Tensor, tensors: dict[str, Tensor] | None 
     tensors = unknown(region) if tensors is None else tensors
     done = torch.zeros(b, dtype=torch.long, device=device)  # exact gradients taken, per input
     dense = torch.zeros(b, dtype=torch.bool, device=device)
-    d = region.network.input_size
+    d = engine.dimensions
     limit = SHARE * d
     k = FIRST
 

@@ -176,14 +176,14 @@ class Sketch:
             push(region, seeds[:, start:stop], fold, group, walk)
             engine.work.pushed += region.batch * (stop - start)
             if engine.progress is not None:  # the k directions stand for the input's D
-                d = engine.network.input_size
+                d = engine.dimensions
                 engine.progress(region.batch * (d * stop // self.k - d * start // self.k))
         return fold
 
     def floors(self, region, sums: DualNorms, p: str, c: float) -> Tensor:
         """(B, F): every face's floor |z| / U for norm ``p`` (+inf where all k directional
         derivatives are 0: a gradient that is zero, not a face)."""
-        scale = math.sqrt(region.network.input_size) if p == "linf" else 1.0
+        scale = math.sqrt(self.engine.dimensions) if p == "linf" else 1.0
         parts = []
         for i in self.engine.nonlinear:
             bound = region.per_face(i, upper_bound(sums.stats[(i, "l2")].double(), c, self.k)) * scale
