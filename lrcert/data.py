@@ -50,7 +50,7 @@ def read_rows(
     array, name = _open(source, key, name, inputs)
     if single and tuple(array.shape) == tuple(sample_shape):
         array = array[None]
-    rows, notes = _shape_rows(array, tuple(sample_shape), name, what)
+    rows, notes = shape_rows(array, tuple(sample_shape), name, what)
     _check_finite(rows, name)
     return rows, notes
 
@@ -142,7 +142,8 @@ def _joined(archive, inputs, name: str) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def _shape_rows(array: np.ndarray, sample: tuple[int, ...], name: str, what: str) -> tuple[np.ndarray, list[str]]:
+def shape_rows(array: np.ndarray, sample: tuple[int, ...], name: str, what: str) -> tuple[np.ndarray, list[str]]:
+    """The rows in the model's row shape (of as many elements: reshaped, with a note), or a one-line error."""
     notes = _check_rows(tuple(array.shape), array.dtype.kind, str(array.dtype), sample, name, what)
     return (array.reshape(len(array), *sample) if notes else array), notes
 

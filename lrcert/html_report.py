@@ -96,6 +96,13 @@ def _run_section(run: dict, records: Sequence[dict], norms: Sequence[str]) -> st
                                                     if r.get("guarantee", "deterministic") != "deterministic"])),
         ("sketch", f"{options['sketch_directions']} random directions, seed {options.get('seed')}"
          if options.get("sketch_directions") else None),
+        ("normalisation", "(x − mean) / std, mean {mean}, std {std}: radii in the data's units".format(**{
+            k: ", ".join(f"{v:g}" for v in values) for k, values in options["normalize"].items()})
+         if options.get("normalize") else None),
+        ("box", f"prediction radii and adversarial points within [{options['box'][0]:g}, {options['box'][1]:g}] "
+                "(where the prediction radius is at most ε̂)" if options.get("box") else None),
+        ("accuracy", f"{run['labels']['correct']} of {run['labels']['inputs']} correct against the labels "
+                     f"({100 * run['labels']['accuracy']:.1f} %)" if run.get("labels") else None),
         ("device", options.get("device")),
         ("time", f"{run['seconds']:.2f} s" if run.get("seconds") is not None else None),
         ("date", run.get("date")),

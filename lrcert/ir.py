@@ -754,10 +754,35 @@ class Network:
             start += math.prod(shape)
         order = tuple(name for name in known if name in names)
         hold = Hold("lrcert_hold", (0,), self.input_shape, (self.input_shape,), mask=mask.reshape(self.input_shape), varied=order)
-        moved = (replace(layer, inputs=tuple(j + 1 for j in layer.inputs)) for layer in self.layers[1:])
         held = ", ".join(name for name in known if name not in names)
-        note = f"certified along {', '.join(order)} only: {held} held at each row's values"
-        return replace(self, layers=(self.layers[0], hold, *moved), output=self.output + 1, notes=(*self.notes, note))
+        return self._first(hold, f"certified along {', '.join(order)} only: {held} held at each row's values")
+
+    def normalized(self, mean: Sequence[float], std: Sequence[float]) -> "Network":
+        """The network reading inputs before ``Normalize(mean, std)`` (per channel, the first axis
+        of a row; one value: every entry): ``(x − mean) / std`` becomes its first layer, so radii,
+        prediction radii and adversarial points are in the units of the data as stored (pixels)."""
+        if self.inputs:
+            raise LrcertError("--mean/--std normalise a model of one input; this one has several", fix="leave them out")
+        channels = self.sample_shape[0] if self.sample_shape else 1
+        for option, values in (("--mean", mean), ("--std", std)):
+            if len(values) not in (1, channels):
+                raise LrcertError(f"{option} has {len(values)} values, the model's input has {channels} channels",
+                                  fix=f"give one value, or one per channel ({channels})")
+        if any(not v > 0 for v in std) or not all(math.isfinite(v) for v in (*mean, *std)):
+            raise LrcertError(f"--std holds {min(std):g}: every std must be positive and finite", fix="give the std the model was trained with")
+        n = max(len(mean), len(std))
+        shape = (*[1] * (len(self.input_shape) - len(self.sample_shape)), n, *[1] * (len(self.sample_shape) - 1))
+        std_t, mean_t = (torch.tensor(v, dtype=torch.float64, device=self.device).expand(n) for v in (std, mean))
+        scale, shift = ((v.reshape(shape)).to(self.dtype) for v in (1 / std_t, -mean_t / std_t))  # (computed in float64)
+        layer = ElementwiseAffine("lrcert_normalize", (0,), self.input_shape, (self.input_shape,), scale=scale, shift=shift)
+        shown = lambda v: ", ".join(f"{x:g}" for x in v)  # noqa: E731
+        return self._first(layer, f"inputs normalised by lrcert as (x − mean) / std, mean {shown(mean)}, std {shown(std)}: "
+                                  "radii and adversarial points are in the data's own units")
+
+    def _first(self, layer: Layer, note: str) -> "Network":
+        """The network with ``layer`` (reading the input) inserted first, and ``note``."""
+        moved = (replace(later, inputs=tuple(j + 1 for j in later.inputs)) for later in self.layers[1:])
+        return replace(self, layers=(self.layers[0], layer, *moved), output=self.output + 1, notes=(*self.notes, note))
 
     @property
     def dimensions(self) -> int:

@@ -68,11 +68,14 @@ class Tally:
     dtypes: dict[str, int] = field(default_factory=dict)  # results per precision (auto: float32 kept, float64 refined)
     deltas: list[float] = field(default_factory=list)  # the δ of each sketched input
     exact_adversarial: int = 0  # inputs with an exact adversarial point in some norm
+    labelled: list[tuple[int, int | None, dict[str, float]]] = field(default_factory=list)  # (label, prediction, ε̂)
 
     def add(self, index: int, radius: dict[str, float], kinds: dict[str, str | None], precision_warning: bool,
             dtype: str = "float32", certified: dict[str, float] | None = None, delta: float = 0.0,
-            exact: dict[str, bool] | None = None) -> None:
+            exact: dict[str, bool] | None = None, label: int | None = None, prediction: int | None = None) -> None:
         self.count += 1
+        if label is not None:
+            self.labelled.append((label, prediction, dict(radius)))
         if delta > 0:
             self.deltas.append(delta)
         self.exact_adversarial += bool(exact and any(exact.values()))
@@ -91,7 +94,8 @@ class Tally:
 
     def add_result(self, r: InputResult) -> None:
         kinds = {p: b.kind if b else None for p, b in r.binding.items()}
-        self.add(r.index, r.radius, kinds, r.precision_warning, r.dtype, r.certified_radius, r.delta, r.exact_adversarial)
+        self.add(r.index, r.radius, kinds, r.precision_warning, r.dtype, r.certified_radius, r.delta, r.exact_adversarial,
+                 r.label, r.prediction)
 
     def add_record(self, record: dict) -> None:
         """A result read back from JSON (``null`` radius: unbounded)."""
@@ -100,7 +104,8 @@ class Tally:
         certified = radii_of(record, "certified_radius") if record.get("certified_radius") else None
         guarantee = record.get("guarantee", "deterministic")
         self.add(record["index"], radius, kinds, record.get("precision_warning", False), record.get("dtype", "float32"),
-                 certified, 0.0 if guarantee == "deterministic" else float(guarantee), record.get("exact_adversarial"))
+                 certified, 0.0 if guarantee == "deterministic" else float(guarantee), record.get("exact_adversarial"),
+                 record.get("label"), record.get("prediction"))
 
 
 def some_of(count: int, total: int) -> str:
@@ -155,8 +160,12 @@ def summary(results: Sequence[InputResult], norms: Sequence[str]) -> dict:
 
 def result_record(result: InputResult, norms: Sequence[str]) -> dict:
     """One input as a JSON-ready dict."""
-    record = {
-        "index": result.index,
+    record = {"index": result.index}
+    if result.source is not None:
+        record["source"] = result.source
+    if result.label is not None:
+        record |= {"label": result.label, "correct": result.prediction == result.label}
+    record |= {
         "prediction": result.prediction,
         "radius": {p: finite_or_none(result.radius[p]) for p in norms},
         "unbounded": any(math.isinf(result.radius[p]) for p in norms),
@@ -184,8 +193,9 @@ def _radii(radius: dict[str, float] | None, norms: Sequence[str]) -> dict | None
 
 
 def json_document(model: dict, options: dict, results: Sequence[InputResult], norms: Sequence[str],
-                  run: dict | None = None) -> str:
-    """The whole run as one JSON document; ``run``: when and how long (``seconds``, ``date``)."""
+                  run: dict | None = None, labels: dict | None = None) -> str:
+    """The whole run as one JSON document; ``run``: when and how long (``seconds``, ``date``);
+    ``labels``: :func:`label_summary` where the data have labels."""
     doc = {
         "model": model,
         "options": options,
@@ -193,7 +203,57 @@ def json_document(model: dict, options: dict, results: Sequence[InputResult], no
         "results": [result_record(r, norms) for r in results],
         "summary": _json_summary(summary(results, norms)),
     }
+    if labels is not None:
+        doc["labels"] = labels
     return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+
+
+def label_summary(rows: Sequence[tuple[int, int | None, dict[str, float]]], norms: Sequence[str],
+                  classes: Sequence[str] | None = None) -> dict | None:
+    """Accuracy against the labels, and ε̂ for correct and wrong predictions apart (a region around a
+    misclassified input means something else), overall and per class, from (label, prediction,
+    radius) of each labelled input; None where no input has a label.
+
+    >>> s = label_summary([(0, 0, {"l2": 1.0}), (0, 1, {"l2": 0.5}), (1, 1, {"l2": 2.0})], ["l2"])
+    >>> s["correct"], round(s["accuracy"], 3), s["radius"]["wrong"]["l2"]["p50"], s["per_class"][1]["radius"]["wrong"]
+    (2, 0.667, 0.5, None)
+    """
+    if not rows:
+        return None
+
+    def part(chosen) -> dict:
+        right = [r for label, predicted, r in chosen if predicted == label]
+        wrong = [r for label, predicted, r in chosen if predicted != label]
+        radii = {name: _json_summary({p: summarize([r[p] for r in group]) for p in norms}) if group else None
+                 for name, group in (("correct", right), ("wrong", wrong))}  # (None: no such input)
+        return {"inputs": len(chosen), "correct": len(right), "accuracy": len(right) / len(chosen), "radius": radii}
+
+    out = part(rows)
+    out["per_class"] = []
+    for label in sorted({label for label, _, _ in rows}):
+        entry = {"class": label, **part([row for row in rows if row[0] == label])}
+        if classes is not None and 0 <= label < len(classes):
+            entry["name"] = classes[label]
+        out["per_class"].append(entry)
+    return out
+
+
+def label_lines(labels: dict, norms: Sequence[str]) -> list[str]:
+    """:func:`label_summary` as lines for people: accuracy, then each class's, with median ε̂ of
+    its correct and wrong predictions (the first norm of ``norms`` that is l2, else the first)."""
+    p = "l2" if "l2" in norms else norms[0]
+
+    def medians(part: dict) -> str:
+        shown = {name: "-" if group is None else "∞" if group[p]["p50"] is None else f"{group[p]['p50']:.4g}"
+                 for name, group in part["radius"].items()}
+        return f"median {NORM_LABELS[p]} correct {shown['correct']}, wrong {shown['wrong']}"
+
+    lines = [f"accuracy against the labels: {labels['correct']} of {labels['inputs']} correct "
+             f"({100 * labels['accuracy']:.1f} %); {medians(labels)}"]
+    for entry in labels["per_class"]:
+        name = f"class {entry['class']}" + (f" ({entry['name']})" if "name" in entry else "")
+        lines.append(f"  {name}: {entry['correct']} of {entry['inputs']} correct ({100 * entry['accuracy']:.1f} %); {medians(entry)}")
+    return lines
 
 
 def _json_summary(stats: dict) -> dict:
@@ -205,8 +265,8 @@ def jsonl_lines(results: Iterable[InputResult], norms: Sequence[str]) -> Iterabl
         yield json.dumps(result_record(r, norms), allow_nan=False) + "\n"
 
 
-def csv_header(norms: Sequence[str], directional: bool) -> str:
-    columns = ["index", "prediction", *norms, *(f"binding_{p}" for p in norms), "pattern", "precision_warning", "dtype",
+def csv_header(norms: Sequence[str], directional: bool, sourced: bool = False, labelled: bool = False) -> str:
+    columns = ["index", *(["source"] if sourced else []), *(["label"] if labelled else []), "prediction", *norms, *(f"binding_{p}" for p in norms), "pattern", "precision_warning", "dtype",
                "guarantee"]
     columns += [f"{what}_{p}" for what in ("prediction_radius", "certified", "exact_adversarial") for p in norms]
     if directional:
@@ -214,9 +274,11 @@ def csv_header(norms: Sequence[str], directional: bool) -> str:
     return _csv_row(columns)
 
 
-def csv_lines(results: Iterable[InputResult], norms: Sequence[str], directional: bool) -> Iterable[str]:
+def csv_lines(results: Iterable[InputResult], norms: Sequence[str], directional: bool, sourced: bool = False,
+              labelled: bool = False) -> Iterable[str]:
     for r in results:
-        row = [r.index, "" if r.prediction is None else r.prediction]
+        row = [r.index, *([r.source] if sourced else []), *([r.label] if labelled else [])]
+        row.append("" if r.prediction is None else r.prediction)
         row += [_number(r.radius[p]) for p in norms]
         row += [r.binding[p].describe() if r.binding[p] else "" for p in norms]
         row += [r.pattern, int(r.precision_warning), r.dtype, r.guarantee if r.delta == 0 else repr(r.delta)]
@@ -254,6 +316,7 @@ def print_table(
     directional: bool,
     color: bool,
     guarantee: str | None = None,
+    labels: dict | None = None,
 ) -> None:
     """The terminal view: one row per input, then the per-norm summary (paper's table layout),
     and how sure the answers are (``guarantee``, default :func:`guarantee_text`'s line)."""
@@ -264,6 +327,9 @@ def print_table(
     shown = "l2" if "l2" in norms else norms[0]
     table = Table(title=f"linear-region radii — {model_name}", title_justify="left")
     table.add_column("input", justify="right")
+    labelled = any(r.label is not None for r in results)
+    if labelled:
+        table.add_column("label", justify="right")
     table.add_column("class", justify="right")
     with_certified = any(r.certified_radius is not None for r in results)  # (none: --no-prediction-radius)
     for p in norms:
@@ -274,7 +340,10 @@ def print_table(
         table.add_column("t (direction)", justify="right")
     table.add_column(f"binding constraint ({NORM_LABELS[shown]})")
     for r in results:
-        cells = [str(r.index), "-" if r.prediction is None else str(r.prediction)]
+        cells = [str(r.index)]
+        if labelled:
+            cells.append("-" if r.label is None else str(r.label))
+        cells.append("-" if r.prediction is None else str(r.prediction) + (" ✗" if labelled and r.prediction != r.label else ""))
         mark = " †" if r.precision_warning else ""
         for p in norms:
             cells.append(_short(r.radius[p]) + mark)
@@ -307,6 +376,8 @@ def print_table(
         console.print("* the prediction radius is at most ε̂: the exact distance to another prediction", highlight=False)
     guarantee = guarantee or "guarantee: " + guarantee_text(len(results), [r.delta for r in results if r.delta > 0])
     console.print(guarantee, highlight=False)
+    for line in label_lines(labels, norms) if labels is not None else ():
+        console.print(line, highlight=False)
 
 
 def _width(out: TextIO) -> int:

@@ -18,6 +18,10 @@ why the files are committed and checked rather than rebuilt.
   trained on the half-moons without and with the ROLL regulariser (lrcert.train), with 200
   held-out points in toy2d.inputs.npy and their labels in toy2d.labels.npy.
 
+- bars_images/ (horizontal/, vertical/: an ImageFolder tree of 8 PNG images, pixels clipped to
+  [0, 1]) and moons.csv (16 points, columns x, y and label): data as users keep it, for the
+  README's examples of image folders and tables.
+
 models/digits/ is written by experiments/table1_digits.py (the paper's Table 1 on 8×8 digits).
 """
 
@@ -95,8 +99,9 @@ def export(model: nn.Module, example: torch.Tensor, name: str) -> None:
 
 SUMS = HERE / "SHA256SUMS"
 #: The files the script makes (models/digits/ comes from experiments/table1_digits.py).
+EXAMPLES = (*(f"bars_images/{'horizontal' if k % 2 == 0 else 'vertical'}/bar{k}.png" for k in range(8)), "moons.csv")
 MADE = ("moons_mlp.onnx", "moons_mlp.inputs.npy", "bars_cnn.onnx", "bars_cnn.inputs.npy", "toy2d.inputs.npy",
-        "toy2d.labels.npy", "toy2d_vanilla.onnx", "toy2d_roll.onnx")
+        "toy2d.labels.npy", "toy2d_vanilla.onnx", "toy2d_roll.onnx", *EXAMPLES)
 
 
 def digest(path: Path) -> str:
@@ -136,6 +141,24 @@ def main() -> None:
     print(f"bars_cnn: training accuracy {accuracy:.3f}")
 
     toy2d(rng)
+    examples()
+
+
+def examples() -> None:
+    """The image folder and the table (their own seed: the files above do not depend on them)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(24)
+    for k in range(8):  # (as bars() makes them, the classes alternating: both folders hold four)
+        image = rng.normal(0, 0.15, (12, 12))
+        image[int(rng.integers(1, 11)), :] += 1.0
+        image = image if k % 2 == 0 else image.T
+        folder = HERE / "bars_images" / ("horizontal" if k % 2 == 0 else "vertical")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(folder / f"bar{k}.png")
+    points, labels = moons(16, rng)
+    rows = "".join(f"{x:.6f},{y:.6f},{label}\n" for (x, y), label in zip(points, labels))
+    (HERE / "moons.csv").write_text("x,y,label\n" + rows)
 
 
 def toy2d(rng: np.random.Generator) -> None:

@@ -31,6 +31,10 @@ def open_output(path: Path | None) -> Iterator[TextIO]:
         yield sys.stdout
         sys.stdout.flush()
         return
+    if _device_file(path):
+        with open(path, "w", encoding="utf-8", newline="") as handle:
+            yield handle
+        return
     from ..data import written_atomically
 
     with written_atomically(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
@@ -147,7 +151,7 @@ def _forget_rank_rows(path: Path) -> None:
 @reports_errors
 def certify(
     model: Annotated[str, typer.Argument(help="ONNX model, torch.export .pt2 program, or (with --trust-pickle) a TorchScript file or pickled nn.Module.")],
-    data: Annotated[str, typer.Argument(help="Inputs: .npy or .npz whose first axis indexes inputs, or - for standard input.")],
+    data: Annotated[str, typer.Argument(help="Inputs: .npy or .npz whose first axis indexes inputs, - for standard input, a folder of PNG/JPEG/WebP images (class folders give labels), or a .csv or .parquet table (a 'label' column gives labels).")],
     p: Annotated[Optional[list[str]], typer.Option("--p", "--norm", metavar="NORM", help="Norm of the ball: 1, 2 or inf. Repeatable. Default: all three. (Under torchrun write --norm: its parser takes --p for one of its own options.)")] = None,
     output_format: Annotated[Format, typer.Option("--format", "-f", help="table (for people), json, jsonl or csv (for pipelines).")] = Format.table,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the results to this file (atomically) instead of stdout.")] = None,
@@ -159,6 +163,13 @@ def certify(
     dtype: Annotated[DType, typer.Option("--dtype", help="auto: float64 radii at about float32 speed (the expensive passes in float32 with rigorous rounding bounds, the faces that can bind recomputed in float64); float32: raw speed; float64: everything in float64.")] = DType.auto,
     input_shape: Annotated[Optional[str], typer.Option("--input-shape", metavar="SHAPE", help="Shape of one input, e.g. 1,28,28 (only for models that do not record it).")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model or TorchScript file: this runs code stored in the file.")] = False,
+    columns: Annotated[Optional[str], typer.Option("--columns", metavar="A,B,…", help="For a table: the feature columns, in the model's order. Default: every column but 'label'.")] = None,
+    resize: Annotated[Optional[str], typer.Option("--resize", metavar="N|H,W", help="For an image folder: resize as torchvision's Resize does (N: the shorter side to N; H,W: to that size).")] = None,
+    center_crop: Annotated[Optional[str], typer.Option("--center-crop", metavar="N|H,W", help="For an image folder: then crop the center, as torchvision's CenterCrop.")] = None,
+    mean: Annotated[Optional[str], typer.Option("--mean", metavar="M,…", help="The model expects (x − mean) / std (per channel): lrcert makes that its first layer, so every radius and adversarial point is in the data's own units (pixels). Needs --std.")] = None,
+    std: Annotated[Optional[str], typer.Option("--std", metavar="S,…", help="The std of --mean's normalisation: one value, or one per channel.")] = None,
+    normalize: Annotated[Optional[str], typer.Option("--normalize", metavar="PRESET", help="A known --mean/--std: imagenet (0.485,0.456,0.406 / 0.229,0.224,0.225).")] = None,
+    box: Annotated[Optional[str], typer.Option("--box", metavar="LO,HI", help="Valid inputs lie in [LO, HI] (pixels: 0,1, the default for image folders; none: no box): prediction radii at most ε̂ and adversarial points are then the closest inputs inside the box with another prediction.")] = None,
     vary: Annotated[Optional[list[str]], typer.Option("--vary", metavar="NAME", help="For an ONNX model with several inputs: certify along this input only, the others held at each row's values (radii, faces and adversarial points then move only its coordinates). Repeatable. Default: every input (their joint space).")] = None,
     output_name: Annotated[Optional[str], typer.Option("--output-name", metavar="NAME", help="For an ONNX model with several outputs: the one predictions and prediction radii read (default: the first). The regions are the whole graph's either way.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="With --format jsonl --output FILE: continue an interrupted run, keeping the rows already written.")] = False,
@@ -210,14 +221,36 @@ def certify(
     target = ranks.start(devices.resolve(device.value))
     torch_dtype = {DType.auto: "auto", DType.float32: torch.float32, DType.float64: torch.float64}[dtype]
 
-    source = sys.stdin.buffer.read() if data == "-" else data
+    from .. import box as boxes
+    from .. import sources
+
+    resize_to, crop_to = sources.sizes(resize), sources.sizes(center_crop, "--center-crop")
+    normalization = _normalization(mean, std, normalize)
+    kept = sources.is_source(data)  # an image folder or a table (else an array, or stdin)
+    if not kept and (columns or resize_to or crop_to):
+        raise LrcertError("--columns, --resize and --center-crop read tables and image folders", fix="drop them for an array")
+    source = data if kept else sys.stdin.buffer.read() if data == "-" else data
+    table = sources.open_source(data, None, columns=columns) if kept and not Path(data).is_dir() else None
     if shape_hint is None:
-        shape_hint = data_io.peek_row_shape(source, key)
+        shape_hint = (table.rows.shape[1:] if table is not None else sources.image_row_shape(data, resize_to, crop_to) if kept
+                      else data_io.peek_row_shape(source, key))
     network = load(model, trust_pickle=trust_pickle, sample_shape=shape_hint, output_name=output_name)
     if vary:
         network = network.vary(vary)
-    rows, notes = data_io.read_rows(source, network.sample_shape, key=key, name="stdin" if data == "-" else data,
-                                    inputs=network.inputs)
+    if normalization is not None:
+        network = network.normalized(*normalization)
+    if table is not None:
+        dataset = table
+        dataset.rows, more = data_io.shape_rows(table.rows, network.sample_shape, data, "data")
+        dataset.notes += more
+    elif kept:
+        dataset = sources.open_source(data, network.sample_shape, resize=resize_to, center_crop=crop_to)
+    else:
+        rows, notes = data_io.read_rows(source, network.sample_shape, key=key, name="stdin" if data == "-" else data,
+                                        inputs=network.inputs)
+        dataset = sources.Source(rows, notes=notes)
+    rows, notes = dataset.rows, dataset.notes
+    valid = boxes.parse(box) if box is not None else (0.0, 1.0) if dataset.images else None
     directions = None
     if direction is not None:
         directions, more = data_io.read_rows(direction, network.sample_shape, name=direction, what="directions")
@@ -250,6 +283,11 @@ def certify(
         "batch_size": plan.batch_size,
         "direction": direction,
         "vary": vary or None,
+        "columns": columns,
+        "resize": list(resize_to) if resize_to else None,
+        "center_crop": list(crop_to) if crop_to else None,
+        "normalize": None if normalization is None else {"mean": list(normalization[0]), "std": list(normalization[1])},
+        "box": None if valid is None else list(valid),
         "min_radius": thresholds,
         "min_certified": certified_thresholds,
         "adversarial_out": None if adversarial_out is None else str(adversarial_out),
@@ -259,7 +297,7 @@ def certify(
         "seed": seed,
     }
     tally = report.Tally(norms, thresholds, certified_thresholds)
-    resumable = output_format == Format.jsonl and output is not None
+    resumable = output_format == Format.jsonl and output is not None and not _device_file(output)
     resumed = _resume(output, tally, resume, lead) if resumable else _Resumed()
     remaining = ranks.share(resumed.remaining(len(rows)) if lead else None)
     rounds = deal(remaining, _share(plan.batch_size, len(remaining), ranks.size, batch_size), ranks.size)
@@ -267,7 +305,7 @@ def certify(
         say(f"note: resuming after the {resumed.prefix + len(resumed.scattered)} results already in {partial_path(output)}")
     started = time.perf_counter()
     writer = open_resumable(output) if resumable else open_output(output)
-    ordered = _InOrder(output_format, norms, directions is not None, tally, resumed) if lead else None
+    ordered = _InOrder(output_format, norms, directions is not None, tally, resumed, dataset) if lead else None
     own_rows = open(rank_path(output, ranks), "a", encoding="utf-8") if resumable and ranks.size > 1 else None
     points = _adversarial_file(adversarial_out, (len(rows), *network.sample_shape)) if adversarial_out and lead else _nowhere()
     page = _ReportRows(norms, point_norm) if report_page and lead else None
@@ -275,7 +313,7 @@ def certify(
         with (writer if lead else _nowhere()) as out, points as adversarial, progress.counting(len(remaining)):
             if lead:
                 ordered.begin(out)
-            for mine in _my_rounds(engine, rows, directions, rounds, ranks, norms, own_rows):
+            for mine in _my_rounds(engine, dataset, directions, rounds, ranks, norms, own_rows, valid, point_norm):
                 everyone = ranks.gather(mine)
                 if lead:
                     fresh = [result for rank_rows in everyone for result in rank_rows]
@@ -320,12 +358,17 @@ def certify(
         say(f"certified {fresh} inputs in {elapsed:.2f} s ({fresh / max(elapsed, 1e-9):.1f} inputs/s) on {where}, {how}")
         if output_format != Format.table or output is not None:  # (the table's own footer says it)
             say(certainty)
+        labels = report.label_summary(tally.labelled, norms, dataset.classes)
+        if labels is not None and output_format != Format.table:  # (the table prints them itself)
+            for line in report.label_lines(labels, norms):
+                say(line)
         _explain(tally, dtype)
         if adversarial_out is not None and not tally.exact_adversarial:
             say(f"note: no input has an exact adversarial point (the prediction radius exceeds ε̂ everywhere: the region "
                 f"ends first), so {adversarial_out} holds only NaN")
         if page is not None:
-            run = {"model": model_info, "options": options, "seconds": elapsed, "date": today(), "notes": [*network.notes, *notes]}
+            run = {"model": model_info, "options": options, "seconds": elapsed, "date": today(), "notes": [*network.notes, *notes],
+                   "labels": labels}
             page.write(report_page, run, rows, network.sample_shape)
             say(f"report: {report_page}")
         code = _check_thresholds(tally)
@@ -343,29 +386,47 @@ def _share(batch: int, count: int, ranks: int, requested: int | None) -> int:
     return max(1, min(batch, math.ceil(count / (4 * ranks))))
 
 
-def _my_rounds(engine, rows, directions, rounds, ranks, norms, own_rows):
-    """This rank's results, one list per round (empty where it has no batch), numbered by input,
-    its own batches streamed through the engine (so a GPU works on the next meanwhile)."""
+def _my_rounds(engine, dataset, directions, rounds, ranks, norms, own_rows, valid, point_norm):
+    """This rank's results, one list per round (empty where it has no batch), numbered by input
+    (with their file names and labels where the data have them), its own batches streamed through
+    the engine (so a GPU works on the next meanwhile); with a box ``valid``, the prediction radii
+    and adversarial points within it (:func:`lrcert.box.constrain`)."""
+    from collections import deque
+
     import numpy as np
     import torch
 
-    from .. import report
+    from .. import box, report
 
+    rows = dataset.rows
     mine = [batch[ranks.rank] for batch in rounds if len(batch) > ranks.rank]
     order = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
     kind = np.float64 if rows.dtype == np.float64 else np.float32
-    stream = (torch.from_numpy(np.asarray(rows[indices], dtype=kind)) for indices in mine)
+    read = deque()  # the batches read and not yet answered (the box needs their inputs)
+
+    def batches():
+        for indices in mine:
+            read.append(torch.from_numpy(np.asarray(rows[indices], dtype=kind)))
+            yield read[-1]
+
     own = None if directions is None or len(directions) == 1 else directions[torch.from_numpy(order)]
-    produced = engine.stream(stream, n_inputs=len(order), directions=directions if own is None else own, run_size=len(rows))
+    produced = engine.stream(batches(), n_inputs=len(order), directions=directions if own is None else own, run_size=len(rows))
     position = 0
     for batch in rounds:
         if len(batch) <= ranks.rank:
             yield []
             continue
         results = next(produced)
+        inputs = read.popleft()
         for result in results:
             result.index = int(order[position])
             position += 1
+            if dataset.names is not None:
+                result.source = dataset.names[result.index]
+            if dataset.labels is not None:
+                result.label = int(dataset.labels[result.index])
+        if valid is not None and engine.predictions:
+            box.constrain(engine.float64_network(), inputs.numpy(), results, valid, norms, point_norm)
         if own_rows is not None:
             own_rows.writelines(report.jsonl_lines(results, norms))
             own_rows.flush()
@@ -376,8 +437,9 @@ class _InOrder:
     """Rank 0's writer: results arrive by rounds, from every rank, and leave in input order (with
     rows a resumed run already had), to a table, JSON, JSON lines or CSV."""
 
-    def __init__(self, output_format, norms, directional: bool, tally, resumed: "_Resumed"):
+    def __init__(self, output_format, norms, directional: bool, tally, resumed: "_Resumed", dataset):
         self.format, self.norms, self.directional, self.tally = output_format, norms, directional, tally
+        self.sourced, self.labelled, self.classes = dataset.names is not None, dataset.labels is not None, dataset.classes
         self.waiting: dict[int, object] = dict(resumed.scattered)  # index -> InputResult, or a JSON line
         self.next = resumed.prefix
         self.kept = []  # every result, for the formats written at the end
@@ -386,7 +448,7 @@ class _InOrder:
         from .. import report
 
         if self.format == Format.csv:
-            out.write(report.csv_header(self.norms, self.directional))
+            out.write(report.csv_header(self.norms, self.directional, self.sourced, self.labelled))
 
     def add(self, out, results) -> None:
         import json
@@ -405,7 +467,7 @@ class _InOrder:
             if self.format == Format.jsonl:
                 out.writelines(report.jsonl_lines([item], self.norms))
             elif self.format == Format.csv:
-                out.writelines(report.csv_lines([item], self.norms, self.directional))
+                out.writelines(report.csv_lines([item], self.norms, self.directional, self.sourced, self.labelled))
             else:
                 self.kept.append(item)
         out.flush()
@@ -415,10 +477,12 @@ class _InOrder:
 
         if self.waiting:
             raise LrcertError(f"internal: results {sorted(self.waiting)[:5]} were never written", internal=True)
+        labels = report.label_summary(self.tally.labelled, self.norms, self.classes)
         if self.format == Format.json:
-            out.write(report.json_document(model_info, options, self.kept, self.norms, run))
+            out.write(report.json_document(model_info, options, self.kept, self.norms, run, labels))
         elif self.format == Format.table:
-            report.print_table(out, self.kept, self.norms, model_name, self.directional, color=color, guarantee=guarantee)
+            report.print_table(out, self.kept, self.norms, model_name, self.directional, color=color, guarantee=guarantee,
+                               labels=labels)
 
 
 @contextmanager
@@ -581,3 +645,32 @@ class _ReportRows:
             pictures = html_report.pictures(self.records, self.norm, rows.__getitem__, self.points.get)
         with written_atomically(path) as tmp:
             Path(tmp).write_text(html_report.render(run, self.records, pictures), encoding="utf-8")
+
+
+def _normalization(mean: str | None, std: str | None, preset: str | None):
+    """(mean, std) from --mean/--std or --normalize, or None."""
+    from ..sources import NORMALIZATIONS
+
+    if preset is not None:
+        if mean is not None or std is not None:
+            raise LrcertError("--normalize and --mean/--std both say how inputs are normalised", fix="give one of them")
+        if preset.lower() not in NORMALIZATIONS:
+            raise LrcertError(f"--normalize {preset!r} is not a known preset", fix=f"use {', '.join(NORMALIZATIONS)}, or --mean and --std")
+        return NORMALIZATIONS[preset.lower()]
+    if (mean is None) != (std is None):
+        raise LrcertError(f"{'--std without --mean' if mean is None else '--mean without --std'}", fix="give both (or --normalize imagenet)")
+    if mean is None:
+        return None
+    values = []
+    for option, text in (("--mean", mean), ("--std", std)):
+        try:
+            values.append(tuple(float(v) for v in text.split(",")))
+        except ValueError:
+            raise LrcertError(f"{option} {text!r} is not a list of numbers", fix=f"write e.g. {option} 0.5 or 0.485,0.456,0.406") from None
+    return values[0], values[1]
+
+
+def _device_file(path: Path) -> bool:
+    """An existing output that is not a regular file (a device such as /dev/null, a pipe): written
+    directly, never replaced by a renamed temporary file."""
+    return path.exists() and not path.is_file()

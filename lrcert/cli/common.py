@@ -3,6 +3,7 @@ interruption, and the option parsers used by several commands."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import signal
@@ -194,8 +195,16 @@ def reports_errors(command):
         except typer.Exit:
             raise
         except BrokenPipeError:  # the reader went away (| head): stop quietly, as Unix tools do
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _quiet_stdout()
             raise typer.Exit(141) from None
+        except OSError as exc:  # a full disk, a failing device: the output could not be written (or a file read)
+            where = f" ({exc.filename})" if exc.filename else ""
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                say(f"lrcert: error: cannot write the output{where}: {exc.strerror}. Fix: free space, or write elsewhere (--output FILE)")
+            else:
+                say(f"lrcert: error: input/output failed{where}: {exc.strerror or exc}. Fix: check the disk and the files named")
+            _quiet_stdout()
+            raise typer.Exit(EXIT_INPUT) from None
         except Exception as exc:  # a bug in lrcert: one line, exit 3
             if os.environ.get("LRCERT_DEBUG"):
                 raise
@@ -207,6 +216,14 @@ def reports_errors(command):
         raise typer.Exit(code or EXIT_OK)
 
     return wrapper
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's own flush at exit does not fail a second time."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # (no file descriptor: a test's captured stdout)
+        pass
 
 
 def integers(value: str) -> tuple[int, ...] | None:

@@ -86,6 +86,8 @@ class InputResult:
     #: computations alone, else the union bound δ over its sketched faces and margins
     #: (:mod:`lrcert.engine.sketch`): an answer exact with probability ≥ 1 − δ.
     delta: float = 0.0
+    source: str | None = None  # where the row came from (an image file, relative to its folder), when known
+    label: int | None = None  # the row's class in the data (an ImageFolder, a 'label' column), when known
 
     @property
     def guarantee(self) -> str | float:
