@@ -101,8 +101,7 @@ def _run_section(run: dict, records: Sequence[dict], norms: Sequence[str]) -> st
          if options.get("normalize") else None),
         ("box", f"prediction radii and adversarial points within [{options['box'][0]:g}, {options['box'][1]:g}] "
                 "(where the prediction radius is at most ε̂)" if options.get("box") else None),
-        ("accuracy", f"{run['labels']['correct']} of {run['labels']['inputs']} correct against the labels "
-                     f"({100 * run['labels']['accuracy']:.1f} %)" if run.get("labels") else None),
+        ("accuracy", _accuracy([r for r in records if r.get("label") is not None])),
         ("device", options.get("device")),
         ("time", f"{run['seconds']:.2f} s" if run.get("seconds") is not None else None),
         ("date", run.get("date")),
@@ -110,6 +109,14 @@ def _run_section(run: dict, records: Sequence[dict], norms: Sequence[str]) -> st
     body = "".join(f'<tr><th class="text">{k}</th><td class="text">{_text(v)}</td></tr>' for k, v in rows if v is not None)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in run.get("notes") or [])
     return f"<h2>The run</h2><table>{body}</table>" + (f"<ul class='muted'>{notes}</ul>" if notes else "")
+
+
+def _accuracy(labelled: Sequence[dict]) -> str | None:
+    """How many labelled inputs are predicted as labelled (None: no labels)."""
+    if not labelled:
+        return None
+    correct = sum(r["prediction"] == r["label"] for r in labelled)
+    return f"{correct} of {len(labelled)} correct against the labels ({100 * correct / len(labelled):.1f} %)"
 
 
 def _summary_section(records: Sequence[dict], norms: Sequence[str]) -> str:

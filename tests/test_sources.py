@@ -235,3 +235,23 @@ def test_a_full_disk_under_standard_output_is_one_line_and_exit_2():
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert "cannot write the output: No space left on device. Fix:" in lines[0]
+
+
+def test_a_folders_run_resumes_and_reports_with_its_labels_and_thumbnails(tmp_path):
+    root = Path(__file__).parent.parent / "models" / "bars_images"
+    model = Path(__file__).parent.parent / "models" / "bars_cnn.onnx"
+    whole = invoke("certify", model, root, "-f", "jsonl", "-o", tmp_path / "whole.jsonl")
+    assert whole.exit_code == 0, whole.stderr
+    lines = (tmp_path / "whole.jsonl").read_text().splitlines(keepends=True)
+    assert [json.loads(line)["source"] for line in lines] == sorted(str(p.relative_to(root)) for p in root.rglob("*.png"))
+    (tmp_path / "run.jsonl.partial").write_text("".join(lines[:3]))  # an interrupted run's rows
+    resumed = invoke("certify", model, root, "-f", "jsonl", "-o", tmp_path / "run.jsonl", "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert (tmp_path / "run.jsonl").read_text().splitlines() == [line.rstrip("\n") for line in lines]
+    document = invoke("certify", model, root, "-f", "json", "-o", tmp_path / "run.json")
+    assert document.exit_code == 0, document.stderr
+    page = invoke("report", tmp_path / "run.json", "--out", tmp_path / "page.html")
+    assert page.exit_code == 0, page.stderr
+    html = (tmp_path / "page.html").read_text()
+    assert "8 of 8 correct against the labels (100.0 %)" in html and 'class="thumb"' in html
+    assert "prediction radii and adversarial points within [0, 1]" in html

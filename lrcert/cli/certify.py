@@ -367,8 +367,7 @@ def certify(
             say(f"note: no input has an exact adversarial point (the prediction radius exceeds ε̂ everywhere: the region "
                 f"ends first), so {adversarial_out} holds only NaN")
         if page is not None:
-            run = {"model": model_info, "options": options, "seconds": elapsed, "date": today(), "notes": [*network.notes, *notes],
-                   "labels": labels}
+            run = {"model": model_info, "options": options, "seconds": elapsed, "date": today(), "notes": [*network.notes, *notes]}
             page.write(report_page, run, rows, network.sample_shape)
             say(f"report: {report_page}")
         code = _check_thresholds(tally)

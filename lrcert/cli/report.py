@@ -46,6 +46,8 @@ def _same_data(data: str, key: str | None, run: dict, records: list[dict]) -> No
     recorded), another count of inputs, or rows of another shape than the model's."""
     from .. import data as data_io
 
+    if Path(data).is_dir():  # (an image folder has no single digest: its images are read as the run named them)
+        return
     recorded = (run.get("options") or {}).get("data_sha256")
     if recorded and data_io.sha256(data) not in (None, recorded):
         raise LrcertError(f"--data {data} is not the data these results were certified on (sha256 {recorded[:12]}…)",
@@ -79,7 +81,13 @@ def _pictures(run: dict, records: list[dict], data: str | None, adversarial: Pat
     if shape is None or not html_report.image_shaped(shape):
         return {}
     try:
-        rows, _ = data_io.read_rows(data, shape, key=key)
+        if Path(data).is_dir():  # an image folder, read as the run read it
+            from .. import sources
+
+            resize, crop = (tuple(options[k]) if options.get(k) else None for k in ("resize", "center_crop"))
+            rows = sources.open_source(data, shape, resize=resize, center_crop=crop).rows
+        else:
+            rows, _ = data_io.read_rows(data, shape, key=key)
         points = None if adversarial is None else np.load(adversarial, mmap_mode="r", allow_pickle=False)
     except (LrcertError, OSError, ValueError) as problem:
         notes.append(f"no thumbnails: {problem}")
