@@ -58,25 +58,33 @@ def _certify(check: Check, data_hash: str | None, started: float, outcome: Outco
     """The check's results as certify's records, and as its JSON document."""
     import torch
 
-    from . import data as data_io
+    import numpy as np
+
+    from . import runner
     from .engine import Engine
     from .html_report import today
     from .load import load
 
-    network = load(str(check.model), sample_shape=data_io.peek_row_shape(str(check.data), check.key))
-    rows, _ = data_io.read_rows(str(check.data), network.sample_shape, key=check.key, name=str(check.data))
+    network, source = runner.prepare(str(check.data), lambda hint: load(str(check.model), sample_shape=hint), key=check.key,
+                                     columns=check.columns, resize=check.resize, center_crop=check.center_crop,
+                                     normalization=check.normalization, vary=check.vary)
+    rows, box = source.rows, runner.box_of(check.box, source)
     dtype = {"auto": "auto", "float32": torch.float32, "float64": torch.float64}[check.dtype]
     engine = Engine(network, norms=check.norms, device=check.device, dtype=dtype, batch_size=check.batch_size,
                     guarantee=check.guarantee, seed=check.seed)
     plan = engine.plan(len(rows))
-    results = [r for batch in engine.stream(data_io.batches(rows, plan.batch_size), n_inputs=len(rows)) for r in batch]
+    batches = [np.arange(start, min(start + plan.batch_size, len(rows))) for start in range(0, len(rows), plan.batch_size)]
+    results = [r for batch in runner.results_of(engine, source, batches, run_size=len(rows), box=box) for r in batch]
     outcome.inputs = len(results)
     deltas = [r.delta for r in results if r.delta > 0]
     outcome.guarantee = report.guarantee_text(len(results), deltas)
     options = {"data": str(check.data), "data_sha256": data_hash, "key": check.key,
                "norms": list(check.norms), "dtype": check.dtype, "device": check.device, "batch_size": plan.batch_size,
                "guarantee": check.guarantee, "sketch_directions": engine.sketch.k if engine.sketch else None,
-               "seed": check.seed, "check": check.name}
+               "seed": check.seed, "columns": check.columns, "resize": check.resize and list(check.resize),
+               "center_crop": check.center_crop and list(check.center_crop), "vary": check.vary and list(check.vary),
+               "normalize": check.normalization and dict(zip(("mean", "std"), map(list, check.normalization))),
+               "box": box and list(box), "check": check.name}
     run_facts = {"seconds": time.perf_counter() - started, "date": today()}
     document = report.json_document(report.model_record(check.model, network), options, results, check.norms, run_facts)
     return [report.result_record(r, check.norms) for r in results], document

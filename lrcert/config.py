@@ -31,7 +31,7 @@ from .errors import LrcertError
 
 #: What a check (or ``[tool.lrcert]`` for every check) may set; model, data and baseline only a check.
 KEYS = {"model", "data", "key", "norms", "min-radius", "min-certified", "baseline", "max-drop", "max-drop-on",
-        "device", "dtype", "batch-size", "guarantee", "seed"}
+        "device", "dtype", "batch-size", "guarantee", "seed", "columns", "resize", "center-crop", "normalize", "box", "vary"}
 PER_CHECK = {"model", "data", "key", "baseline"}
 FIGURES = ("min", "p25", "median")
 
@@ -56,6 +56,12 @@ class Check:
     batch_size: int | None = None
     guarantee: str | float = 1e-12
     seed: int = 0
+    columns: str | None = None  # as certify's options: a table's features,
+    resize: tuple[int, ...] | None = None  # an image folder's Resize and CenterCrop,
+    center_crop: tuple[int, ...] | None = None
+    normalization: tuple | None = None  # (mean, std) folded in,
+    box: str | None = None  # the box ("0,1", "none"; None: certify's default),
+    vary: tuple[str, ...] | None = None  # the inputs certified along
 
 
 def find(start: Path) -> Path:
@@ -166,11 +172,39 @@ def _check(name: str, settings: dict, path: Path, here: str, check_files: bool) 
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise problem("seed", f"{seed!r} is not a whole number", "write e.g. seed = 0")
     check.seed = seed
+    _data_options(check, settings, rewrap, problem)
     if check_files:
         for key, target in (("model", check.model), ("data", check.data)):
             if not target.exists():
                 raise problem(key, f"{target} does not exist", f"correct the path (relative to {path.name})")
     return check
+
+
+def _data_options(check: Check, settings: dict, rewrap, problem) -> None:
+    """columns, resize, center-crop, normalize, box and vary, as certify's options take them:
+    ``columns = ["a", "b"]``, ``resize = 256`` or ``[224, 160]``, ``normalize = "imagenet"`` or
+    ``{mean = […], std = […]}``, ``box = [0, 1]`` or ``"none"``, ``vary = ["latent"]``."""
+    from . import box, sources
+
+    joined = lambda value: ",".join(map(str, value)) if isinstance(value, list) else str(value)  # noqa: E731
+    if "columns" in settings:
+        check.columns = joined(settings["columns"])
+    for key in ("resize", "center-crop"):
+        if key in settings:
+            setattr(check, key.replace("-", "_"), rewrap(key, lambda: sources.sizes(joined(settings[key]), f"{key} =")))
+    value = settings.get("normalize")
+    if isinstance(value, dict) and set(value) == {"mean", "std"}:
+        check.normalization = rewrap("normalize", lambda: sources.normalization(joined(value["mean"]), joined(value["std"]), None))
+    elif isinstance(value, str):
+        check.normalization = rewrap("normalize", lambda: sources.normalization(None, None, value))
+    elif value is not None:
+        raise problem("normalize", f"{value!r} is neither a preset nor {{mean = […], std = […]}}",
+                      'write normalize = "imagenet" or normalize = {mean = [0.5], std = [0.25]}')
+    if "box" in settings:
+        check.box = joined(settings["box"])
+        rewrap("box", lambda: box.parse(check.box))
+    if "vary" in settings:
+        check.vary = tuple(_strings(settings["vary"]))
 
 
 def _strings(value) -> list[str] | None:

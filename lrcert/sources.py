@@ -85,6 +85,27 @@ def open_source(path: str, sample_shape: Sequence[int] | None, *, columns: str |
     return _table_source(table, folder.name, sample_shape)
 
 
+def normalization(mean: str | None, std: str | None, preset: str | None):
+    """(mean, std) from ``--mean``/``--std`` (comma-separated numbers) or ``--normalize PRESET``, or None."""
+    if preset is not None:
+        if mean is not None or std is not None:
+            raise LrcertError("--normalize and --mean/--std both say how inputs are normalised", fix="give one of them")
+        if preset.lower() not in NORMALIZATIONS:
+            raise LrcertError(f"--normalize {preset!r} is not a known preset", fix=f"use {', '.join(NORMALIZATIONS)}, or --mean and --std")
+        return NORMALIZATIONS[preset.lower()]
+    if (mean is None) != (std is None):
+        raise LrcertError(f"{'--std without --mean' if mean is None else '--mean without --std'}", fix="give both (or --normalize imagenet)")
+    if mean is None:
+        return None
+    values = []
+    for option, text in (("--mean", mean), ("--std", std)):
+        try:
+            values.append(tuple(float(v) for v in text.split(",")))
+        except ValueError:
+            raise LrcertError(f"{option} {text!r} is not a list of numbers", fix=f"write e.g. {option} 0.5 or 0.485,0.456,0.406") from None
+    return values[0], values[1]
+
+
 # ------------------------------------------------------------------------------------------ images
 
 

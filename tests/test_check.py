@@ -215,6 +215,9 @@ def test_lrcert_toml_and_defaults(project):
     (('dtype = "float64"', 'dtype = "double"'), ["[tool.lrcert", "dtype", "float32"]),
     (('dtype = "float64"', 'batch-size = 0'), ["batch-size", "positive"]),
     (('[tool.lrcert.checks.all-norms]', '[tool.lrcert.checks.all-norms'), ["not valid TOML"]),
+    (('dtype = "float64"', 'normalize = "cifar"'), ["[tool.lrcert", "normalize", "not a known preset"]),
+    (('dtype = "float64"', 'box = [1, 0]'), ["[tool.lrcert", "box", "empty"]),
+    (('dtype = "float64"', 'resize = "big"'), ["[tool.lrcert", "resize", "not a size"]),
 ])
 def test_config_errors_name_the_key_and_the_file(project, change, fragments):
     text = CONFIG.format(floor="1e-9", drop="10%").replace(*change)
@@ -279,3 +282,20 @@ def test_the_package_api_stays_after_lazy_imports():
             "print(callable(lrcert.load), lrcert.load.__module__, lrcert.from_module is from_module, lrcert.Engine.__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.split() == ["True", "lrcert.load", "True", "Engine"], out.stdout + out.stderr
+
+
+def test_a_check_reads_an_image_folder_with_its_normalisation_and_box(project):
+    import shutil
+
+    models = Path(__file__).parent.parent / "models"
+    shutil.copytree(models / "bars_images", project / "images")
+    shutil.copy(models / "bars_cnn.onnx", project / "bars.onnx")
+    write_config(project, '[checks.bars]\nmodel = "bars.onnx"\ndata = "images"\nnormalize = {mean = [0.5], std = [0.25]}\n'
+                          'min-certified = 1e-12\nbaseline = "base.json"\n', name="lrcert.toml")
+    made = invoke("check", "--update-baseline", cwd=project)
+    assert made.exit_code == 0, made.stderr
+    baseline = json.loads((project / "base.json").read_text())
+    assert baseline["options"]["normalize"] == {"mean": [0.5], "std": [0.25]} and baseline["options"]["box"] == [0.0, 1.0]
+    assert [r["source"] for r in baseline["results"]][:2] == ["horizontal/bar0.png", "horizontal/bar2.png"]
+    direct = invoke("certify", project / "bars.onnx", project / "images", "--mean", "0.5", "--std", "0.25", "-f", "json")
+    assert [r["radius"] for r in json.loads(direct.stdout)["results"]] == [r["radius"] for r in baseline["results"]]

@@ -108,8 +108,9 @@ def test_the_config_example_reads():
     else:  # pragma: no cover
         import tomli as tomllib
     table = tomllib.loads(block)["tool"]["lrcert"]
-    (check,) = config.parse(table, ROOT / "pyproject.toml", "tool.lrcert.", check_files=False)
+    check, images = config.parse(table, ROOT / "pyproject.toml", "tool.lrcert.", check_files=False)
     assert check.name == "mnist" and check.norms == ("l2", "linf") and check.max_drop == {"l2": 0.1, "linf": 0.1}
+    assert images.resize == (256,) and images.center_crop == (224,) and images.normalization[1] == (0.229, 0.224, 0.225)
 
 
 def test_the_ci_snippets_are_yaml_and_name_real_hooks():
@@ -138,3 +139,4 @@ def test_the_onnx_op_table_is_what_the_loader_reads():
     assert set(shown) == set(read)
     for op, versions in read.items():
         assert shown[op] == (", ".join(map(str, versions)) if versions else shown[op]) and (versions or "version converter" in shown[op]), op
+

@@ -221,36 +221,17 @@ def certify(
     target = ranks.start(devices.resolve(device.value))
     torch_dtype = {DType.auto: "auto", DType.float32: torch.float32, DType.float64: torch.float64}[dtype]
 
-    from .. import box as boxes
-    from .. import sources
+    from .. import runner, sources
 
     resize_to, crop_to = sources.sizes(resize), sources.sizes(center_crop, "--center-crop")
-    normalization = _normalization(mean, std, normalize)
-    kept = sources.is_source(data)  # an image folder or a table (else an array, or stdin)
-    if not kept and (columns or resize_to or crop_to):
-        raise LrcertError("--columns, --resize and --center-crop read tables and image folders", fix="drop them for an array")
-    source = data if kept else sys.stdin.buffer.read() if data == "-" else data
-    table = sources.open_source(data, None, columns=columns) if kept and not Path(data).is_dir() else None
-    if shape_hint is None:
-        shape_hint = (table.rows.shape[1:] if table is not None else sources.image_row_shape(data, resize_to, crop_to) if kept
-                      else data_io.peek_row_shape(source, key))
-    network = load(model, trust_pickle=trust_pickle, sample_shape=shape_hint, output_name=output_name)
-    if vary:
-        network = network.vary(vary)
-    if normalization is not None:
-        network = network.normalized(*normalization)
-    if table is not None:
-        dataset = table
-        dataset.rows, more = data_io.shape_rows(table.rows, network.sample_shape, data, "data")
-        dataset.notes += more
-    elif kept:
-        dataset = sources.open_source(data, network.sample_shape, resize=resize_to, center_crop=crop_to)
-    else:
-        rows, notes = data_io.read_rows(source, network.sample_shape, key=key, name="stdin" if data == "-" else data,
-                                        inputs=network.inputs)
-        dataset = sources.Source(rows, notes=notes)
+    normalization = sources.normalization(mean, std, normalize)
+    raw = sys.stdin.buffer.read() if data == "-" else None
+    network, dataset = runner.prepare(
+        data, lambda hint: load(model, trust_pickle=trust_pickle, sample_shape=hint, output_name=output_name), raw=raw,
+        key=key, columns=columns, resize=resize_to, center_crop=crop_to, normalization=normalization, vary=vary,
+        shape_hint=shape_hint)
     rows, notes = dataset.rows, dataset.notes
-    valid = boxes.parse(box) if box is not None else (0.0, 1.0) if dataset.images else None
+    valid = runner.box_of(box, dataset)
     directions = None
     if direction is not None:
         directions, more = data_io.read_rows(direction, network.sample_shape, name=direction, what="directions")
@@ -275,7 +256,7 @@ def certify(
     model_info = report.model_record(model, network)
     options = {
         "data": "-" if data == "-" else data,
-        "data_sha256": hashlib.sha256(source).hexdigest() if data == "-" else data_io.sha256(data),
+        "data_sha256": hashlib.sha256(raw).hexdigest() if raw is not None else data_io.sha256(data),
         "key": key,
         "norms": list(norms),
         "dtype": dtype.value,
@@ -386,46 +367,23 @@ def _share(batch: int, count: int, ranks: int, requested: int | None) -> int:
 
 
 def _my_rounds(engine, dataset, directions, rounds, ranks, norms, own_rows, valid, point_norm):
-    """This rank's results, one list per round (empty where it has no batch), numbered by input
-    (with their file names and labels where the data have them), its own batches streamed through
-    the engine (so a GPU works on the next meanwhile); with a box ``valid``, the prediction radii
-    and adversarial points within it (:func:`lrcert.box.constrain`)."""
-    from collections import deque
-
+    """This rank's results, one list per round (empty where it has no batch), numbered by input,
+    its own batches streamed through the engine (:func:`lrcert.runner.results_of`)."""
     import numpy as np
     import torch
 
-    from .. import box, report
+    from .. import report, runner
 
-    rows = dataset.rows
     mine = [batch[ranks.rank] for batch in rounds if len(batch) > ranks.rank]
     order = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
-    kind = np.float64 if rows.dtype == np.float64 else np.float32
-    read = deque()  # the batches read and not yet answered (the box needs their inputs)
-
-    def batches():
-        for indices in mine:
-            read.append(torch.from_numpy(np.asarray(rows[indices], dtype=kind)))
-            yield read[-1]
-
     own = None if directions is None or len(directions) == 1 else directions[torch.from_numpy(order)]
-    produced = engine.stream(batches(), n_inputs=len(order), directions=directions if own is None else own, run_size=len(rows))
-    position = 0
+    produced = runner.results_of(engine, dataset, mine, directions=directions if own is None else own,
+                                 run_size=len(dataset.rows), box=valid, adversarial_norm=point_norm)
     for batch in rounds:
         if len(batch) <= ranks.rank:
             yield []
             continue
         results = next(produced)
-        inputs = read.popleft()
-        for result in results:
-            result.index = int(order[position])
-            position += 1
-            if dataset.names is not None:
-                result.source = dataset.names[result.index]
-            if dataset.labels is not None:
-                result.label = int(dataset.labels[result.index])
-        if valid is not None and engine.predictions:
-            box.constrain(engine.float64_network(), inputs.numpy(), results, valid, norms, point_norm)
         if own_rows is not None:
             own_rows.writelines(report.jsonl_lines(results, norms))
             own_rows.flush()
@@ -644,29 +602,6 @@ class _ReportRows:
             pictures = html_report.pictures(self.records, self.norm, rows.__getitem__, self.points.get)
         with written_atomically(path) as tmp:
             Path(tmp).write_text(html_report.render(run, self.records, pictures), encoding="utf-8")
-
-
-def _normalization(mean: str | None, std: str | None, preset: str | None):
-    """(mean, std) from --mean/--std or --normalize, or None."""
-    from ..sources import NORMALIZATIONS
-
-    if preset is not None:
-        if mean is not None or std is not None:
-            raise LrcertError("--normalize and --mean/--std both say how inputs are normalised", fix="give one of them")
-        if preset.lower() not in NORMALIZATIONS:
-            raise LrcertError(f"--normalize {preset!r} is not a known preset", fix=f"use {', '.join(NORMALIZATIONS)}, or --mean and --std")
-        return NORMALIZATIONS[preset.lower()]
-    if (mean is None) != (std is None):
-        raise LrcertError(f"{'--std without --mean' if mean is None else '--mean without --std'}", fix="give both (or --normalize imagenet)")
-    if mean is None:
-        return None
-    values = []
-    for option, text in (("--mean", mean), ("--std", std)):
-        try:
-            values.append(tuple(float(v) for v in text.split(",")))
-        except ValueError:
-            raise LrcertError(f"{option} {text!r} is not a list of numbers", fix=f"write e.g. {option} 0.5 or 0.485,0.456,0.406") from None
-    return values[0], values[1]
 
 
 def _device_file(path: Path) -> bool:

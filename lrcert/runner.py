@@ -1,0 +1,89 @@
+"""A run's model and data, and its inputs through an engine: what ``lrcert certify`` and ``lrcert
+check`` share. :func:`prepare` loads the network (with ``--vary`` and the normalisation folded in)
+and the rows of DATA for it (an array, stdin, an image folder or a table: :mod:`lrcert.sources`);
+:func:`results_of` streams chosen rows through an engine and gives each result its number, its
+file name and label where the data have them, and, with a box, its prediction radius and
+adversarial point inside it (:mod:`lrcert.box`)."""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from . import box as boxes
+from . import data as data_io
+from . import sources
+from .errors import LrcertError
+
+
+def prepare(data: str, load_model: Callable, *, raw: bytes | None = None, key: str | None = None,
+            columns: str | None = None, resize: tuple[int, ...] | None = None, center_crop: tuple[int, ...] | None = None,
+            normalization: tuple | None = None, vary: Sequence[str] | None = None, shape_hint=None):
+    """(network, :class:`sources.Source`): ``load_model(shape_hint)`` gives the network (the hint,
+    where not given, is the data's row shape); ``raw``: the bytes of stdin when ``data`` is ``-``."""
+    kept = sources.is_source(data)  # an image folder or a table (else an array, or stdin)
+    if not kept and (columns or resize or center_crop):
+        if data != "-" and not Path(data).exists():
+            raise LrcertError(f"data path {data!r} does not exist", fix="check the path")
+        raise LrcertError("--columns, --resize and --center-crop read tables and image folders", fix="drop them for an array")
+    source = raw if raw is not None else data
+    table = sources.open_source(data, None, columns=columns) if kept and not Path(data).is_dir() else None
+    if shape_hint is None:
+        shape_hint = (table.rows.shape[1:] if table is not None else sources.image_row_shape(data, resize, center_crop)
+                      if kept else data_io.peek_row_shape(source, key))
+    network = load_model(shape_hint)
+    if vary:
+        network = network.vary(vary)
+    if normalization is not None:
+        network = network.normalized(*normalization)
+    if table is not None:
+        table.rows, more = data_io.shape_rows(table.rows, network.sample_shape, data, "data")
+        table.notes += more
+        return network, table
+    if kept:
+        return network, sources.open_source(data, network.sample_shape, resize=resize, center_crop=center_crop)
+    rows, notes = data_io.read_rows(source, network.sample_shape, key=key, name="stdin" if raw is not None else data,
+                                    inputs=network.inputs)
+    return network, sources.Source(rows, notes=notes)
+
+
+def box_of(text: str | None, source: "sources.Source") -> tuple[float, float] | None:
+    """``--box``: as given (``none``: no box), or [0, 1] for an image folder's pixels by default."""
+    return boxes.parse(text) if text is not None else (0.0, 1.0) if source.images else None
+
+
+def results_of(engine, source: "sources.Source", batches: Iterable[np.ndarray], *, directions=None, run_size: int,
+               box: tuple[float, float] | None = None, adversarial_norm: str | None = None) -> Iterator[list]:
+    """Each batch's results, for batches of row numbers of ``source`` (read one batch at a time,
+    queued on the device before the previous batch's results are assembled)."""
+    import torch
+
+    batches = list(batches)
+    rows = source.rows
+    kind = np.float64 if rows.dtype == np.float64 else np.float32
+    read = deque()  # the batches read and not yet answered (the box needs their inputs)
+
+    def inputs():
+        for indices in batches:
+            read.append(torch.from_numpy(np.asarray(rows[indices], dtype=kind)))
+            yield read[-1]
+
+    count = sum(len(indices) for indices in batches)
+    stream = engine.stream(inputs(), n_inputs=count, directions=directions, run_size=run_size)
+    for indices in batches:
+        results = []
+        while len(results) < len(indices):  # (the engine may cut a batch larger than its plan's)
+            results += next(stream)
+        x = read.popleft()
+        for result, index in zip(results, indices):
+            result.index = int(index)
+            if source.names is not None:
+                result.source = source.names[result.index]
+            if source.labels is not None:
+                result.label = int(source.labels[result.index])
+        if box is not None and engine.predictions:
+            boxes.constrain(engine.float64_network(), x.numpy(), results, box, engine.norms, adversarial_norm)
+        yield results
