@@ -279,7 +279,7 @@ def _histogram(eps: Sequence[float], cert: Sequence[float], label: str, width: i
     low, high = math.floor(math.log10(min(finite))), math.ceil(math.log10(max(finite)))
     high = max(high, low + 1)
     bins = 4 * (high - low)
-    left, bottom, plot_w, plot_h = 36, 22, width - 46, height - 40
+    left, plot_w, plot_h = 36, width - 46, height - 40
 
     def counts(values):
         out = [0] * bins

@@ -561,7 +561,7 @@ def _set_attribute(node, name: str, value) -> None:
     node.attribute.append(onnx.helper.make_attribute(name, value))
 
 
-def _onnx_to_torch(model, path: Path) -> tuple[torch.fx.GraphModule, "onnx.ModelProto"]:
+def _onnx_to_torch(model, path: Path) -> tuple[torch.fx.GraphModule, object]:
     """onnx2torch, with converters for the op versions it lacks (``onnx_ops``), after ONNX's version
     converter has lifted what onnx2torch cannot read as it is: old opsets (to 17; onnx2torch lacks
     some old op versions) and, before opset 19, Reshape with ``allowzero=1`` (to 19, whose Reshape

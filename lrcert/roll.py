@@ -32,7 +32,6 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 
-from . import ir
 from .errors import LrcertError
 from .load import from_module
 

@@ -6,7 +6,6 @@ NumPy), certified like the same data saved as .npy by hand; --mean/--std folded 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ from PIL import Image
 
 import lrcert
 from lrcert import sources
-from lrcert.errors import LrcertError
 from reference import reference_radii, relative_error
 from test_cli import assert_error, invoke
 
