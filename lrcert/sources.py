@@ -81,8 +81,8 @@ def open_source(path: str, sample_shape: Sequence[int] | None, *, columns: str |
         raise LrcertError("--resize and --center-crop apply to image folders", fix="drop them, or give a folder of images")
     if not folder.exists():
         raise LrcertError(f"data file {path!r} does not exist", fix="check the path")
-    table = _parquet(folder, columns) if folder.suffix.lower() in (".parquet", ".pq") else _csv(folder, columns)
-    return _table_source(table, folder.name, sample_shape)
+    chosen, cells = _parquet(folder, columns) if folder.suffix.lower() in (".parquet", ".pq") else _csv(folder, columns)
+    return _table_source(chosen, cells, folder.name, sample_shape)
 
 
 def normalization(mean: str | None, std: str | None, preset: str | None):
@@ -238,8 +238,8 @@ def _image_folder(folder: Path, sample_shape, resize, center_crop) -> Source:
 # ------------------------------------------------------------------------------------------ tables
 
 
-def _csv(path: Path, columns: str | None) -> tuple[list[str], dict[str, list], str]:
-    """(header, the chosen columns' cells by name, the file's name) of a CSV file."""
+def _csv(path: Path, columns: str | None) -> tuple[list[str], dict[str, list]]:
+    """(the chosen columns, their cells by name as (line, text)) of a CSV file."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
@@ -262,10 +262,11 @@ def _csv(path: Path, columns: str | None) -> tuple[list[str], dict[str, list], s
         raise LrcertError(f"{path} is not a text (UTF-8) CSV file", fix="save it as UTF-8 CSV") from None
     except OSError as exc:
         raise LrcertError(f"{path} cannot be read ({exc.strerror})", fix="check the file") from None
-    return chosen, cells, path.name
+    return chosen, cells
 
 
-def _parquet(path: Path, columns: str | None) -> tuple[list[str], dict[str, list], str]:
+def _parquet(path: Path, columns: str | None) -> tuple[list[str], dict[str, list]]:
+    """(the chosen columns, their cells by name as (row, value)) of a Parquet file."""
     try:
         import pyarrow.parquet as parquet
     except ImportError:
@@ -275,8 +276,8 @@ def _parquet(path: Path, columns: str | None) -> tuple[list[str], dict[str, list
     except Exception as exc:
         raise LrcertError(f"{path} is not a readable Parquet file ({type(exc).__name__})", fix="check the file") from None
     chosen = _columns(list(table.column_names), columns, path.name)
-    cells = {name: [(row, value) for row, value in enumerate(table.column(name).to_pylist())] for name in chosen}
-    return chosen, cells, path.name
+    cells = {name: list(enumerate(table.column(name).to_pylist())) for name in chosen}
+    return chosen, cells
 
 
 def _columns(header: list[str], columns: str | None, name: str) -> list[str]:
@@ -294,8 +295,7 @@ def _columns(header: list[str], columns: str | None, name: str) -> list[str]:
     return features + ([LABEL_COLUMN] if LABEL_COLUMN in header and LABEL_COLUMN not in features else [])
 
 
-def _table_source(table, file: str, sample_shape) -> Source:
-    chosen, cells, _ = table
+def _table_source(chosen: list[str], cells: dict[str, list], file: str, sample_shape) -> Source:
     features = [c for c in chosen if c != LABEL_COLUMN]
     count = len(cells[chosen[0]])
     if count == 0:
