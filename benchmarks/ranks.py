@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 SHARED = Path(os.environ.get("LRCERT_SHARED_MODELS", Path(__file__).resolve().parents[2] / "shared" / "models"))
-FOOTER = re.compile(r"certified (\d+) inputs in ([\d.]+) s \(([\d.]+) inputs/s\)")
+FOOTER = re.compile(r"certified (\d+) inputs? in ([\d.]+) s \(([\d.]+) inputs/s\)")
 
 
 def conv_model(folder: Path) -> Path:

@@ -336,7 +336,8 @@ def certify(
             how = ("auto: all exact in float64" if exact64 == tally.count else "auto: all exact in float32" if exact64 == 0
                    else f"auto: {exact64} of {tally.count} exact in float64, the rest in float32")
         where = devices.describe(target) + (f", {ranks.size} rank{'s' if ranks.size > 1 else ''}" if ranks.launched else "")
-        say(f"certified {fresh} inputs in {elapsed:.2f} s ({fresh / max(elapsed, 1e-9):.1f} inputs/s) on {where}, {how}")
+        counted = f"{fresh} input{'' if fresh == 1 else 's'}"
+        say(f"certified {counted} in {elapsed:.2f} s ({fresh / max(elapsed, 1e-9):.1f} inputs/s) on {where}, {how}")
         if output_format != Format.table or output is not None:  # (the table's own footer says it)
             say(certainty)
         labels = report.label_summary(tally.labelled, norms, dataset.classes)
