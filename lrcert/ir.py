@@ -772,8 +772,10 @@ class Network:
             raise LrcertError(f"--std holds {min(std):g}: every std must be positive and finite", fix="give the std the model was trained with")
         n = max(len(mean), len(std))
         shape = (*[1] * (len(self.input_shape) - len(self.sample_shape)), n, *[1] * (len(self.sample_shape) - 1))
+        # the constants as given, 1/std and −mean/std in float64 until the engine casts (as the loader keeps
+        # constants it derives)
         std_t, mean_t = (torch.tensor(v, dtype=torch.float64, device=self.device).expand(n) for v in (std, mean))
-        scale, shift = ((v.reshape(shape)).to(self.dtype) for v in (1 / std_t, -mean_t / std_t))  # (computed in float64)
+        scale, shift = (v.reshape(shape) for v in (1 / std_t, -mean_t / std_t))
         layer = ElementwiseAffine("lrcert_normalize", (0,), self.input_shape, (self.input_shape,), scale=scale, shift=shift)
         shown = lambda v: ", ".join(f"{x:g}" for x in v)  # noqa: E731
         return self._first(layer, f"inputs normalised by lrcert as (x − mean) / std, mean {shown(mean)}, std {shown(std)}: "
