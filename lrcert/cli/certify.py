@@ -6,13 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import sys
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Iterator, Optional, TextIO
+from typing import Annotated, Optional
 
 import typer
 
@@ -22,129 +19,10 @@ from .common import (
     EXIT_CHECK_FAILED, EXIT_OK, Device, DType, Format, app, check_output_path, parse_shape, reports_errors,
     say, stop_if_interrupted,
 )
-
-
-@contextmanager
-def open_output(path: Path | None) -> Iterator[TextIO]:
-    """stdout, or a temporary file beside ``path`` renamed over it only once everything is written."""
-    if path is None:
-        yield sys.stdout
-        sys.stdout.flush()
-        return
-    if _device_file(path):
-        with open(path, "w", encoding="utf-8", newline="") as handle:
-            yield handle
-        return
-    from ..data import written_atomically
-
-    with written_atomically(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
-        yield handle
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def partial_path(path: Path) -> Path:
-    """Where a JSON-lines ``--output`` grows until the run completes (and where ``--resume`` looks)."""
-    return path.with_name(path.name + ".partial")
-
-
-@contextmanager
-def open_resumable(path: Path) -> Iterator[TextIO]:
-    """Append JSON lines to ``path``.partial; rename it to ``path`` when the run completes.
-
-    Interrupted, the partial file keeps every complete line and ``path`` itself is never
-    half-written; ``--resume`` continues from it.
-    """
-    partial = partial_path(path)
-    with open(partial, "a", encoding="utf-8", newline="") as handle:
-        yield handle
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
-
-
-def rank_path(path: Path, ranks) -> Path:
-    """Where rank r of a torchrun job keeps the rows it certified, until rank 0 has written them all."""
-    return path.with_name(f"{path.name}.rank{ranks.rank}.partial")
-
-
-@dataclass
-class _Resumed:
-    """What an interrupted run left: inputs 0..prefix-1 in order in the .partial file, and (from the
-    ranks' own files) rows of later inputs, as JSON lines by input."""
-
-    prefix: int = 0
-    scattered: dict[int, str] = field(default_factory=dict)
-
-    def remaining(self, count: int) -> list[int]:
-        return [i for i in range(self.prefix, count) if i not in self.scattered]
-
-
-def _resume(path: Path, tally, resume: bool, lead: bool) -> _Resumed:
-    """The rows a previous run of this command left (with ``--resume``), read into ``tally``;
-    without it, a left-over run is refused rather than overwritten. Only rank 0 reads."""
-    if not lead:
-        return _Resumed()
-    leftovers = sorted(path.parent.glob(f"{path.name}.rank*.partial"))
-    if not resume:
-        if partial_path(path).exists() or leftovers:
-            raise LrcertError(
-                f"{partial_path(path)} (or a rank's .partial file) holds rows of an interrupted run of this output",
-                fix="add --resume to continue it, or delete those files to start over",
-            )
-        return _Resumed()
-    resumed = _Resumed(prefix=_ordered_rows(path, tally))
-    for leftover in leftovers:
-        for line in _complete_lines(leftover):
-            try:
-                index = json.loads(line)["index"]
-            except (ValueError, KeyError, TypeError):
-                raise LrcertError(
-                    f"cannot resume: {leftover} holds a line that is not a result", fix="delete it to start over"
-                ) from None
-            if index >= resumed.prefix:
-                resumed.scattered.setdefault(index, line)
-    return resumed
-
-
-def _ordered_rows(path: Path, tally) -> int:
-    """How many results a previous run of this command left in ``path`` (or its .partial), inputs
-    0..k-1 in order (checked); read into ``tally``. A torn last line is dropped."""
-    partial = partial_path(path)
-    if not partial.exists() and path.exists():
-        os.replace(path, partial)
-    if not partial.exists():
-        return 0
-    lines = _complete_lines(partial)
-    for number, line in enumerate(lines):
-        try:
-            record = json.loads(line)
-            ok = record.get("index") == number
-        except (ValueError, AttributeError):
-            ok = False
-        if not ok:
-            raise LrcertError(
-                f"cannot resume: line {number + 1} of {partial} is not the result for input {number}",
-                fix="resume only the same command that wrote it, or delete the file to start over",
-            )
-        tally.add_record(record)
-    return len(lines)
-
-
-def _complete_lines(path: Path) -> list[str]:
-    """The complete lines of a JSON-lines file, each with its newline; a torn last line is cut off."""
-    raw = path.read_bytes()
-    complete = raw[: raw.rfind(b"\n") + 1]
-    if len(complete) != len(raw):
-        with open(path, "r+b") as handle:
-            handle.truncate(len(complete))
-    return complete.decode("utf-8", errors="replace").splitlines(keepends=True)
-
-
-def _forget_rank_rows(path: Path) -> None:
-    """The run is complete and written: the ranks' own row files are no longer needed."""
-    for leftover in path.parent.glob(f"{path.name}.rank*.partial"):
-        leftover.unlink(missing_ok=True)
+from .outputs import (
+    Resumed, adversarial_file, device_file, forget_rank_rows, nowhere, open_output, open_resumable, partial_path, rank_path,
+    resumed_rows,
+)
 
 
 @app.command()
@@ -278,8 +156,8 @@ def certify(
         "seed": seed,
     }
     tally = report.Tally(norms, thresholds, certified_thresholds)
-    resumable = output_format == Format.jsonl and output is not None and not _device_file(output)
-    resumed = _resume(output, tally, resume, lead) if resumable else _Resumed()
+    resumable = output_format == Format.jsonl and output is not None and not device_file(output)
+    resumed = resumed_rows(output, tally, resume, lead) if resumable else Resumed()
     remaining = ranks.share(resumed.remaining(len(rows)) if lead else None)
     rounds = deal(remaining, _share(plan.batch_size, len(remaining), ranks.size, batch_size), ranks.size)
     if lead and resumed.prefix:
@@ -288,10 +166,10 @@ def certify(
     writer = open_resumable(output) if resumable else open_output(output)
     ordered = _InOrder(output_format, norms, directions is not None, tally, resumed, dataset) if lead else None
     own_rows = open(rank_path(output, ranks), "a", encoding="utf-8") if resumable and ranks.size > 1 else None
-    points = _adversarial_file(adversarial_out, (len(rows), *network.sample_shape)) if adversarial_out and lead else _nowhere()
+    points = adversarial_file(adversarial_out, (len(rows), *network.sample_shape)) if adversarial_out and lead else nowhere()
     page = _ReportRows(norms, point_norm) if report_page and lead else None
     try:
-        with (writer if lead else _nowhere()) as out, points as adversarial, progress.counting(len(remaining)):
+        with (writer if lead else nowhere()) as out, points as adversarial, progress.counting(len(remaining)):
             if lead:
                 ordered.begin(out)
             for mine in _my_rounds(engine, dataset, directions, rounds, ranks, norms, own_rows, valid, point_norm):
@@ -327,7 +205,7 @@ def certify(
     code = EXIT_OK
     if lead:
         if resumable:
-            _forget_rank_rows(output)
+            forget_rank_rows(output)
         elapsed = time.perf_counter() - started
         fresh = len(remaining)
         how = dtype.value
@@ -395,7 +273,7 @@ class _InOrder:
     """Rank 0's writer: results arrive by rounds, from every rank, and leave in input order (with
     rows a resumed run already had), to a table, JSON, JSON lines or CSV."""
 
-    def __init__(self, output_format, norms, directional: bool, tally, resumed: "_Resumed", dataset):
+    def __init__(self, output_format, norms, directional: bool, tally, resumed: "Resumed", dataset):
         self.format, self.norms, self.directional, self.tally = output_format, norms, directional, tally
         self.sourced, self.labelled, self.classes = dataset.names is not None, dataset.labels is not None, dataset.classes
         self.waiting: dict[int, object] = dict(resumed.scattered)  # index -> InputResult, or a JSON line
@@ -409,7 +287,6 @@ class _InOrder:
             out.write(report.csv_header(self.norms, self.directional, self.sourced, self.labelled))
 
     def add(self, out, results) -> None:
-        import json
 
         from .. import report
 
@@ -441,11 +318,6 @@ class _InOrder:
         elif self.format == Format.table:
             report.print_table(out, self.kept, self.norms, model_name, self.directional, color=color, guarantee=guarantee,
                                labels=labels)
-
-
-@contextmanager
-def _nowhere():
-    yield None
 
 
 class _Progress:
@@ -544,24 +416,6 @@ def _adversarial_norm(value: str | None, norms: tuple[str, ...]) -> str:
     return chosen[0]
 
 
-@contextmanager
-def _adversarial_file(path: Path, shape: tuple[int, ...]):
-    """The --adversarial-out array, NaN until rows arrive; written beside its name and renamed
-    over it only when the run completes (an interrupted run leaves nothing half-written)."""
-    import numpy as np
-
-    from ..data import written_atomically
-
-    with written_atomically(path) as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float64, shape=shape)
-        array[...] = np.nan
-        try:
-            yield array
-        finally:
-            array.flush()
-            del array
-
-
 class _ReportRows:
     """What ``--report`` needs from the results as they stream past: each one's record (no
     adversarial pixels) and the adversarial points of the inputs it will picture."""
@@ -603,9 +457,3 @@ class _ReportRows:
             pictures = html_report.pictures(self.records, self.norm, rows.__getitem__, self.points.get)
         with written_atomically(path) as tmp:
             Path(tmp).write_text(html_report.render(run, self.records, pictures), encoding="utf-8")
-
-
-def _device_file(path: Path) -> bool:
-    """An existing output that is not a regular file (a device such as /dev/null, a pipe): written
-    directly, never replaced by a renamed temporary file."""
-    return path.exists() and not path.is_file()
