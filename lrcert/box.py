@@ -126,9 +126,8 @@ def constrain(network, x, results: Sequence, box: tuple[float, float], norms: Se
     """Give each result whose free prediction radius is at most ε̂ in some norm its prediction radius
     within the box (see the module's docstring), its rival class and, for ``adversarial_norm``,
     the closest input of another prediction in the box (NaN where it lies beyond ε̂). ``x``: the
-    results' inputs, (B, *sample_shape); ``network``: the certified one."""
-    import torch
-
+    results' inputs, (B, *sample_shape); ``network``: the certified one, on the CPU in float64 (the
+    programs run on the host, one input at a time, only for the inputs that need them)."""
     lo, hi = box
     flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     outside = np.flatnonzero(((flat < lo) | (flat > hi)).any(axis=1))
@@ -136,7 +135,6 @@ def constrain(network, x, results: Sequence, box: tuple[float, float], norms: Se
         row = results[outside[0]].index
         raise LrcertError(f"input {row} lies outside the box [{lo:g}, {hi:g}] (values from {flat[outside[0]].min():.3g} "
                           f"to {flat[outside[0]].max():.3g})", fix="give --box the range of the data (or --box none)")
-    network = network.to("cpu", torch.float64)
     for k, result in enumerate(results):
         if result.prediction_radius is None or not any(result.prediction_radius[p] <= result.radius[p] for p in norms):
             continue
