@@ -121,13 +121,17 @@ def _root(direction, g, m, a, b) -> np.ndarray:
     return np.clip((left + (right - left) * here / (here - there)) * direction, a, b)
 
 
-def constrain(network, x, results: Sequence, box: tuple[float, float], norms: Sequence[str],
-              adversarial_norm: str | None) -> None:
+def constrain(engine, x, results: Sequence, box: tuple[float, float], adversarial_norm: str | None) -> None:
     """Give each result whose free prediction radius is at most ε̂ in some norm its prediction radius
     within the box (see the module's docstring), its rival class and, for ``adversarial_norm``,
     the closest input of another prediction in the box (NaN where it lies beyond ε̂). ``x``: the
-    results' inputs, (B, *sample_shape); ``network``: the certified one, on the CPU in float64 (the
-    programs run on the host, one input at a time, only for the inputs that need them)."""
+    results' inputs, (B, *sample_shape), on the host; ``engine``: the one that certified them, whose
+    reverse passes give the margins' gradients (:func:`lrcert.engine.reverse.margin_gradients`,
+    batched, in its value dtype) of the inputs that need them; the programs run on the host."""
+    import torch
+
+    from .engine import reverse
+
     lo, hi = box
     flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     outside = np.flatnonzero(((flat < lo) | (flat > hi)).any(axis=1))
@@ -135,40 +139,40 @@ def constrain(network, x, results: Sequence, box: tuple[float, float], norms: Se
         row = results[outside[0]].index
         raise LrcertError(f"input {row} lies outside the box [{lo:g}, {hi:g}] (values from {flat[outside[0]].min():.3g} "
                           f"to {flat[outside[0]].max():.3g})", fix="give --box the range of the data (or --box none)")
-    for k, result in enumerate(results):
-        if result.prediction_radius is None or not any(result.prediction_radius[p] <= result.radius[p] for p in norms):
-            continue
-        margins, gradients = _margins(network, flat[k], result.prediction)
+    norms = engine.norms
+    needed = [k for k, r in enumerate(results)
+              if r.prediction_radius is not None and any(r.prediction_radius[p] <= r.radius[p] for p in norms)]
+    if not needed:
+        return
+    points = torch.as_tensor(np.asarray(x)[needed]).to(engine.device, engine.value_dtype)
+    with torch.no_grad():
+        outputs = engine.network.run(points).reshape(len(needed), -1).double().cpu().numpy()
+    classes = outputs.shape[1]
+    predicted = [results[k].prediction for k in needed]
+    rows = torch.tensor([(n, c, j) for n, c in enumerate(predicted) for j in range(classes) if j != c],
+                        dtype=torch.long, device=engine.device).reshape(-1, 3)
+    gradients = reverse.margin_gradients(engine, points, rows).double().cpu().numpy().reshape(len(needed), classes - 1, -1)
+    for n, (k, c) in enumerate(zip(needed, predicted)):
+        result, others = results[k], np.array([j for j in range(classes) if j != c])
+        margins = outputs[n, c] - outputs[n, others]
         for p in norms:
             if result.prediction_radius[p] > result.radius[p]:
                 continue
-            distance, rival, step = _nearest(margins, gradients, flat[k], lo, hi, p)
-            result.prediction_radius[p], result.rival[p] = distance, rival
+            distance, rival, step = _nearest(margins, gradients[n], flat[k], lo, hi, p)
+            result.prediction_radius[p], result.rival[p] = distance, None if rival is None else int(others[rival])
             if p == adversarial_norm:
                 exact = step is not None and distance <= result.radius[p]
                 point = np.clip(flat[k] + step, lo, hi) if exact else np.full_like(flat[k], math.nan)
                 result.adversarial = point.reshape(np.shape(x[k]))
 
 
-def _margins(network, row: np.ndarray, predicted: int) -> tuple[np.ndarray, np.ndarray]:
-    """m_j = f_c − f_j and g_j = ∇(f_c − f_j) of every class j (float64, autograd)."""
-    import torch
-
-    point = torch.from_numpy(row.reshape(1, *network.sample_shape)).requires_grad_(True)
-    with torch.enable_grad():
-        outputs = network.run(point).reshape(-1)
-        jacobian = torch.stack([torch.autograd.grad(outputs[j], point, retain_graph=True)[0].reshape(-1)
-                                for j in range(len(outputs))])
-    values = outputs.detach().numpy()
-    return values[predicted] - values, (jacobian[predicted] - jacobian).numpy()
-
-
 def _nearest(margins, gradients, row, lo, hi, p) -> tuple[float, int | None, np.ndarray | None]:
-    """The class with the nearest tie inside the box: (distance, class, step)."""
+    """The row (of ``margins`` and ``gradients``, one per other class) with the nearest tie inside
+    the box: (distance, row, step)."""
     norms = np.linalg.norm(gradients, DUAL[p], axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         free = np.where(norms > 0, margins / norms, math.inf)
-    free[margins <= 0] = math.inf  # (the predicted class itself, and exact ties counted by the engine already)
+    free[margins <= 0] = math.inf  # (exact ties: counted by the engine already)
     best, rival, chosen = math.inf, None, None
     for j in np.argsort(free, kind="stable"):
         if not free[j] < best:

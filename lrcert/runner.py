@@ -71,7 +71,6 @@ def results_of(engine, source: "sources.Source", batches: Iterable[np.ndarray], 
             read.append(torch.from_numpy(np.asarray(rows[indices], dtype=kind)))
             yield read[-1]
 
-    host = []  # the certified network on the CPU in float64, for the box (made once, when first needed)
     count = sum(len(indices) for indices in batches)
     stream = engine.stream(inputs(), n_inputs=count, directions=directions, run_size=run_size)
     for indices in batches:
@@ -86,6 +85,5 @@ def results_of(engine, source: "sources.Source", batches: Iterable[np.ndarray], 
             if source.labels is not None:
                 result.label = int(source.labels[result.index])
         if box is not None and engine.predictions:
-            host = host or [engine.float64_network().to("cpu", torch.float64)]
-            boxes.constrain(host[0], x.numpy(), results, box, engine.norms, adversarial_norm)
+            boxes.constrain(engine, x.numpy(), results, box, adversarial_norm)
         yield results
