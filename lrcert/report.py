@@ -228,10 +228,13 @@ def label_summary(rows: Sequence[tuple[int, int | None, dict[str, float]]], norm
                  for name, group in (("correct", right), ("wrong", wrong))}  # (None: no such input)
         return {"inputs": len(chosen), "correct": len(right), "accuracy": len(right) / len(chosen), "radius": radii}
 
+    by_class: dict[int, list] = {}
+    for row in rows:  # (one pass: ImageNet's 50,000 inputs over 1,000 classes)
+        by_class.setdefault(row[0], []).append(row)
     out = part(rows)
     out["per_class"] = []
-    for label in sorted({label for label, _, _ in rows}):
-        entry = {"class": label, **part([row for row in rows if row[0] == label])}
+    for label in sorted(by_class):
+        entry = {"class": label, **part(by_class[label])}
         if classes is not None and 0 <= label < len(classes):
             entry["name"] = classes[label]
         out["per_class"].append(entry)

@@ -188,7 +188,9 @@ def certify(
                 run = {"seconds": time.perf_counter() - started, "date": today()}
                 sketch = f" ({engine.sketch.k} random directions, seed {seed})" if tally.deltas else ""
                 certainty = f"guarantee: {report.guarantee_text(tally.count, tally.deltas)}{sketch}"
-                ordered.end(out, model_info, options, run, Path(model).name, out.isatty() and output is None, certainty)
+                labels = report.label_summary(tally.labelled, norms, dataset.classes)
+                ordered.end(out, model_info, options, run, Path(model).name, out.isatty() and output is None, certainty,
+                            labels)
     except KeyboardInterrupt:
         if resumable:
             who = f"{ranks.name}: " if ranks.launched else ""
@@ -218,7 +220,6 @@ def certify(
         say(f"certified {counted} in {elapsed:.2f} s ({fresh / max(elapsed, 1e-9):.1f} inputs/s) on {where}, {how}")
         if output_format != Format.table or output is not None:  # (the table's own footer says it)
             say(certainty)
-        labels = report.label_summary(tally.labelled, norms, dataset.classes)
         if labels is not None and output_format != Format.table:  # (the table prints them itself)
             for line in report.label_lines(labels, norms):
                 say(line)
@@ -275,7 +276,7 @@ class _InOrder:
 
     def __init__(self, output_format, norms, directional: bool, tally, resumed: "Resumed", dataset):
         self.format, self.norms, self.directional, self.tally = output_format, norms, directional, tally
-        self.sourced, self.labelled, self.classes = dataset.names is not None, dataset.labels is not None, dataset.classes
+        self.sourced, self.labelled = dataset.names is not None, dataset.labels is not None
         self.waiting: dict[int, object] = dict(resumed.scattered)  # index -> InputResult, or a JSON line
         self.next = resumed.prefix
         self.kept = []  # every result, for the formats written at the end
@@ -287,7 +288,6 @@ class _InOrder:
             out.write(report.csv_header(self.norms, self.directional, self.sourced, self.labelled))
 
     def add(self, out, results) -> None:
-
         from .. import report
 
         self.waiting.update((r.index, r) for r in results)
@@ -307,12 +307,11 @@ class _InOrder:
                 self.kept.append(item)
         out.flush()
 
-    def end(self, out, model_info, options, run, model_name: str, color: bool, guarantee: str) -> None:
+    def end(self, out, model_info, options, run, model_name: str, color: bool, guarantee: str, labels: dict | None) -> None:
         from .. import report
 
         if self.waiting:
             raise LrcertError(f"internal: results {sorted(self.waiting)[:5]} were never written", internal=True)
-        labels = report.label_summary(self.tally.labelled, self.norms, self.classes)
         if self.format == Format.json:
             out.write(report.json_document(model_info, options, self.kept, self.norms, run, labels))
         elif self.format == Format.table:
