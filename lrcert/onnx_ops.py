@@ -317,8 +317,9 @@ def resize_problems(model: onnx.ModelProto, module: nn.Module, input_shape: tupl
 
     def check(name: str, node: onnx.NodeProto):
         def hook(resize, args, kwargs, output):
-            bound = inspect.signature(resize.forward).bind(*args, **kwargs)  # (its parameters: the ONNX inputs, in order)
-            args = [bound.arguments.get(p) for p in inspect.signature(resize.forward).parameters]
+            signature = inspect.signature(resize.forward)  # (its parameters: the ONNX inputs, in order)
+            bound = signature.bind(*args, **kwargs).arguments
+            args = [bound.get(p) for p in signature.parameters]
             args[0] = torch.randn(args[0].shape, generator=generator, dtype=args[0].dtype)  # (every entry random: none hidden)
             output = resize.forward(*args)
             feeds = {f"in{i}": a.detach().cpu().numpy() for i, a in enumerate(args) if a is not None}
