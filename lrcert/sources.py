@@ -171,9 +171,8 @@ def _image_files(folder: Path) -> tuple[list[str], list[str] | None]:
     image at the top, each below a class folder), the class folders, sorted."""
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-    if files and all("/" in f for f in files):
-        classes = sorted({f.split("/")[0] for f in files})
-        return [f for c in classes for f in files if f.split("/")[0] == c], classes
+    if files and all("/" in f for f in files):  # (class by class: "cat-x/…" sorts before "cat/…" as a path)
+        return sorted(files, key=lambda f: (f.split("/")[0], f)), sorted({f.split("/")[0] for f in files})
     return files, None
 
 
@@ -226,7 +225,8 @@ def _image_folder(folder: Path, sample_shape, resize, center_crop) -> Source:
             raise LrcertError(f"{folder / name} gives {made[1]}×{made[0]} pixels, the model takes {wanted[1]}×{wanted[0]}",
                               fix=f"add --resize {min(wanted)} --center-crop {wanted[0]},{wanted[1]} (as torchvision's transforms do)")
     rows = ImageRows(folder, files, tuple(sample_shape), resize, center_crop)
-    labels = None if classes is None else np.array([classes.index(f.split("/")[0]) for f in files], dtype=np.int64)
+    number = {name: k for k, name in enumerate(classes or ())}
+    labels = None if classes is None else np.array([number[f.split("/")[0]] for f in files], dtype=np.int64)
     layout = f"{len(classes)} class folders (labels in sorted folder order)" if classes else "no class folders (no labels)"
     steps = [f"resized ({'shorter side ' + str(resize[0]) if len(resize) == 1 else '×'.join(map(str, resize))})"] if resize else []
     steps += [f"center-cropped to {'×'.join(map(str, center_crop))}"] if center_crop else []
