@@ -64,7 +64,9 @@ def certify(model, x, *, norms: Sequence[str] = ("l1", "l2", "linf"), directions
     ``dtype`` (default ``"auto"``: float64 radii at float32 speed; or torch.float32, torch.float64).
     Returns one :class:`InputResult` per row (radius per norm, binding constraint, prediction).
     ``screen=False`` takes every face's gradient instead of ruling out those that cannot bind
-    first (the same radii; see :mod:`lrcert.engine.screen`).
+    first (the same radii; see :mod:`lrcert.engine.screen`). ``x`` may also be a list of
+    sequences of different lengths, arrays (T_i, *features), for a recurrent model (an
+    ``nn.Module`` or a file): each is certified with the model unrolled to its own length.
     """
     import torch
 
@@ -72,6 +74,9 @@ def certify(model, x, *, norms: Sequence[str] = ("l1", "l2", "linf"), directions
     from .ir import Network
     from .load import from_module, load
 
+    if isinstance(x, (list, tuple)) and len({tuple(devices.as_tensor(r).shape) for r in x}) > 1:
+        return _certify_sequences(model, x, norms=norms, directions=directions, device=device, dtype=dtype,
+                                  batch_size=batch_size, screen=screen)
     x = devices.as_tensor(x)
     if isinstance(model, torch.nn.Module):
         model = from_module(model, tuple(x.shape[1:]))
@@ -81,6 +86,29 @@ def certify(model, x, *, norms: Sequence[str] = ("l1", "l2", "linf"), directions
         model, x, norms=norms, directions=directions, device=device, dtype=dtype or "auto", batch_size=batch_size,
         screen=screen,
     )
+
+
+def _certify_sequences(model, rows, *, directions, device, dtype, **options):
+    """:func:`certify` of sequences of different lengths (:class:`lrcert.engine.ByLength`)."""
+    import torch
+
+    from . import devices
+    from .engine import ByLength
+    from .ir import Network
+    from .load import from_module, open_model
+
+    first = devices.as_tensor(rows[0])
+    features = tuple(first.shape[1:])
+    if isinstance(model, torch.nn.Module):
+        networks = lambda steps: from_module(model, (steps, *features))  # noqa: E731
+    elif isinstance(model, Network):
+        networks = lambda steps: model  # noqa: E731  (one length: ByLength refuses the others)
+    else:
+        opened = open_model(model)
+        networks = lambda steps: opened.network((steps, *features))  # noqa: E731
+    engine = ByLength(networks, lengths=[len(devices.as_tensor(r)) for r in rows], device=devices.resolve(device, like=first),
+                      dtype=dtype or "auto", **options)
+    return engine.certify(rows, directions=directions)
 
 
 __all__ = ["certify", "roll_loss", "load", "from_module", "Engine", "Network", "InputResult", "Constraint", "LrcertError", "NORMS"]

@@ -61,17 +61,17 @@ def _certify(check: Check, data_hash: str | None, started: float, outcome: Outco
     import numpy as np
 
     from . import runner
-    from .engine import Engine
     from .html_report import today
-    from .load import load
+    from .load import opener
 
-    network, source = runner.prepare(str(check.data), lambda hint: load(str(check.model), sample_shape=hint), key=check.key,
+    networks = opener(str(check.model))
+    network, source = runner.prepare(str(check.data), networks, key=check.key,
                                      columns=check.columns, resize=check.resize, center_crop=check.center_crop,
                                      normalization=check.normalization, vary=check.vary)
     rows, box = source.rows, runner.box_of(check.box, source)
     dtype = {"auto": "auto", "float32": torch.float32, "float64": torch.float64}[check.dtype]
-    engine = Engine(network, norms=check.norms, device=check.device, dtype=dtype, batch_size=check.batch_size,
-                    guarantee=check.guarantee, seed=check.seed)
+    engine = runner.engine_for(network, source, networks, norms=check.norms, device=check.device, dtype=dtype,
+                               batch_size=check.batch_size, guarantee=check.guarantee, seed=check.seed)
     plan = engine.plan(len(rows))
     batches = [np.arange(start, min(start + plan.batch_size, len(rows))) for start in range(0, len(rows), plan.batch_size)]
     results = [r for batch in runner.results_of(engine, source, batches, run_size=len(rows), box=box) for r in batch]

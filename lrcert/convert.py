@@ -22,9 +22,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_leaves, tree_map
 
-from . import devices, ir
+from . import devices, ir, recurrent
 from .errors import SUPPORTED_NETWORKS, LrcertError, first_line
 
 aten = torch.ops.aten
@@ -104,6 +104,10 @@ class _Trace(TorchDispatchMode):
         self.scope: list[str] = []
         self.module_names = names
         self.used_names: Counter[str] = Counter()
+        #: id(constant float tensor) → (op, args, kwargs, which output): how the model computed it,
+        #: so that :meth:`exact` can compute it again in float64
+        self.recipes: dict[int, tuple] = {}
+        self.exact_values: dict[int, Tensor] = {}
 
     def name(self, op: str) -> str:
         base = next((s for s in reversed(self.scope) if s), op)
@@ -134,6 +138,42 @@ class _Trace(TorchDispatchMode):
             elif isinstance(t, Tensor):
                 self.mark(t, _Poison(None))
 
+    def record(self, func, args, kwargs, out) -> None:
+        """Remember how a constant float tensor was computed (not for random or in-place ops: their
+        result cannot be computed again; an in-place op on a constant forgets that constant's recipe)."""
+        mutated = func._schema.arguments[0].alias_info if func._schema.arguments else None
+        if mutated is not None and mutated.is_write:
+            self.recipes.pop(id(args[0]), None)
+            return
+        if torch.Tag.nondeterministic_seeded in func.tags:
+            return
+        for k, t in enumerate(tree_leaves(out)):
+            if isinstance(t, Tensor) and t.is_floating_point():
+                self.recipes[id(t)] = (func, args, kwargs, k)
+                self.alive.append(t)
+
+    def exact(self, value: Tensor) -> Tensor:
+        """A constant float tensor in float64, as exact as the model's operations define it: those
+        that computed it are run again on float64 operands (the model's dtype would round each step,
+        e.g. an RNN's W_hh·h0 for a given h0); other constants are converted as they are."""
+        known = self.exact_values.get(id(value))
+        if known is not None:
+            return known
+        recipe = self.recipes.get(id(value))
+        exact = value.detach().double() if value.is_floating_point() else value.detach().clone()
+        if recipe is not None:
+            func, args, kwargs, k = recipe
+            again = lambda a: self.exact(a) if isinstance(a, Tensor) else torch.float64 if a in _FLOATS else a  # noqa: E731
+            try:
+                outputs = tree_leaves(func(*tree_map(again, args), **tree_map(again, kwargs)))
+                if outputs[k].shape == value.shape and outputs[k].dtype == torch.float64:
+                    exact = outputs[k]
+            except Exception:  # an op without a float64 kernel: the model's value, converted
+                pass
+        self.exact_values[id(value)] = exact
+        self.alive.append(value)  # (its id stays its own)
+        return exact
+
     def where(self, op: str) -> str:
         """The running submodule and what it computes: its ONNX op type where known, else ``op``."""
         scope = next((s for s in reversed(self.scope) if s), None)
@@ -145,6 +185,8 @@ class _Trace(TorchDispatchMode):
         leaves = [t for t in tree_leaves((args, kwargs)) if isinstance(t, Tensor)]
         poisoned = [self.poison[id(t)] for t in leaves if id(t) in self.poison]
         if not poisoned and not any(id(t) in self.node for t in leaves):
+            if any(t.is_floating_point() for t in leaves):
+                self.record(func, args, kwargs, out)
             return out  # a constant computation: it simply runs
         op = func.overloadpacket.__name__
         if poisoned:
@@ -176,6 +218,7 @@ class _Trace(TorchDispatchMode):
         return out
 
 
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 _DATA_DEPENDENT = {"_local_scalar_dense", "is_nonzero", "equal", "item", "gt", "lt", "ge", "le", "eq", "ne", "argmax",
                    "argmin", "sort", "topk", "where", "sign", "any", "all", "nonzero", "masked_fill", "heaviside"}
 _SHAPE_OPS = {"view", "_unsafe_view", "reshape", "squeeze", "unsqueeze", "flatten", "clone", "alias", "detach",
@@ -209,7 +252,7 @@ def _const(call: _Call, value: Any, what: str) -> Tensor:
         raise _Refused(f"multiplies two input-dependent tensors ({what} depends on the input)")
     if not isinstance(value, Tensor):  # a Python number: kept exact (the default dtype would round it to float32)
         return torch.tensor(value, dtype=torch.float64 if isinstance(value, float) else None, device="cpu")
-    return value.detach().clone()
+    return call.trace.exact(value)
 
 
 def _dense(call: _Call, x: Tensor | int, weight: Tensor, bias: Tensor | None, shape) -> int:
@@ -398,15 +441,51 @@ def _maximum(minimum: bool):
 
 
 def _binary_max(minimum: bool):
-    """aten.max / aten.min: the elementwise overload (``other``) only; reductions are refused."""
+    """aten.max / aten.min: elementwise (``other``), or a reduction over one axis (``dim``) or all."""
     elementwise = _maximum(minimum)
 
     def convert(call):
-        if call["other"] is None:
-            raise _Refused(f"is a {'min' if minimum else 'max'} over axes (a reduction), which lrcert does not support")
-        elementwise(call)
+        if call["other"] is not None:
+            elementwise(call)
+        else:
+            x = call["self"]
+            _reduced_max(call, minimum, range(x.dim()) if call["dim"] is None else [call["dim"]])
 
     return convert
+
+
+def _amax(minimum: bool):
+    """aten.amax / aten.amin: a max (min) over the given axes (every axis when none are given)."""
+
+    def convert(call):
+        x, dims = call["self"], call["dim"]
+        _reduced_max(call, minimum, dims if dims else range(x.dim()))
+
+    return convert
+
+
+def _reduced_max(call: _Call, minimum: bool, dims) -> None:
+    """A max (min: −max(−x)) over the axes ``dims``: each output is the arg-max of its window of
+    entries, a max-pool window (faces z_win − z_l). The reduced axes are moved last and joined into
+    one row per output, a (outputs, 1, n) plane pooled with a (1, n) kernel, then shaped as the op's
+    output; its arg-max indices are not piecewise linear."""
+    x = call["self"]
+    dims = sorted({d % max(x.dim(), 1) for d in dims})
+    kept = [a for a in range(x.dim()) if a not in dims]
+    perm = (*kept, *dims)
+    outputs, n = math.prod(x.shape[a] for a in kept), math.prod(x.shape[a] for a in dims)
+    index = x if perm == tuple(range(x.dim())) else call.emit(ir.Permute, [x], [x.shape[a] for a in perm], perm=perm)
+    index = call.emit(ir.Reshape, [index], (outputs, 1, n))
+    negate = torch.tensor(-1.0, dtype=torch.float64, device="cpu")
+    if minimum:
+        index = call.emit(ir.ElementwiseAffine, [index], (outputs, 1, n), scale=negate)
+    index = call.emit(ir.MaxPool2d, [index], (outputs, 1, 1), kernel=(1, n), stride=(1, n))
+    if minimum:
+        index = call.emit(ir.ElementwiseAffine, [index], (outputs, 1, 1), scale=negate)
+    values = call.out[0] if isinstance(call.out, (tuple, list)) else call.out
+    call.trace.bind(values, call.emit(ir.Reshape, [index], values.shape))
+    if isinstance(call.out, (tuple, list)):
+        call.trace.mark(call.out[1], _Poison("the arg-max indices of a max over an axis"))
 
 
 def _prelu(call):
@@ -607,6 +686,11 @@ def _identity(call):
     call.alias(call["self"] if "self" in call.args else call["input"])
 
 
+def _constant_like(call):
+    """zeros_like, x.new_zeros and their kin read only an input's shape, dtype and device: their
+    output is a constant (an RNN's first hidden state, say)."""
+
+
 def _to_copy(call):
     x = call["self"]
     if not call.out.dtype.is_floating_point:
@@ -657,6 +741,8 @@ CONVERTERS: dict[Any, Callable[[_Call], None]] = {
     aten.minimum: _maximum(minimum=True),
     aten.max: _binary_max(minimum=False),
     aten.min: _binary_max(minimum=True),
+    aten.amax: _amax(minimum=False),
+    aten.amin: _amax(minimum=True),
     aten.prelu: _prelu,
     aten._prelu_kernel: _prelu,
     aten.abs: lambda call: call.result(ir.Abs, [call["self"]]),
@@ -711,6 +797,10 @@ CONVERTERS: dict[Any, Callable[[_Call], None]] = {
     aten.alias: _identity,
     aten.detach: _identity,
     aten.lift_fresh: _identity,
+    **{op: _constant_like for op in (
+        aten.zeros_like, aten.ones_like, aten.full_like, aten.new_zeros, aten.new_ones, aten.new_full, aten.new_empty,
+        aten.empty_like,
+    )},
     aten.contiguous: _identity,
     aten._to_copy: _to_copy,
     aten.native_dropout: _dropout,
@@ -766,8 +856,10 @@ def to_network(
     trace.layers.append(ir.Input(name="input", inputs=(), shape=input_shape, in_shapes=()))
     trace.bind(example, 0)
     hooks = _scope_hooks(trace) if names else []
+    namer = recurrent.Namer(trace.scope)
     try:
-        with torch.no_grad(), torch.device(device), devices.exact_float32(), trace:
+        with torch.no_grad(), torch.device(device), devices.exact_float32(), recurrent.naming(namer), \
+                recurrent.Unrolled(namer, _refuse), trace:
             output = model(example)
     except LrcertError:
         raise
@@ -816,10 +908,32 @@ def to_network(
     layers = tuple(layer.to("cpu", torch.float64) for layer in trace.layers)  # exact parameters, one dtype
     _check_layers(layers, source)
     network = ir.Network(
-        layers=layers, output=output_index, sample_shape=tuple(sample_shape), notes=tuple(notes), source=source
+        layers=layers, output=output_index, sample_shape=tuple(sample_shape), notes=tuple(notes), source=source,
+        recurrences=tuple(namer.shapes), steps=_steps(layers, namer),
     )
     _check_reproduces(network, example, output if not notes else None, trace, traced_output)
+    if namer.shapes and not notes:  # lrcert's own steps ran in the trace: the model's own kernels must agree
+        with torch.no_grad(), devices.exact_float32():
+            _check_reproduces(network, example, _single_output(model(example)), trace, traced_output)
     return network
+
+
+def _refuse(error: LrcertError) -> None:
+    raise error
+
+
+def _single_output(output: Any) -> Tensor:
+    return next(t for t in tree_leaves(output) if isinstance(t, Tensor))
+
+
+def _steps(layers: tuple[ir.Layer, ...], namer: recurrent.Namer) -> dict[str, recurrent.Step]:
+    """The step (recurrence, layer, direction, t) of each nonlinear layer a recurrence made."""
+    steps = {}
+    for layer in layers:
+        step = namer.steps.get(layer.name.split("#")[0])  # (a recurrence run twice: "rnn.l0 t=3#2")
+        if step is not None and isinstance(layer, ir.Nonlinearity):
+            steps[layer.name] = step
+    return steps
 
 
 def _check_layers(layers: tuple[ir.Layer, ...], source: str) -> None:

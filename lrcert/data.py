@@ -195,6 +195,58 @@ def tensor_rows(x, sample_shape: Sequence[int], name: str = "x"):
     return x
 
 
+#: An .npz of sequences of different lengths: ``x`` (N, T_max, *features), zero-padded, ``lengths``
+#: (N,), and optionally ``y``, each row's class.
+SEQUENCE_KEYS = ("x", "lengths")
+
+
+def holds_sequences(source: str | bytes | None, key: str | None = None) -> bool:
+    """Whether ``source`` is an .npz of sequences (``x`` and ``lengths``; ``--key`` unset or x)."""
+    if key not in (None, "x") or source is None or source == "-":
+        return False
+    try:
+        with (io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")) as handle:
+            if not zipfile.is_zipfile(handle):
+                return False
+            with zipfile.ZipFile(handle) as archive:
+                members = {m[:-4] for m in archive.namelist() if m.endswith(".npy")}
+    except OSError:
+        return False
+    return set(SEQUENCE_KEYS) <= members
+
+
+def read_sequences(source: str | bytes, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
+    """The rows of an .npz of sequences (see :data:`SEQUENCE_KEYS`): ``x``, ``lengths`` and the
+    labels ``y`` (or None), checked: floating-point frames, every length in 1 … T_max, finite
+    values in every row's first ``length`` frames (the padding is never read)."""
+    archive = np.load(io.BytesIO(source) if isinstance(source, bytes) else source, allow_pickle=False)
+    x, lengths = (_from_npz(archive, key, name) for key in SEQUENCE_KEYS)
+    labels = _from_npz(archive, "y", name) if "y" in archive.files else None
+    if x.ndim < 2:
+        raise LrcertError(f"array 'x' of {name} has shape {list(x.shape)}, not (N, steps, *features)",
+                          fix="pad the sequences to one length: x of shape (N, T_max, features), with their lengths")
+    _check_rows(tuple(x.shape), x.dtype.kind, str(x.dtype), tuple(x.shape[1:]), name, "sequences")
+    if lengths.shape != (len(x),) or lengths.dtype.kind not in "iu":
+        raise LrcertError(f"array 'lengths' of {name} has shape {list(lengths.shape)} and dtype {lengths.dtype}",
+                          fix=f"give one integer length per row of x ({len(x)})")
+    bad = np.flatnonzero((lengths < 1) | (lengths > x.shape[1]))
+    if len(bad):
+        raise LrcertError(f"row {bad[0]} of {name} has length {lengths[bad[0]]}, outside 1 … {x.shape[1]} (the steps x holds)",
+                          fix="give every row a length between 1 and x.shape[1]")
+    if labels is not None and (labels.shape != (len(x),) or labels.dtype.kind not in "iu"):
+        raise LrcertError(f"array 'y' of {name} has shape {list(labels.shape)} and dtype {labels.dtype}",
+                          fix=f"give one integer class per row of x ({len(x)}), or leave y out")
+    valid = np.arange(x.shape[1])[None, :] < lengths[:, None]  # (N, T_max): the frames that are data
+    finite = np.isfinite(x.reshape(*x.shape[:2], -1)).all(axis=2) | ~valid
+    if not finite.all():
+        row = int(np.flatnonzero(~finite.all(axis=1))[0])
+        raise LrcertError(f"{name} holds NaN or Inf in row {row}", fix="remove or repair the rows that are not finite")
+    lengths = lengths.astype(np.int64)
+    notes = [f"{name} holds {len(x)} sequences of {lengths.min()} to {lengths.max()} steps of {_dims(x.shape[2:]) or 1} "
+             "features: each is certified with the model unrolled to its own length (the padding is not part of it)"]
+    return x, lengths, None if labels is None else labels.astype(np.int64), notes
+
+
 def peek_row_shape(source: str | bytes | None, key: str | None = None, single: bool = False) -> tuple[int, ...] | None:
     """The shape of one row of a .npy/.npz file (or raw bytes), from its header alone; with
     ``single``, of its one input (a leading axis of 1 dropped). None when it cannot be read: the

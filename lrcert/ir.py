@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, replace
-from typing import Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Callable, ClassVar, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,9 @@ from torch import Tensor
 
 from .devices import exact_float32
 from .errors import LrcertError
+
+if TYPE_CHECKING:
+    from . import recurrent
 
 #: The dual norm each p needs, as the order of ``torch.linalg.vector_norm`` (1/p + 1/q = 1): a
 #: ball of radius r in norm p reaches the face z + g·δ = 0 at r = |z| / ‖g‖_q. p = 1 → ‖g‖∞,
@@ -645,7 +648,9 @@ class Network:
     traced model call holds inside: 1, or B for a model that fixes its batch to B > 1 and runs
     each row padded with zero rows. ``inputs``, for a model with several inputs, names them and
     their row shapes in the order their flattened rows are joined into one row (the joint space
-    lrcert certifies in); empty for one input.
+    lrcert certifies in); empty for one input. ``recurrences`` are the recurrent layers the list
+    holds unrolled, and ``steps`` names the step (recurrence, layer, direction, t) of each of their
+    nonlinear layers, by layer name (:mod:`lrcert.recurrent`).
     """
 
     layers: tuple[Layer, ...]
@@ -655,6 +660,8 @@ class Network:
     source: str = ""
     rows_per_call: int = 1
     inputs: tuple[tuple[str, Shape], ...] = ()
+    recurrences: tuple["recurrent.Shape", ...] = ()
+    steps: Mapping[str, "recurrent.Step"] = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.layers or not isinstance(self.layers[0], Input):
@@ -720,6 +727,11 @@ class Network:
     def faces(self) -> int:
         """Faces per input: every nonlinear layer's (a max-pool has one per window element)."""
         return sum(self.layers[i].face_count for i in self.nonlinear)
+
+    def recurrence_faces(self, name: str) -> int:
+        """Faces per input of the recurrence ``name``: the units of every step's nonlinearity."""
+        return sum(layer.face_count for layer in self.layers
+                   if (step := self.steps.get(layer.name)) is not None and step.recurrence == name)
 
     def reverse_bytes_per_row(self, dtype: torch.dtype) -> int:
         """Memory one input's reverse pass holds in ``dtype``: its activations and their autograd

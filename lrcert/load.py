@@ -21,12 +21,12 @@ import warnings
 import zipfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from . import ir, onnx_ops
+from . import ir, onnx_ops, recurrent
 from .convert import to_network
 from .errors import SUPPORTED_NETWORKS, LrcertError, first_line
 
@@ -42,6 +42,8 @@ ONNX_LINEAR = {
     # entries moved, repeated or dropped (constant sizes, scales and indices): lrcert's Gather
     "Split": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "DepthToSpace": (), "SpaceToDepth": (), "Tile": (1,),
     "GatherElements": (1,), "GatherND": (1,), "Where": (0,),
+    # piecewise linear: a max (min) over axes is a max-pool window per output
+    "ReduceMax": (1,), "ReduceMin": (1,),
 }
 #: Products: linear only when at most one of the listed operands depends on the input.
 ONNX_PRODUCTS = {"MatMul": (0, 1), "Mul": (0, 1), "Gemm": (0, 1), "Einsum": (0, 1, 2, 3)}
@@ -54,7 +56,7 @@ ONNX_SMOOTH = {
     "Pow", "Reciprocal", "HardSwish", "Mish", "Sin", "Cos", "Softmax", "LogSoftmax",
 }
 #: Every op lrcert reads where it may meet an input-dependent tensor (README's table).
-READ_OPS = sorted(set(ONNX_LINEAR) | set(ONNX_PRODUCTS) | ONNX_SHAPE_ONLY | ONNX_FINAL_ONLY)
+READ_OPS = sorted(set(ONNX_LINEAR) | set(ONNX_PRODUCTS) | ONNX_SHAPE_ONLY | ONNX_FINAL_ONLY | {"RNN"})
 #: Old models are brought to this opset first when onnx2torch lacks one of their op versions.
 OLD_OPSET_TARGET = 17
 
@@ -75,11 +77,45 @@ def load(
     ``output_name`` picks the output of an ONNX model with several (default: the first) that
     predictions are read from; the regions are the whole graph's whichever is picked.
     """
+    return open_model(path, trust_pickle=trust_pickle, output_name=output_name).network(sample_shape)
+
+
+class Model:
+    """A model file read once, whose layer list :meth:`network` builds for a row shape: the one
+    the file fixes, or the one asked where it leaves dimensions dynamic. Sequences of different
+    lengths get one layer list per length (each built once); the file is read and converted once."""
+
+    def __init__(self, name: str, build: Callable[[tuple[int, ...] | None], ir.Network]):
+        self.name, self._build, self._built = name, build, {}
+
+    def network(self, sample_shape: Sequence[int] | None = None) -> ir.Network:
+        key = None if sample_shape is None else tuple(int(d) for d in sample_shape)
+        if key not in self._built:
+            with torch.device("cpu"):
+                self._built[key] = self._build(key)
+        return self._built[key]
+
+
+def open_model(path: str | os.PathLike, *, trust_pickle: bool = False, output_name: str | None = None) -> Model:
+    """A model file, read and checked (see :func:`load`), ready to build layer lists."""
     with torch.device("cpu"):
-        return _load(Path(path), trust_pickle, sample_shape, output_name)
+        return Model(Path(path).name, _open(Path(path), trust_pickle, output_name))
 
 
-def _load(path: Path, trust_pickle: bool, sample_shape: Sequence[int] | None, output_name: str | None = None) -> ir.Network:
+def opener(path: str | os.PathLike, *, trust_pickle: bool = False, output_name: str | None = None) -> Callable:
+    """``open_model(path).network``, the file read on the first call (a command checks its other
+    arguments first): the layer list for each row shape asked, each built once."""
+    opened: list[Model] = []
+
+    def network(sample_shape: Sequence[int] | None = None) -> ir.Network:
+        if not opened:
+            opened.append(open_model(path, trust_pickle=trust_pickle, output_name=output_name))
+        return opened[0].network(sample_shape)
+
+    return network
+
+
+def _open(path: Path, trust_pickle: bool, output_name: str | None) -> Callable[[tuple[int, ...] | None], ir.Network]:
     if not path.exists():
         raise LrcertError(f"model file {str(path)!r} does not exist", fix="check the path")
     if path.is_dir():
@@ -94,10 +130,10 @@ def _load(path: Path, trust_pickle: bool, sample_shape: Sequence[int] | None, ou
         raise LrcertError(f"--output-name {output_name!r} is given for {path.name}, which is not an ONNX model",
                           fix="leave it out: a PyTorch model must return one tensor")
     if archive:
-        return _load_torch_archive(path, trust_pickle, sample_shape)
+        return _open_torch_archive(path, trust_pickle)
     if pickled:
-        return _load_pickle(path, trust_pickle, sample_shape)
-    return load_onnx(path, sample_shape=sample_shape, output_name=output_name)
+        return _open_pickle(path, trust_pickle)
+    return _OnnxFile(path, output_name).network
 
 
 def from_module(module: torch.nn.Module, sample_shape: Sequence[int], *, source: str = "") -> ir.Network:
@@ -113,36 +149,53 @@ def from_module(module: torch.nn.Module, sample_shape: Sequence[int], *, source:
 
 
 def load_onnx(path: str | os.PathLike, *, sample_shape: Sequence[int] | None = None, output_name: str | None = None) -> ir.Network:
-    path = Path(path)
-    model = _read_onnx(path)
-    reordered = _sort_nodes(model.graph)
-    _check_onnx(model, path)
-    joined = _join_inputs(model, path.name)
-    problems, input_name, dims = _inspect_onnx_graph(model)
-    if problems:
-        raise LrcertError(
-            f"{path.name} is not a supported piecewise-linear network: " + "; ".join(problems),
-            fix=SUPPORTED_NETWORKS,
-            details=problems,
-        )
-    outputs_note = _choose_output(model.graph, output_name, path.name)  # (after the checks: a final softmax may end any output)
-    batch, declared = _input_layout(dims, sample_shape, path.name)
-    graph_module, converted = _onnx_to_torch(_explicit_padding(model, path), path)
-    network = _network(graph_module, batch, declared, path.name, onnx_ops.op_types(converted))
-    problems = onnx_ops.resize_problems(converted, graph_module, network.input_shape)
-    if problems:
-        raise LrcertError(f"{path.name} is not a supported piecewise-linear network: " + "; ".join(problems),
-                          fix="re-export the resize as PyTorch computes it (nearest: asymmetric coordinates and floor; "
-                              "linear and cubic: half_pixel or align_corners, cubic_coeff_a=-0.75)", details=problems)
-    notes = [outputs_note] if outputs_note else []
-    if reordered:
-        notes.append(f"the graph lists {reordered} nodes before the nodes they read; lrcert sorted them, as onnxruntime does")
-    if joined:
-        parts = ", ".join(f"{name} ({'×'.join(map(str, shape)) or 'scalar'})" for name, shape in joined)
-        notes.append(f"the model has {len(joined)} inputs: lrcert certifies in their joint space, each row "
-                     f"{network.input_size} numbers, {parts} flattened in that order (an .npz with one array per input "
-                     "name is joined so)")
-    return replace(network, notes=(*network.notes, *notes), inputs=joined) if notes else network
+    return _OnnxFile(Path(path), output_name).network(sample_shape)
+
+
+class _OnnxFile:
+    """An ONNX model read and judged once (its graph checked for piecewise linearity, several
+    inputs joined, the output chosen); :meth:`network` builds its layer list for a row shape,
+    converting the graph with onnx2torch the first time."""
+
+    def __init__(self, path: Path, output_name: str | None):
+        self.path = path
+        model = _read_onnx(path)
+        reordered = _sort_nodes(model.graph)
+        _check_onnx(model, path)
+        self.joined = _join_inputs(model, path.name)
+        problems, self.dims = _inspect_onnx_graph(model)
+        if problems:
+            gated = any(node.op_type in recurrent.ONNX_RECURRENT for node in model.graph.node)
+            raise LrcertError(
+                f"{path.name} is not a supported piecewise-linear network: " + "; ".join(problems),
+                fix=recurrent.RECURRENT_FIX if gated else SUPPORTED_NETWORKS,
+                details=problems,
+            )
+        outputs_note = _choose_output(model.graph, output_name, path.name)  # (after the checks: a final softmax may end any output)
+        self.model, self.converted = model, None
+        self.notes = [outputs_note] if outputs_note else []
+        if reordered:
+            self.notes.append(f"the graph lists {reordered} nodes before the nodes they read; lrcert sorted them, as onnxruntime does")
+
+    def network(self, sample_shape: tuple[int, ...] | None) -> ir.Network:
+        path = self.path
+        batch, declared = _input_layout(self.dims, sample_shape, path.name)
+        if self.converted is None:
+            self.converted = _onnx_to_torch(_explicit_padding(self.model, path), path)
+        graph_module, converted = self.converted
+        network = _network(graph_module, batch, declared, path.name, onnx_ops.op_types(converted))
+        problems = onnx_ops.resize_problems(converted, graph_module, network.input_shape)
+        if problems:
+            raise LrcertError(f"{path.name} is not a supported piecewise-linear network: " + "; ".join(problems),
+                              fix="re-export the resize as PyTorch computes it (nearest: asymmetric coordinates and floor; "
+                                  "linear and cubic: half_pixel or align_corners, cubic_coeff_a=-0.75)", details=problems)
+        notes = list(self.notes)
+        if self.joined:
+            parts = ", ".join(f"{name} ({'×'.join(map(str, shape)) or 'scalar'})" for name, shape in self.joined)
+            notes.append(f"the model has {len(self.joined)} inputs: lrcert certifies in their joint space, each row "
+                         f"{network.input_size} numbers, {parts} flattened in that order (an .npz with one array per input "
+                         "name is joined so)")
+        return replace(network, notes=(*network.notes, *notes), inputs=self.joined) if notes else network
 
 
 JOINT_INPUT = "lrcert_joint_input"
@@ -412,7 +465,7 @@ def _dims(tensor_type) -> list[int | None]:
     return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim]
 
 
-def _inspect_onnx_graph(model) -> tuple[list[str], str, list[int | None]]:
+def _inspect_onnx_graph(model) -> tuple[list[str], list[int | None]]:
     """Decide piecewise-linearity on the ONNX graph: which nodes read input-dependent tensors, how."""
     graph = model.graph
     inputs = _graph_inputs(graph)
@@ -454,13 +507,20 @@ def _inspect_onnx_graph(model) -> tuple[list[str], str, list[int | None]]:
         elif op in ONNX_PRODUCTS:
             if len([i for i in reads if i in ONNX_PRODUCTS[op]]) > 1:
                 problems.append(f"{label} multiplies two input-dependent tensors")
+        elif op in recurrent.ONNX_RECURRENT:
+            bad = [i for i in reads if i in recurrent.ONNX_RECURRENT[op]]
+            problem = recurrent.onnx_problem(op, _attribute(node, "activations", []))
+            if problem is None and bad:
+                problem = f"takes an input-dependent operand {bad[0]}, which must be constant"
+            if problem is not None:
+                problems.append(f"{label} {problem}")
         elif op in ONNX_FINAL_ONLY and all(o in outputs and consumers.get(o, 0) == 0 for o in node.output):
             continue
         elif op in ONNX_SMOOTH:
             problems.append(f"{label} is not piecewise linear")
         else:
             problems.append(f"{label} is an operation lrcert does not support")
-    return problems, entry.name, dims
+    return problems, dims
 
 
 def _constant(graph, name: str):
@@ -611,17 +671,20 @@ def _opset(model) -> int:
 # ---------------------------------------------------------------------------------------------- torch files
 
 
-def _load_torch_archive(path: Path, trust_pickle: bool, sample_shape) -> ir.Network:
+Build = Callable[[tuple[int, ...] | None], ir.Network]
+
+
+def _open_torch_archive(path: Path, trust_pickle: bool) -> Build:
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
     if any(n.endswith("archive_format") for n in names):
-        return _load_exported(path, sample_shape)
+        return _open_exported(path)
     if any("/code/" in n for n in names):
-        return _load_torchscript(path, trust_pickle, sample_shape)
-    return _load_pickle(path, trust_pickle, sample_shape)
+        return _open_torchscript(path, trust_pickle)
+    return _open_pickle(path, trust_pickle)
 
 
-def _load_exported(path: Path, sample_shape) -> ir.Network:
+def _open_exported(path: Path) -> Build:
     try:
         program = torch.export.load(str(path))
     except Exception as exc:
@@ -631,20 +694,19 @@ def _load_exported(path: Path, sample_shape) -> ir.Network:
     if len(shapes) != 1:
         raise LrcertError(f"{path.name} takes {len(shapes)} inputs", fix="certify a program with exactly one input")
     dims = [d if isinstance(d, int) else None for d in shapes[0]]
-    batch, declared = _input_layout(dims, sample_shape, path.name)
-    return _network(program.module(), batch, declared, path.name)
+
+    def build(sample_shape):
+        batch, declared = _input_layout(dims, sample_shape, path.name)
+        return _network(program.module(), batch, declared, path.name)
+
+    return build
 
 
-def _load_torchscript(path: Path, trust_pickle: bool, sample_shape) -> ir.Network:
+def _open_torchscript(path: Path, trust_pickle: bool) -> Build:
     if not trust_pickle:
         raise LrcertError(
             f"{path.name} is a TorchScript file: loading it runs the TorchScript code stored in it",
             fix="pass --trust-pickle if you trust its source, or export the model to ONNX or torch.export (.pt2)",
-        )
-    if sample_shape is None:
-        raise LrcertError(
-            f"TorchScript file {path.name} does not record its input shape",
-            fix="pass data (its rows give the shape) or --input-shape",
         )
     try:
         with warnings.catch_warnings():
@@ -652,10 +714,21 @@ def _load_torchscript(path: Path, trust_pickle: bool, sample_shape) -> ir.Networ
             module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise LrcertError(f"cannot load TorchScript file {path.name}: {first_line(exc)}", fix="re-save it") from None
-    return to_network(module, tuple(sample_shape), source=path.name)
+    return _shaped(module, f"TorchScript file {path.name}", "pass data (its rows give the shape) or --input-shape", path.name)
 
 
-def _load_pickle(path: Path, trust_pickle: bool, sample_shape) -> ir.Network:
+def _shaped(module: torch.nn.Module, what: str, fix: str, source: str) -> Build:
+    """The layer list of a module that does not record its input shape, for the shape asked."""
+
+    def build(sample_shape):
+        if sample_shape is None:
+            raise LrcertError(f"{what} does not record its input shape", fix=fix)
+        return to_network(module, tuple(sample_shape), source=source)
+
+    return build
+
+
+def _open_pickle(path: Path, trust_pickle: bool) -> Build:
     try:
         torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -675,10 +748,6 @@ def _load_pickle(path: Path, trust_pickle: bool, sample_shape) -> ir.Network:
             f"{path.name} is a pickled model; loading it runs code stored in the file",
             fix="pass --trust-pickle if you trust its source, or export the model to ONNX or torch.export",
         )
-    if sample_shape is None:
-        raise LrcertError(
-            f"pickled model {path.name} does not record its input shape", fix="pass data or --input-shape"
-        )
     try:
         module = torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as exc:
@@ -686,5 +755,6 @@ def _load_pickle(path: Path, trust_pickle: bool, sample_shape) -> ir.Network:
             f"cannot unpickle {path.name}: {type(exc).__name__}: {first_line(exc)}",
             fix="run lrcert where the model's class can be imported (add its module to PYTHONPATH)",
         ) from None
-    return from_module(module, sample_shape, source=path.name)
-
+    if not isinstance(module, torch.nn.Module):
+        raise LrcertError(f"expected a torch.nn.Module, got {type(module).__name__}", fix="pass the model object itself")
+    return _shaped(module, f"pickled model {path.name}", "pass data or --input-shape", path.name)

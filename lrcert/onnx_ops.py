@@ -29,6 +29,8 @@ import torch
 from onnx import defs
 from torch import nn
 
+from . import recurrent
+
 #: The ops of the graphs lrcert reads (see load.py), whose newer versions get converters.
 OPS = (
     "Add", "Sub", "Mul", "Div", "Sum", "Neg", "MatMul", "Gemm", "Conv", "ConvTranspose", "BatchNormalization",
@@ -36,7 +38,7 @@ OPS = (
     "GlobalAveragePool", "ReduceMean", "ReduceSum", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
     "Slice", "Gather", "Concat", "Expand", "Pad", "Identity", "Dropout", "Cast", "Shape", "Constant",
     "ConstantOfShape", "Softmax", "LogSoftmax", "Split", "Resize", "Upsample", "DepthToSpace", "SpaceToDepth", "Tile",
-    "GatherElements", "GatherND", "Where", "Einsum",
+    "GatherElements", "GatherND", "Where", "Einsum", "RNN", "Equal",
 )
 #: Attribute values that keep a newer attribute's older meaning (served by the older converter).
 NEUTRAL = {
@@ -44,6 +46,9 @@ NEUTRAL = {
     "antialias": lambda value: value == 0,  # Resize-18: plain interpolation
     "keep_aspect_ratio_policy": lambda value: value in ("stretch", b"stretch"),  # Resize-18: scales as given
 }
+
+#: The ONNX RNN versions lrcert converts (RNN-1's ``output_sequence`` attribute: through the version converter).
+RNN_VERSIONS = (7, 14, 22)
 
 _registered = False
 
@@ -58,6 +63,11 @@ def register() -> None:
     for op, versions in (("DepthToSpace", (1, 11, 13)), ("SpaceToDepth", (1, 13))):  # onnx2torch: CRD only, or none
         for version in versions:
             _CONVERTER_REGISTRY[OperationDescription(defs.ONNX_DOMAIN, op, version)] = _block_rearrange
+    for version in RNN_VERSIONS:  # onnx2torch has none: lrcert's unrolled RNN (lrcert.recurrent)
+        _CONVERTER_REGISTRY[OperationDescription(defs.ONNX_DOMAIN, "RNN", version)] = recurrent.onnx_rnn_converter
+    for op in ("ReduceMax", "ReduceMin"):  # onnx2torch: one axis after another, and none from opset 18
+        for version in (1, 11, 12, 13, 18, 20):
+            _CONVERTER_REGISTRY[OperationDescription(defs.ONNX_DOMAIN, op, version)] = _reduce_extreme
     for description in [d for d in _CONVERTER_REGISTRY if d.operation_type == "Flatten"]:  # axis=0: onnx2torch gives 1-D
         _CONVERTER_REGISTRY[description] = _flatten(_CONVERTER_REGISTRY[description])
     known = {(d.operation_type, d.version) for d in _CONVERTER_REGISTRY if d.domain == defs.ONNX_DOMAIN}
@@ -213,6 +223,37 @@ def _reduce_mean_18(node, graph):
         torch_module=StaticMean(axes, bool(node.attributes.get("keepdims", 1))),
         onnx_mapping=OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values),
     )
+
+
+class StaticExtreme(nn.Module):
+    """ReduceMax / ReduceMin over constant axes (all when none), at once: ``torch.amax`` / ``amin``
+    (each output the arg-max of its whole window, not a max of maxes)."""
+
+    def __init__(self, axes: list[int] | None, keepdims: bool, minimum: bool):
+        super().__init__()
+        self.axes, self.keepdims, self.minimum = axes, keepdims, minimum
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        reduce = torch.amin if self.minimum else torch.amax
+        return reduce(x, dim=self.axes or list(range(x.dim())), keepdim=self.keepdims)
+
+
+def _reduce_extreme(node, graph):
+    """ReduceMax / ReduceMin of any version: axes from the attribute or (opset 18+) a constant input."""
+    from onnx2torch.utils.common import OnnxMapping, OperationConverterResult, get_const_value
+
+    axes = node.attributes.get("axes")
+    if len(node.input_values) > 1 and node.input_values[1]:
+        try:
+            axes = [int(a) for a in get_const_value(node.input_values[1], graph).tolist()]
+        except KeyError:
+            raise NotImplementedError(f"{node.operation_type} with input-dependent axes is not supported") from None
+    if not axes and node.attributes.get("noop_with_empty_axes", 0):
+        raise NotImplementedError(f"{node.operation_type} with noop_with_empty_axes=1 and no axes is not supported")
+    module = StaticExtreme(list(axes) if axes else None, bool(node.attributes.get("keepdims", 1)),
+                           node.operation_type == "ReduceMin")
+    return OperationConverterResult(torch_module=module,
+                                    onnx_mapping=OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values))
 
 
 # ---------------------------------------------------------------------------------------------- module swaps

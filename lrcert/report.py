@@ -163,6 +163,8 @@ def result_record(result: InputResult, norms: Sequence[str]) -> dict:
     record = {"index": result.index}
     if result.source is not None:
         record["source"] = result.source
+    if result.length is not None:
+        record["length"] = result.length
     if result.label is not None:
         record |= {"label": result.label, "correct": result.prediction == result.label}
     record |= {
@@ -268,9 +270,10 @@ def jsonl_lines(results: Iterable[InputResult], norms: Sequence[str]) -> Iterabl
         yield json.dumps(result_record(r, norms), allow_nan=False) + "\n"
 
 
-def csv_header(norms: Sequence[str], directional: bool, sourced: bool = False, labelled: bool = False) -> str:
-    columns = ["index", *(["source"] if sourced else []), *(["label"] if labelled else []), "prediction", *norms, *(f"binding_{p}" for p in norms), "pattern", "precision_warning", "dtype",
-               "guarantee"]
+def csv_header(norms: Sequence[str], directional: bool, sourced: bool = False, labelled: bool = False,
+               sequences: bool = False) -> str:
+    columns = ["index", *(["source"] if sourced else []), *(["length"] if sequences else []), *(["label"] if labelled else []),
+               "prediction", *norms, *(f"binding_{p}" for p in norms), "pattern", "precision_warning", "dtype", "guarantee"]
     columns += [f"{what}_{p}" for what in ("prediction_radius", "certified", "exact_adversarial") for p in norms]
     if directional:
         columns += ["direction", "binding_direction"]
@@ -278,9 +281,9 @@ def csv_header(norms: Sequence[str], directional: bool, sourced: bool = False, l
 
 
 def csv_lines(results: Iterable[InputResult], norms: Sequence[str], directional: bool, sourced: bool = False,
-              labelled: bool = False) -> Iterable[str]:
+              labelled: bool = False, sequences: bool = False) -> Iterable[str]:
     for r in results:
-        row = [r.index, *([r.source] if sourced else []), *([r.label] if labelled else [])]
+        row = [r.index, *([r.source] if sourced else []), *([r.length] if sequences else []), *([r.label] if labelled else [])]
         row.append("" if r.prediction is None else r.prediction)
         row += [_number(r.radius[p]) for p in norms]
         row += [r.binding[p].describe() if r.binding[p] else "" for p in norms]
@@ -330,6 +333,9 @@ def print_table(
     shown = "l2" if "l2" in norms else norms[0]
     table = Table(title=f"linear-region radii — {model_name}", title_justify="left")
     table.add_column("input", justify="right")
+    sequences = any(r.length is not None for r in results)
+    if sequences:
+        table.add_column("steps", justify="right")
     labelled = any(r.label is not None for r in results)
     if labelled:
         table.add_column("label", justify="right")
@@ -344,6 +350,8 @@ def print_table(
     table.add_column(f"binding constraint ({NORM_LABELS[shown]})")
     for r in results:
         cells = [str(r.index)]
+        if sequences:
+            cells.append("-" if r.length is None else str(r.length))
         if labelled:
             cells.append("-" if r.label is None else str(r.label))
         cells.append("-" if r.prediction is None else str(r.prediction) + (" ✗" if labelled and r.prediction != r.label else ""))

@@ -32,6 +32,7 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 
+from . import recurrent
 from .errors import LrcertError
 from .load import from_module
 
@@ -53,16 +54,31 @@ class _RecordFaces(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        kernel = recurrent.kernel(func)
+        if kernel in ("rnn_relu", "rnn_relu_cell"):  # torch's kernels hide their ReLUs: lrcert's explicit steps
+            step = recurrent.Activation(self._relu)
+            return recurrent.call_rnn(args, kwargs, step) if kernel == "rnn_relu" else recurrent.run_cell(*args, **kwargs, activation=step)
+        error = recurrent.refusal(func, "roll_loss: the model's recurrence")
+        if error is not None:
+            raise error
         if func in RELU_FUNCTIONS:
-            z = (args[0].clone() if _in_place(func, args, kwargs) else args[0]).flatten(1)
-            self.faces.append(z)
-            self.real.append(torch.ones_like(z, dtype=torch.bool))
-            self.relu_units += z.shape[1]
+            self._unit_faces((args[0].clone() if _in_place(func, args, kwargs) else args[0]).flatten(1))
         elif getattr(func, "__name__", "") in MAX_POOL_NAMES:
             margins, real = _max_pool_margins(*args, **kwargs)
             self.faces.append(margins)
             self.real.append(real)
         return func(*args, **kwargs)
+
+
+    def _unit_faces(self, z: Tensor) -> None:
+        self.faces.append(z)
+        self.real.append(torch.ones_like(z, dtype=torch.bool))
+        self.relu_units += z.shape[1]
+
+    def _relu(self, z: Tensor) -> Tensor:
+        """A recurrence's step: its pre-activations recorded, then ReLU."""
+        self._unit_faces(z.flatten(1))
+        return torch.relu(z)
 
 
 def _in_place(func, args, kwargs) -> bool:

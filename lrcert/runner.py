@@ -30,6 +30,8 @@ def prepare(data: str, load_model: Callable, *, raw: bytes | None = None, key: s
             raise LrcertError(f"data path {data!r} does not exist", fix="check the path")
         raise LrcertError("--columns, --resize and --center-crop read tables and image folders", fix="drop them for an array")
     source = raw if raw is not None else data
+    if not kept and data_io.holds_sequences(source, key):
+        return _sequences(source, "stdin" if raw is not None else data, load_model, normalization, vary)
     table = sources.open_source(data, None, columns=columns) if kept and not Path(data).is_dir() else None
     if shape_hint is None:
         shape_hint = (table.rows.shape[1:] if table is not None else sources.image_row_shape(data, resize, center_crop)
@@ -48,6 +50,29 @@ def prepare(data: str, load_model: Callable, *, raw: bytes | None = None, key: s
     rows, notes = data_io.read_rows(source, network.sample_shape, key=key, name="stdin" if raw is not None else data,
                                     inputs=network.inputs)
     return network, sources.Source(rows, notes=notes)
+
+
+def _sequences(source, name: str, load_model: Callable, normalization, vary):
+    """(the network of the longest rows, the source) for an .npz of sequences of different lengths."""
+    for option, given in (("--mean/--std/--normalize", normalization), ("--vary", vary)):
+        if given:
+            raise LrcertError(f"{option} is for images and several inputs, and {name} holds sequences",
+                              fix=f"drop {option.split('/')[0]}; normalise the frames before saving them")
+    rows, lengths, labels, notes = data_io.read_sequences(source, name)
+    network = load_model((int(lengths.max()), *rows.shape[2:]))
+    return network, sources.Source(rows, labels=labels, notes=notes, lengths=lengths)
+
+
+def engine_for(network, source: "sources.Source", load_model: Callable, **options):
+    """The run's engine: an :class:`~lrcert.engine.Engine` of ``network``, or for sequences of
+    different lengths a :class:`~lrcert.engine.ByLength` of the model unrolled to each
+    (``load_model(row shape)``)."""
+    from .engine import ByLength, Engine
+
+    if source.lengths is None:
+        return Engine(network, **options)
+    features = tuple(source.rows.shape[2:])
+    return ByLength(lambda steps: load_model((steps, *features)), lengths=source.lengths, **options)
 
 
 def box_of(text: str | None, source: "sources.Source") -> tuple[float, float] | None:
@@ -69,7 +94,7 @@ def results_of(engine, source: "sources.Source", batches: Iterable[np.ndarray], 
     def inputs():
         for indices in batches:
             read.append(torch.from_numpy(np.asarray(rows[indices], dtype=kind)))
-            yield read[-1]
+            yield read[-1] if source.lengths is None else (read[-1], source.lengths[indices])
 
     count = sum(len(indices) for indices in batches)
     stream = engine.stream(inputs(), n_inputs=count, directions=directions, run_size=run_size)
@@ -85,5 +110,17 @@ def results_of(engine, source: "sources.Source", batches: Iterable[np.ndarray], 
             if source.labels is not None:
                 result.label = int(source.labels[result.index])
         if box is not None and engine.predictions:
-            boxes.constrain(engine, x.numpy(), results, box, adversarial_norm)
+            _constrain(engine, x.numpy(), results, box, adversarial_norm, None if source.lengths is None else source.lengths[indices])
         yield results
+
+
+def _constrain(engine, x: np.ndarray, results: list, box, adversarial_norm: str | None, lengths) -> None:
+    """The box's prediction radii and adversarial points (:func:`lrcert.box.constrain`), each
+    length's rows with its own engine."""
+    from .engine.lengths import groups
+
+    if lengths is None:
+        boxes.constrain(engine, x, results, box, adversarial_norm)
+        return
+    for length, where in groups(lengths):
+        boxes.constrain(engine.at(length), x[where, :length], [results[k] for k in where], box, adversarial_norm)

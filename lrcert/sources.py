@@ -40,7 +40,8 @@ NORMALIZATIONS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 class Source:
     """What a data path holds: ``rows`` (indexable by arrays of row numbers, like a NumPy array),
     each row's ``names`` (image files, relative to the folder) and ``labels`` (class indices, −1
-    none) where it has them, the class names of an ``ImageFolder``, and notes."""
+    none) where it has them, the class names of an ``ImageFolder``, notes, and for sequences of
+    different lengths (rows padded to the longest) each row's ``lengths``."""
 
     rows: object
     names: Sequence[str] | None = None
@@ -48,6 +49,7 @@ class Source:
     classes: list[str] | None = None
     notes: list[str] = field(default_factory=list)
     images: bool = False
+    lengths: np.ndarray | None = None
 
 
 def is_source(path: str) -> bool:

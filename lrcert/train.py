@@ -1,7 +1,8 @@
 """Training with the ROLL regulariser, and the statistics of the regions a trained model has.
 
 ``fit`` minimises CE(f(x), y) + roll_loss(f, x) (λ = 0: vanilla training) with Adam, on the
-model's device (the data moves there one mini-batch at a time);
+model's device (the data moves there one mini-batch at a time), on fixed-size rows or on
+sequences of different lengths (a ReLU RNN from ``build_recurrent``);
 ``region_statistics`` certifies held-out inputs with the engine and returns the paper's table
 row: accuracy, distinct activation patterns, ε̂ quantiles. ``save_onnx`` writes a model that
 ``lrcert certify`` reads.
@@ -59,8 +60,10 @@ class Settings:
             raise LrcertError(f"--lr {self.lr} is not positive", fix="e.g. --lr 0.001")
 
 
-def read_labelled(path: str, *, what: str = "training data") -> tuple[Tensor, Tensor]:
-    """``x`` (float32, first axis indexes samples) and ``y`` (int64 labels) from an .npz file."""
+def read_labelled(path: str, *, what: str = "training data") -> tuple[Tensor, Tensor, Tensor | None]:
+    """``x`` (float32, first axis indexes samples), ``y`` (int64 labels) and, for sequences of
+    different lengths, ``lengths`` (int64: x is padded to the longest, its second axis the steps;
+    None otherwise) from an .npz file."""
     try:
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -76,6 +79,7 @@ def read_labelled(path: str, *, what: str = "training data") -> tuple[Tensor, Te
                     fix="save the inputs as 'x' and the integer labels as 'y': np.savez(path, x=..., y=...)",
                 )
             x, y = archive["x"], archive["y"]
+            lengths = archive["lengths"] if "lengths" in archive.files else None
     except FileNotFoundError:
         raise LrcertError(f"{what} file {path} does not exist", fix="check the path") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):
@@ -89,21 +93,32 @@ def read_labelled(path: str, *, what: str = "training data") -> tuple[Tensor, Te
             f"{path}: 'y' has dtype {y.dtype} and shape {y.shape}; {len(x)} labels ≥ 0 are needed",
             fix="give one non-negative integer class label per sample",
         )
-    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if lengths is not None and (lengths.dtype.kind not in "iu" or lengths.shape != (len(x),) or x.ndim < 3
+                                or (lengths < 1).any() or (lengths > x.shape[1]).any()):
+        raise LrcertError(
+            f"{path}: 'lengths' has dtype {lengths.dtype} and shape {lengths.shape} for x of shape {x.shape}",
+            fix="give one integer length per sequence, 1 to x.shape[1] (x: (N, steps, features), zero-padded)",
+        )
+    frames = x.reshape(len(x), -1) if lengths is None else np.where(
+        (np.arange(x.shape[1])[None, :] < lengths[:, None]).reshape(*x.shape[:2], *[1] * (x.ndim - 2)), x, 0)
+    bad = ~np.isfinite(frames.reshape(len(x), -1)).all(axis=1)
     if bad.any():
         raise LrcertError(f"{path}: sample {int(bad.argmax())} of 'x' holds NaN or Inf", fix="drop or repair it")
-    return torch.from_numpy(np.asarray(x, dtype=np.float32)), torch.from_numpy(y.astype(np.int64))
+    return (torch.from_numpy(np.asarray(x, dtype=np.float32)), torch.from_numpy(y.astype(np.int64)),
+            None if lengths is None else torch.from_numpy(lengths.astype(np.int64)))
 
 
-def split(x: Tensor, y: Tensor, fraction: float, seed: int) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """A random (seeded) held-out split: ``fraction`` of the samples, at least one."""
+def split(x: Tensor, y: Tensor, fraction: float, seed: int, lengths: Tensor | None = None) -> tuple[tuple, tuple]:
+    """A random (seeded) held-out split: ``fraction`` of the samples, at least one; (x, y) pairs,
+    or (x, y, lengths) triples for sequences of different lengths."""
     if not 0 < fraction < 1:
         raise LrcertError(f"--val-fraction {fraction} is not in (0, 1)", fix="e.g. --val-fraction 0.2")
     order = torch.randperm(len(x), generator=torch.Generator(device="cpu").manual_seed(seed), device="cpu")
     held = max(1, int(round(fraction * len(x))))
     if held >= len(x):
         raise LrcertError(f"{len(x)} samples leave nothing to train on", fix="give more samples or a --val file")
-    return (x[order[held:]], y[order[held:]]), (x[order[:held]], y[order[:held]])
+    arrays = (x, y) if lengths is None else (x, y, lengths)
+    return tuple(a[order[held:]] for a in arrays), tuple(a[order[:held]] for a in arrays)
 
 
 def build_network(
@@ -117,6 +132,43 @@ def build_network(
     with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         torch.manual_seed(seed)
         return _layers(sample_shape, classes, hidden, conv)
+
+
+class SequenceClassifier(nn.Module):
+    """A ReLU RNN classifier of sequences (N, steps, features): stacked recurrent layers of ``rnn``
+    units (one ``nn.RNN`` where the widths are equal), dense ReLU layers of ``hidden`` units on the
+    last step's state, and a linear layer to the classes. Recurrent weights start orthogonal, their
+    biases at 0 (as orthogonal RNNs such as the paper's scoRNN keep them; ReLU RNNs train stably so)."""
+
+    def __init__(self, features: int, classes: int, rnn: Sequence[int], hidden: Sequence[int] = ()):
+        super().__init__()
+        if len(set(rnn)) == 1:
+            self.rnn = nn.ModuleList([nn.RNN(features, rnn[0], num_layers=len(rnn), nonlinearity="relu", batch_first=True)])
+        else:
+            widths = [features, *rnn]
+            self.rnn = nn.ModuleList(nn.RNN(a, b, nonlinearity="relu", batch_first=True) for a, b in zip(widths, rnn))
+        for name, parameter in self.rnn.named_parameters():
+            if "weight_hh" in name:
+                nn.init.orthogonal_(parameter)
+            elif "bias_hh" in name:
+                nn.init.zeros_(parameter)
+        dense: list[nn.Module] = []
+        for a, b in zip([rnn[-1], *hidden], hidden):
+            dense += [nn.Linear(a, b), nn.ReLU()]
+        self.head = nn.Sequential(*dense, nn.Linear(([rnn[-1], *hidden])[-1], classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.rnn:
+            x = layer(x)[0]
+        return self.head(x[:, -1])
+
+
+def build_recurrent(features: int, classes: int, *, rnn: Sequence[int], hidden: Sequence[int] = (), seed: int = 0) -> nn.Module:
+    """A :class:`SequenceClassifier`, its initial weights from ``seed`` alone (the caller's random
+    state left as it was)."""
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        torch.manual_seed(seed)
+        return SequenceClassifier(features, classes, rnn, hidden)
 
 
 def _layers(sample_shape: Sequence[int], classes: int, hidden: Sequence[int], conv: Sequence[int]) -> nn.Sequential:
@@ -144,18 +196,21 @@ def _layers(sample_shape: Sequence[int], classes: int, hidden: Sequence[int], co
 
 def fit(
     model: nn.Module,
-    train: tuple[Tensor, Tensor],
-    val: tuple[Tensor, Tensor],
+    train: tuple[Tensor, ...],
+    val: tuple[Tensor, ...],
     settings: Settings,
     on_epoch: Callable[[dict], None] = lambda stats: None,
 ) -> list[dict]:
     """Adam on CE + ROLL, ``settings.epochs`` passes over shuffled mini-batches.
 
-    Trains where the model is. After each epoch, ``on_epoch`` gets: mean loss, held-out accuracy,
-    median ε̂₂ of up to ``MONITOR_INPUTS`` held-out inputs. Returns those per-epoch records.
+    ``train`` and ``val`` are (x, y), or (x, y, lengths) for sequences of different lengths (x
+    padded to the longest: each mini-batch then holds sequences of one length). Trains where the
+    model is. After each epoch, ``on_epoch`` gets: mean loss, held-out accuracy, median ε̂₂ of up
+    to ``MONITOR_INPUTS`` held-out inputs. Returns those per-epoch records.
     """
     settings.check()
-    x, y = train
+    x, y, lengths = _samples(train)
+    val = _samples(val)
     device = devices.of_module(model)
     generator = torch.Generator(device="cpu").manual_seed(settings.seed)  # the same run on any device
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
@@ -163,9 +218,9 @@ def fit(
     for epoch in range(1, settings.epochs + 1):
         model.train()
         total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no host sync per step
-        for batch in torch.randperm(len(x), generator=generator, device="cpu").split(settings.batch_size):
+        for batch in _batches(len(x), lengths, settings.batch_size, generator):
             optimizer.zero_grad()
-            inputs, labels = x[batch].to(device), y[batch].to(device)
+            inputs, labels = _rows(x, lengths, batch).to(device), y[batch].to(device)
             loss = F.cross_entropy(model(inputs), labels) + roll_loss(
                 model, inputs, lam=settings.lam, C=settings.C, gamma=settings.gamma,
                 sample_dims=settings.sample_dims, generator=generator,
@@ -174,48 +229,87 @@ def fit(
             optimizer.step()
             total += loss.detach().double() * len(batch)
         record = {"epoch": epoch, "loss": float(total) / len(x), "accuracy": accuracy(model, *val)}
-        record["median_l2"] = float(np.median(certified_radii(model, val[0][:MONITOR_INPUTS], ("l2",))["l2"]))
+        monitored = [None if a is None else a[:MONITOR_INPUTS] for a in (val[0], val[2])]
+        record["median_l2"] = float(np.median(certified_radii(model, monitored[0], ("l2",), lengths=monitored[1])["l2"]))
         history.append(record)
         on_epoch(record)
     model.eval()
     return history
 
 
+def _samples(samples: tuple) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(x, y, lengths or None) of an (x, y) pair or an (x, y, lengths) triple."""
+    x, y, *rest = samples
+    return x, y, (rest[0] if rest else None)
+
+
+def _batches(count: int, lengths: Tensor | None, size: int, generator: torch.Generator) -> list[Tensor]:
+    """Shuffled mini-batches of row numbers; for sequences of different lengths, each of one length
+    (the rows of each length shuffled and cut, then the batches shuffled)."""
+    order = torch.randperm(count, generator=generator, device="cpu")
+    if lengths is None:
+        return list(order.split(size))
+    batches = [b for steps in lengths.unique().tolist() for b in order[lengths[order] == steps].split(size)]
+    return [batches[k] for k in torch.randperm(len(batches), generator=generator, device="cpu").tolist()]
+
+
+def _rows(x: Tensor, lengths: Tensor | None, batch: Tensor) -> Tensor:
+    """The rows ``batch`` (of one length: cut to it, the padding dropped)."""
+    return x[batch] if lengths is None else x[batch][:, : int(lengths[batch[0]])]
+
+
+def _by_length(count: int, lengths: Tensor | None, size: int = 4096) -> list[Tensor]:
+    """Row numbers in order, in batches of at most ``size`` rows of one length each."""
+    rows = torch.arange(count)
+    if lengths is None:
+        return list(rows.split(size))
+    return [b for steps in lengths.unique().tolist() for b in rows[lengths == steps].split(size)]
+
+
 @torch.no_grad()
-def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, lengths: Tensor | None = None) -> float:
     model.eval()
     device = devices.of_module(model)
     correct = torch.zeros((), dtype=torch.long, device=device)
-    for start in range(0, len(x), 4096):  # bounded memory for any held-out set
-        logits = model(x[start : start + 4096].to(device))
-        correct += (logits.argmax(1) == y[start : start + 4096].to(device)).sum()
+    for batch in _by_length(len(x), lengths):  # bounded memory for any held-out set
+        logits = model(_rows(x, lengths, batch).to(device))
+        correct += (logits.argmax(1) == y[batch].to(device)).sum()
     return int(correct) / len(x)
 
 
-def certified_radii(model: nn.Module, x: Tensor, norms: Sequence[str] = ("l1", "l2", "linf")) -> dict:
-    """The engine's exact radii (float64, on the model's device) of every row of ``x``, per norm,
-    plus the pattern digests."""
-    from .engine import certify
+def certified_radii(model: nn.Module, x: Tensor, norms: Sequence[str] = ("l1", "l2", "linf"),
+                    lengths: Tensor | None = None) -> dict:
+    """The engine's exact radii (float64, on the model's device) of every row of ``x`` (each at
+    its own length, for sequences), per norm, plus the pattern digests."""
+    from .engine import ByLength, certify
     from .load import from_module
 
-    network = from_module(model, tuple(x.shape[1:]), source="the trained model")
-    results = certify(network, x.double(), norms=norms, dtype=torch.float64, device=devices.of_module(model), predictions=False)
+    device = devices.of_module(model)
+    if lengths is None:
+        network = from_module(model, tuple(x.shape[1:]), source="the trained model")
+        results = certify(network, x.double(), norms=norms, dtype=torch.float64, device=device, predictions=False)
+    else:
+        networks = lambda steps: from_module(model, (steps, *x.shape[2:]), source="the trained model")  # noqa: E731
+        engine = ByLength(networks, lengths=lengths.tolist(), norms=norms, dtype=torch.float64, device=device,
+                          predictions=False)
+        results = engine.certify([row[:n] for row, n in zip(x.double(), lengths.tolist())])
     radii: dict = {p: np.array([r.radius[p] for r in results]) for p in norms}
     radii["pattern"] = [r.pattern for r in results]
     return radii
 
 
-def region_statistics(model: nn.Module, x: Tensor, y: Tensor) -> dict:
+def region_statistics(model: nn.Module, x: Tensor, y: Tensor, lengths: Tensor | None = None) -> dict:
     """The paper's table row for held-out (x, y): accuracy, distinct patterns, ε̂ quantiles."""
-    radii = certified_radii(model, x)
-    stats = {"accuracy": accuracy(model, x, y), "inputs": len(x), "patterns": len(set(radii["pattern"]))}
+    radii = certified_radii(model, x, lengths=lengths)
+    stats = {"accuracy": accuracy(model, x, y, lengths), "inputs": len(x), "patterns": len(set(radii["pattern"]))}
     for p in ("l1", "l2", "linf"):
         stats[p] = {f"p{q}": float(np.percentile(radii[p], q)) for q in (25, 50, 75)} | {"max": float(radii[p].max())}
     return stats
 
 
 def save_onnx(model: nn.Module, sample_shape: Sequence[int], path: Path) -> None:
-    """Write ``model`` as ONNX (dynamic batch axis), atomically."""
+    """Write ``model`` as ONNX (dynamic batch axis; a model holding an RNN also a dynamic sequence
+    axis, its RNN an ONNX ``RNN`` node, so that every length certifies), atomically."""
     from .data import written_atomically
 
     folder = path.parent if str(path.parent) else Path(".")
@@ -223,9 +317,10 @@ def save_onnx(model: nn.Module, sample_shape: Sequence[int], path: Path) -> None
         raise LrcertError(f"cannot write --out {str(path)!r}: folder {str(folder)!r} does not exist", fix="create it first")
     model.eval()
     device = devices.of_module(model)
+    axes = {0: "batch", 1: "steps"} if any(isinstance(m, nn.RNNBase) for m in model.modules()) else {0: "batch"}
     with written_atomically(path) as tmp, warnings.catch_warnings(), torch.device(device):  # the exporter's own tensors too
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model, (torch.zeros(1, *sample_shape, device=device),), tmp, dynamo=False, input_names=["input"],
-            output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=13,
+            output_names=["logits"], dynamic_axes={"input": axes, "logits": {0: "batch"}}, opset_version=13,
         )

@@ -20,8 +20,8 @@ from .common import (
     say, stop_if_interrupted,
 )
 from .outputs import (
-    Resumed, adversarial_file, device_file, forget_rank_rows, nowhere, open_output, open_resumable, partial_path, rank_path,
-    resumed_rows,
+    Resumed, adversarial_file, device_file, forget_rank_rows, nowhere, open_output, open_resumable, partial_path, put_point,
+    rank_path, resumed_rows,
 )
 
 
@@ -65,9 +65,8 @@ def certify(
 
     from .. import data as data_io
     from .. import devices, report
-    from ..engine import Engine
     from ..html_report import today
-    from ..load import load
+    from ..load import opener
     from ..ranks import Ranks, deal
 
     norms = limits.norms(p)
@@ -104,9 +103,9 @@ def certify(
     resize_to, crop_to = sources.sizes(resize), sources.sizes(center_crop, "--center-crop")
     normalization = sources.normalization(mean, std, normalize)
     raw = sys.stdin.buffer.read() if data == "-" else None
+    networks = opener(model, trust_pickle=trust_pickle, output_name=output_name)
     network, dataset = runner.prepare(
-        data, lambda hint: load(model, trust_pickle=trust_pickle, sample_shape=hint, output_name=output_name), raw=raw,
-        key=key, columns=columns, resize=resize_to, center_crop=crop_to, normalization=normalization, vary=vary,
+        data, networks, raw=raw, key=key, columns=columns, resize=resize_to, center_crop=crop_to, normalization=normalization, vary=vary,
         shape_hint=shape_hint)
     rows, notes = dataset.rows, dataset.notes
     valid = runner.box_of(box, dataset)
@@ -127,9 +126,9 @@ def certify(
         say(f"note: {note}")
 
     progress = _Progress(network.dimensions, ranks.size, shown=lead)
-    engine = Engine(network, norms=norms, device=target, dtype=torch_dtype, batch_size=batch_size,
-                    predictions=not no_prediction_radius, adversarial_norm=point_norm, progress=progress.pushed,
-                    guarantee=bound, seed=seed)
+    engine = runner.engine_for(network, dataset, networks, norms=norms, device=target, dtype=torch_dtype,
+                               batch_size=batch_size, predictions=not no_prediction_radius, adversarial_norm=point_norm,
+                               progress=progress.pushed, guarantee=bound, seed=seed)
     plan = engine.plan(len(rows))
     model_info = report.model_record(model, network)
     options = {
@@ -179,7 +178,7 @@ def certify(
                     ordered.add(out, fresh)
                     for result in fresh:
                         if adversarial is not None:
-                            adversarial[result.index] = result.adversarial
+                            put_point(adversarial, result)
                         if page is not None:
                             page.add(result)
                     progress.finished(len(fresh))
@@ -277,6 +276,7 @@ class _InOrder:
     def __init__(self, output_format, norms, directional: bool, tally, resumed: "Resumed", dataset):
         self.format, self.norms, self.directional, self.tally = output_format, norms, directional, tally
         self.sourced, self.labelled = dataset.names is not None, dataset.labels is not None
+        self.sequences = dataset.lengths is not None
         self.waiting: dict[int, object] = dict(resumed.scattered)  # index -> InputResult, or a JSON line
         self.next = resumed.prefix
         self.kept = []  # every result, for the formats written at the end
@@ -285,7 +285,7 @@ class _InOrder:
         from .. import report
 
         if self.format == Format.csv:
-            out.write(report.csv_header(self.norms, self.directional, self.sourced, self.labelled))
+            out.write(report.csv_header(self.norms, self.directional, self.sourced, self.labelled, self.sequences))
 
     def add(self, out, results) -> None:
         from .. import report
@@ -302,7 +302,8 @@ class _InOrder:
             if self.format == Format.jsonl:
                 out.writelines(report.jsonl_lines([item], self.norms))
             elif self.format == Format.csv:
-                out.writelines(report.csv_lines([item], self.norms, self.directional, self.sourced, self.labelled))
+                out.writelines(report.csv_lines([item], self.norms, self.directional, self.sourced, self.labelled,
+                                                self.sequences))
             else:
                 self.kept.append(item)
         out.flush()

@@ -25,6 +25,7 @@ def inspect(
     import json
 
     from ..load import load
+    from ..recurrent import describe
 
     try:
         network = load(model, trust_pickle=trust_pickle, sample_shape=parse_shape(input_shape), output_name=output_name)
@@ -55,6 +56,9 @@ def inspect(
             "input_shape": list(network.sample_shape),
             "output_shape": list(network.output_shape),
             "units": network.units,
+            "faces": network.faces,
+            "recurrences": [{**vars(shape), "directions": list(shape.directions), "faces": network.recurrence_faces(shape.name)}
+                            for shape in network.recurrences],
             "layers": layers,
             "notes": list(network.notes),
         }
@@ -76,6 +80,8 @@ def inspect(
     console.print(table)
     console.print(f"input: one row of shape {network.sample_shape} (data files: shape (N, {', '.join(map(str, network.sample_shape))}))")
     console.print(f"output: shape {network.output_shape}")
+    for shape in network.recurrences:
+        console.print(f"recurrence {describe(shape, network.recurrence_faces(shape.name))}")
     for note in network.notes:
         console.print(f"note: {note}")
     return EXIT_OK

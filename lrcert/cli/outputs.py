@@ -161,6 +161,19 @@ def adversarial_file(path: Path, shape: tuple[int, ...]):
             del array
 
 
+def put_point(array, result) -> None:
+    """Row ``result.index`` of the --adversarial-out array: the input's adversarial point (NaN where
+    there is none); a sequence's over its own steps, its padding steps 0 like the data's."""
+    import numpy as np
+
+    point = result.adversarial
+    if result.length is None or point is None:
+        array[result.index] = point
+        return
+    array[result.index, : result.length] = point
+    array[result.index, result.length :] = 0.0 if bool(np.isfinite(point).all()) else np.nan
+
+
 def device_file(path: Path) -> bool:
     """An existing output that is not a regular file (a device such as /dev/null, a pipe): written
     directly, never replaced by a renamed temporary file."""

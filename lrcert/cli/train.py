@@ -26,9 +26,10 @@ def parse_widths(value: str | None, option: str) -> tuple[int, ...]:
 @app.command()
 @reports_errors
 def train(
-    data: Annotated[str, typer.Argument(help=".npz with 'x' (inputs, first axis indexes samples) and 'y' (integer class labels).")],
+    data: Annotated[str, typer.Argument(help=".npz with 'x' (inputs, first axis indexes samples) and 'y' (integer class labels); sequences of different lengths: x (N, steps, features) zero-padded, and 'lengths' (N,).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to save the trained model (ONNX, readable by lrcert certify).")],
-    hidden: Annotated[str, typer.Option("--hidden", metavar="WIDTHS", help="Widths of the dense ReLU layers, comma-separated.")] = "300,300,300,300",
+    hidden: Annotated[Optional[str], typer.Option("--hidden", metavar="WIDTHS", help="Widths of the dense ReLU layers, comma-separated. Default: 300,300,300,300; with --rnn, none (a linear layer on the last step).")] = None,
+    rnn: Annotated[Optional[str], typer.Option("--rnn", metavar="WIDTHS", help="Train a ReLU RNN over sequences instead: the units of each recurrent layer, e.g. 64 or 64,64 (x: (N, steps, features)). The saved ONNX model reads every length.")] = None,
     conv: Annotated[Optional[str], typer.Option("--conv", metavar="CHANNELS", help="Channels of 3×3 stride-2 ReLU convolutions before the dense layers, e.g. 16,32 (inputs must be (N, C, H, W)).")] = None,
     lam: Annotated[float, typer.Option("--lam", help="ROLL weight λ: larger gives larger regions and, past a point, lower accuracy; 0 trains a vanilla network.")] = 0.5,
     C: Annotated[float, typer.Option("--C", help="ROLL hinge weight C on max(0, 1 − |z|).")] = 1.0,
@@ -55,22 +56,30 @@ def train(
         lam=lam, C=C, gamma=gamma, sample_dims=sample_dims, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed
     )
     settings.check()
-    widths, channels = parse_widths(hidden, "--hidden"), parse_widths(conv, "--conv")
+    recurrent = parse_widths(rnn, "--rnn")
+    widths = parse_widths(hidden if hidden is not None else None if recurrent else "300,300,300,300", "--hidden")
+    channels = parse_widths(conv, "--conv")
     out = out if out.suffix else out.with_suffix(".onnx")
     check_output_path(out)
-    x, y = training.read_labelled(data)
+    x, y, lengths = training.read_labelled(data)
+    _check_shape(x, lengths, recurrent, channels, data)
     if val is not None:
-        train_set, val_set = (x, y), training.read_labelled(val, what="--val data")
-        if val_set[0].shape[1:] != x.shape[1:]:
-            raise LrcertError(
-                f"--val samples have shape {tuple(val_set[0].shape[1:])}, {data}'s have {tuple(x.shape[1:])}",
-                fix="give held-out data shaped like the training data",
-            )
+        vx, vy, vl = training.read_labelled(val, what="--val data")
+        _check_shape(vx, vl, recurrent, channels, val)
+        frame = 2 if recurrent else 1  # (sequences may differ in steps, not in their frames)
+        if vx.shape[frame:] != x.shape[frame:]:
+            raise LrcertError(f"--val samples have shape {tuple(vx.shape[1:])}, {data}'s have {tuple(x.shape[1:])}",
+                              fix="give held-out data shaped like the training data")
+        train_set = (x, y) if lengths is None else (x, y, lengths)
+        val_set = (vx, vy) if vl is None else (vx, vy, vl)
     else:
-        train_set, val_set = training.split(x, y, val_fraction, seed)
+        train_set, val_set = training.split(x, y, val_fraction, seed, lengths)
     classes = int(max(y.max(), val_set[1].max())) + 1
     target = devices.resolve(device.value)
-    model = training.build_network(tuple(x.shape[1:]), classes, hidden=widths, conv=channels, seed=seed).to(target)
+    if recurrent:
+        model = training.build_recurrent(x.shape[2], classes, rnn=recurrent, hidden=widths, seed=seed).to(target)
+    else:
+        model = training.build_network(tuple(x.shape[1:]), classes, hidden=widths, conv=channels, seed=seed).to(target)
     say(
         f"training on {len(train_set[0])} samples, {len(val_set[0])} held out; {classes} classes; λ={lam:g} C={C:g} "
         f"γ={gamma:g}; on {devices.describe(target)}"
@@ -82,13 +91,25 @@ def train(
     say(f"saved {out}")
     if output_format == TableOrJson.json:
         doc = {"model": str(out), "settings": dataclasses.asdict(settings), "hidden": widths, "conv": channels,
-               "history": history, "held_out": stats}
+               "rnn": recurrent, "history": history, "held_out": stats}
         typer.echo(json.dumps(doc, indent=2))
     else:
         from ..report import print_region_table
 
         print_region_table(sys.stdout, f"{out.name} on {len(val_set[0])} held-out samples", [(out.name, stats)])
     return EXIT_OK
+
+
+def _check_shape(x, lengths, recurrent: tuple[int, ...], channels: tuple[int, ...], data: str) -> None:
+    """--rnn needs sequences (N, steps, features) and no --conv; sequences of different lengths need --rnn."""
+    if recurrent and channels:
+        raise LrcertError("--rnn and --conv build different networks", fix="give one of them")
+    if recurrent and x.dim() != 3:
+        raise LrcertError(f"--rnn needs sequences: x of shape (N, steps, features), and {data}'s x has shape {tuple(x.shape)}",
+                          fix="save x as (N, steps, features), zero-padded, with 'lengths' where they differ")
+    if lengths is not None and not recurrent:
+        raise LrcertError(f"{data} holds sequences of different lengths ('lengths')",
+                          fix="train a recurrent network on them with --rnn WIDTHS, e.g. --rnn 64")
 
 
 @contextmanager

@@ -18,6 +18,9 @@ For a batch of inputs the engine
    tensors on the device, moved to the host together, once per batch (:mod:`.results`): on a
    GPU there is no synchronisation per input.
 
+Rows of different lengths (sequences, for a recurrent network) are certified each with the
+network unrolled to its own length, one engine per length (:mod:`.lengths`).
+
 Rules (DESIGN.md): g = 0 is not a face (it never changes in the region); z = 0 with g ≠ 0 gives
 ε̂ = 0 (the input sits on a boundary); no face at all gives ε̂ = +∞. Float32 is true float32
 (:func:`lrcert.devices.exact_float32`: no TF32 while the engine computes).
@@ -34,6 +37,7 @@ tensor(...)
 """
 
 from .core import NORMS, Engine, certify
+from .lengths import ByLength
 from .results import Constraint, InputResult, pattern_bytes
 
-__all__ = ["NORMS", "Engine", "certify", "Constraint", "InputResult", "pattern_bytes"]
+__all__ = ["NORMS", "Engine", "ByLength", "certify", "Constraint", "InputResult", "pattern_bytes"]

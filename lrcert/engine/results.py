@@ -30,6 +30,8 @@ class Constraint:
     competitor: tuple[int, ...] | None = None  # max-pool: the window element that would take over
     winner: tuple[int, ...] | None = None  # max-pool: the window's current arg-max
     bound: str | None = None  # clip: the bound ("low" or "high") whose kink binds
+    step: int | None = None  # a recurrence's face: its time step (the layer's name says it too)
+    direction: str | None = None  # and the direction it runs in ("forward" or "reverse")
 
     def as_dict(self) -> dict:
         out = {"layer": self.layer, "kind": self.kind, "unit": self.unit, "position": list(self.position), "z": self.value}
@@ -38,6 +40,8 @@ class Constraint:
             out["competitor"] = list(self.competitor or ())
         if self.bound is not None:
             out["bound"] = self.bound
+        if self.step is not None:
+            out["step"], out["direction"] = self.step, self.direction
         return out
 
     def describe(self) -> str:
@@ -45,7 +49,10 @@ class Constraint:
         if self.kind == "maxpool":
             tie = " (tie)" if self.value == 0 else ""
             return f"{self.layer} window [{where}] vs input [{','.join(map(str, self.competitor or ()))}]{tie}"
-        return f"{self.layer} [{where}]" + (f" at its {self.bound} bound" if self.bound else "")
+        bound = f" at its {self.bound} bound" if self.bound else ""
+        if self.step is not None:  # e.g. "rnn.l1.reverse t=7 unit 13"
+            return f"{self.layer} unit {self.position[-1] if self.position else self.unit}{bound}"
+        return f"{self.layer} [{where}]{bound}"
 
 
 @dataclass
@@ -88,6 +95,7 @@ class InputResult:
     delta: float = 0.0
     source: str | None = None  # where the row came from (an image file, relative to its folder), when known
     label: int | None = None  # the row's class in the data (an ImageFolder, a 'label' column), when known
+    length: int | None = None  # the row's steps, for sequences of different lengths (:mod:`.lengths`)
 
     @property
     def guarantee(self) -> str | float:
@@ -225,12 +233,14 @@ class Outcome:
         """Name face ``unit`` of layer ``i``, whose value is ``value`` (``winner``: for a max-pool
         face, the arg-max element of its window)."""
         layer = self.network.layers[i]
+        step = self.network.steps.get(layer.name)
+        when = {} if step is None else {"step": step.t, "direction": step.direction}
         if isinstance(layer, ir.Clip):  # one block of units per bound
             bound, unit = divmod(unit, layer.size)
             return Constraint(layer.name, layer.kind, unit, self._position(layer.shape, unit), value,
-                              bound=layer.kink_names()[bound])
+                              bound=layer.kink_names()[bound], **when)
         if not isinstance(layer, ir.MaxPool2d):
-            return Constraint(layer.name, layer.kind, unit, self._position(layer.shape, unit), value)
+            return Constraint(layer.name, layer.kind, unit, self._position(layer.shape, unit), value, **when)
         in_shape = layer.in_shapes[0]
         kk, windows = layer.window_size, layer.shape[-1] * layer.shape[-2]
         plane, rest = divmod(unit, kk * windows)  # plane = (outer, channel) flattened

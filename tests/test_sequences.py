@@ -1,0 +1,194 @@
+"""Sequences of different lengths through the command line and the library: an .npz of padded rows
+and their lengths, each row certified with the model unrolled to its own length (the padding never
+read), against the independent reference of tests/recurrent_reference.py; and ReLU RNNs trained
+with ROLL (roll_loss, lrcert train --rnn)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import lrcert
+from lrcert.cli import app
+from lrcert.errors import LrcertError
+from lrcert.roll import face_gradients, roll_loss
+from recurrent_reference import reference_radii
+from test_recurrent import FEATURES, Classifier, export
+
+runner = CliRunner()
+LENGTHS = np.array([4, 7, 2, 7, 5, 3])
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def sequences(tmp_path_factory):
+    """(folder, the model, model.onnx read at every length, sequences.npz: padded rows, lengths, labels)."""
+    folder = tmp_path_factory.mktemp("sequences")
+    model = Classifier(layers=2, bidirectional=True, seed=21).eval()
+    export(model, folder / "model.onnx", steps=5, dynamo=False)
+    rng = np.random.default_rng(5)
+    x = np.full((len(LENGTHS), LENGTHS.max(), FEATURES), 1e6, dtype=np.float32)  # padding: never read
+    for i, n in enumerate(LENGTHS):
+        x[i, :n] = rng.standard_normal((n, FEATURES))
+    np.savez(folder / "sequences.npz", x=x, lengths=LENGTHS, y=rng.integers(0, 4, len(x)))
+    return folder, model, x
+
+
+def rows(x):
+    return [torch.from_numpy(x[i, :n]) for i, n in enumerate(LENGTHS)]
+
+
+def test_an_npz_of_padded_sequences_certifies_each_row_at_its_own_length(sequences):
+    folder, model, x = sequences
+    result = invoke("certify", folder / "model.onnx", folder / "sequences.npz", "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    assert "sequences of 2 to 7 steps" in result.stderr
+    records = json.loads(result.stdout)["results"]
+    for record, row in zip(records, rows(x)):
+        expected = reference_radii(model.reference(), row)
+        assert record["length"] == len(row)
+        for p in ("l1", "l2", "linf"):
+            assert record["radius"][p] == pytest.approx(expected["radius"][p], rel=1e-9)
+            assert record["prediction_radius"][p] == pytest.approx(expected["prediction_radius"][p], rel=1e-9)
+        face = record["binding"]["l2"]
+        assert f"t={face['step']}" in face["layer"] and face["step"] < len(row) and face["direction"] in ("forward", "reverse")
+        assert "label" in record and "correct" in record
+
+
+def test_the_table_csv_and_report_show_each_rows_steps(sequences, tmp_path):
+    folder, _, _ = sequences
+    table = invoke("certify", folder / "model.onnx", folder / "sequences.npz")
+    assert table.exit_code == 0 and "steps" in table.stdout and " unit " in table.stdout
+    csv = invoke("certify", folder / "model.onnx", folder / "sequences.npz", "-f", "csv")
+    header, *lines = csv.stdout.strip().splitlines()
+    assert header.startswith("index,length,label,") and [int(line.split(",")[1]) for line in lines] == LENGTHS.tolist()
+    page = tmp_path / "report.html"
+    assert invoke("certify", folder / "model.onnx", folder / "sequences.npz", "--report", page).exit_code == 0
+    assert "rnn/RNN_1.reverse t=" in page.read_text() or "rnn/RNN.forward t=" in page.read_text()
+
+
+def test_adversarial_points_and_directions_move_only_a_rows_own_steps(sequences, tmp_path):
+    folder, model, x = sequences
+    d = np.zeros_like(x)
+    d[..., 0] = 1.0
+    np.save(tmp_path / "d.npy", d)
+    points = tmp_path / "adversarial.npy"
+    result = invoke("certify", folder / "model.onnx", folder / "sequences.npz", "-f", "json", "--direction", tmp_path / "d.npy",
+                    "--adversarial-out", points)
+    assert result.exit_code == 0, result.stderr
+    found = np.load(points)
+    assert found.shape == x.shape
+    for record, row, point in zip(json.loads(result.stdout)["results"], rows(x), found):
+        n = len(row)
+        expected = reference_radii(model.reference(), row, direction=torch.from_numpy(d[0, :n]))
+        assert record["direction"]["radius"] == pytest.approx(expected["direction"], rel=1e-9)
+        if record["exact_adversarial"]["l2"]:
+            assert (point[n:] == 0).all() and np.isfinite(point[:n]).all()
+            assert np.linalg.norm(point[:n] - row.numpy()) == pytest.approx(record["prediction_radius"]["l2"], rel=1e-6)
+            logits = model.reference().run(torch.from_numpy(point[:n]).double(), [])
+            top = torch.topk(logits, 2).values
+            assert float(top[0] - top[1]) < 1e-6  # on the boundary between two classes
+        else:
+            assert np.isnan(point).all()
+
+
+def test_a_model_exported_for_one_length_refuses_other_lengths_in_one_line(sequences, tmp_path):
+    folder, model, _ = sequences
+    export(model, tmp_path / "fixed.onnx", steps=5, dynamo=True)
+    result = invoke("certify", tmp_path / "fixed.onnx", folder / "sequences.npz")
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("note:")]
+    assert len(lines) == 1 and "exactly 5 steps" in lines[0] and "dynamic sequence axis" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("arrays, message", [
+    (lambda x: {"x": x, "lengths": np.full(len(x), 9)}, "length 9, outside 1 … 7"),
+    (lambda x: {"x": x, "lengths": np.zeros(len(x), dtype=np.int64)}, "length 0"),
+    (lambda x: {"x": x, "lengths": LENGTHS.astype(np.float32)}, "'lengths'"),
+    (lambda x: {"x": np.where(np.arange(7)[None, :, None] == 0, np.nan, x), "lengths": LENGTHS}, "NaN or Inf in row 0"),
+    (lambda x: {"x": x.astype(np.int64), "lengths": LENGTHS}, "integers"),
+])
+def test_bad_sequence_files_are_refused_in_one_line(sequences, tmp_path, arrays, message):
+    folder, _, x = sequences
+    np.savez(tmp_path / "bad.npz", **arrays(np.where(np.isfinite(x) & (np.abs(x) < 1e5), x, 0).astype(np.float32)))
+    result = invoke("certify", folder / "model.onnx", tmp_path / "bad.npz")
+    assert result.exit_code == 2, result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0] and "Fix:" in lines[0], result.stderr
+
+
+def test_normalising_or_varying_sequences_is_refused(sequences):
+    folder, _, _ = sequences
+    result = invoke("certify", folder / "model.onnx", folder / "sequences.npz", "--mean", "0", "--std", "1")
+    assert result.exit_code == 2 and "holds sequences" in result.stderr
+
+
+def test_lrcert_check_reads_sequences(sequences, tmp_path):
+    folder, _, _ = sequences
+    config = tmp_path / "lrcert.toml"
+    config.write_text(f'[checks.rnn]\nmodel = "{folder / "model.onnx"}"\ndata = "{folder / "sequences.npz"}"\nmin-radius = 1e-12\n')
+    result = invoke("check", "--config", config, "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)[0]["inputs"] == len(LENGTHS)
+
+
+def test_the_library_takes_a_list_of_sequences(sequences):
+    _, model, x = sequences
+    found = lrcert.certify(model, rows(x), norms=("l2",))
+    assert [r.length for r in found] == LENGTHS.tolist() and [r.index for r in found] == list(range(len(LENGTHS)))
+    for result, row in zip(found, rows(x)):
+        assert result.radius["l2"] == pytest.approx(reference_radii(model.reference(), row)["radius"]["l2"], rel=1e-9)
+    one_length = lrcert.from_module(model, (7, FEATURES))
+    with pytest.raises(LrcertError, match="exactly 7 steps"):
+        lrcert.certify(one_length, rows(x))
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+def test_roll_loss_on_an_rnn_has_every_steps_exact_face_gradients():
+    model = Classifier(layers=2, bidirectional=True, seed=22).double()
+    x = torch.randn(3, 5, FEATURES, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    z, squared, real = face_gradients(model, x)
+    assert z.shape == (3, 2 * 2 * 5 * 6) and bool(real.all())
+    for k, row in enumerate(x):
+        faces = []
+        reference = model.reference()
+        flat = row.reshape(-1)
+        jacobian = torch.autograd.functional.jacobian(
+            lambda v: (faces.clear(), reference.run(v.reshape(5, FEATURES), faces), torch.cat(faces))[-1], flat)
+        reference.run(row, faces := [])
+        torch.testing.assert_close(z[k], torch.cat(faces), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(squared[k], jacobian.square().sum(1), rtol=1e-10, atol=1e-12)
+    every = face_gradients(model, x, sample_dims=5 * FEATURES, generator=torch.Generator().manual_seed(0))[1]
+    torch.testing.assert_close(every, squared, rtol=1e-10, atol=1e-12)  # all coordinates sampled: the exact norms
+    loss = roll_loss(model, x, lam=1.0, C=1.0, sample_dims=8, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.rnn.parameters())
+
+
+def test_train_rnn_saves_a_model_that_certifies_every_length_to_the_reported_numbers(tmp_path):
+    rng = np.random.default_rng(3)
+    n, steps = 60, 8
+    lengths, y = rng.integers(3, steps + 1, n), rng.integers(0, 3, n)
+    x = np.zeros((n, steps, 3), dtype=np.float32)
+    for i in range(n):
+        x[i, : lengths[i]] = rng.standard_normal((lengths[i], 3)) + y[i]
+    np.savez(tmp_path / "train.npz", x=x[:45], y=y[:45], lengths=lengths[:45])
+    np.savez(tmp_path / "val.npz", x=x[45:], y=y[45:], lengths=lengths[45:])
+    out = tmp_path / "rnn.onnx"
+    trained = invoke("train", tmp_path / "train.npz", "--val", tmp_path / "val.npz", "--rnn", "8,8", "--lam", "1",
+                     "--epochs", "2", "-o", out, "-f", "json")
+    assert trained.exit_code == 0, trained.stderr
+    held_out = json.loads(trained.stdout)["held_out"]
+    certified = invoke("certify", out, tmp_path / "val.npz", "-f", "json", "--dtype", "float64")
+    assert certified.exit_code == 0, certified.stderr
+    radii = [r["radius"]["l2"] for r in json.loads(certified.stdout)["results"]]
+    assert np.median(radii) == pytest.approx(held_out["l2"]["p50"], rel=1e-9)
+    assert sorted({r["length"] for r in json.loads(certified.stdout)["results"]}) == sorted(set(lengths[45:].tolist()))
