@@ -57,7 +57,7 @@ class Workload:
     module: nn.Module  # for the baselines (ReLU modules are where faces are captured)
     network: lrcert.Network  # for lrcert
     inputs: torch.Tensor
-    kind: str  # "mlp" or "conv"
+    kind: str  # "mlp", "conv" or "rnn"
     not_run: dict[str, str] = field(default_factory=dict)  # baseline -> why it is not run (measured)
 
 
@@ -122,6 +122,48 @@ def resnet18_32(n: int) -> Workload:
     return Workload("resnet18_3x32x32", module, network, x, "conv", too_big)
 
 
+class RNNClassifier(nn.Module):
+    """A ReLU RNN over sequences (B, T, F) with a linear head on the last step: what a user holds."""
+
+    def __init__(self, features: int, hidden: int, layers: int, classes: int):
+        super().__init__()
+        self.rnn = nn.RNN(features, hidden, num_layers=layers, nonlinearity="relu", batch_first=True)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+class UnrolledRNN(nn.Module):
+    """The same network written out step by step, with an ``nn.ReLU`` call per step, so that the
+    baselines' face hooks see every step's pre-activations (torch's RNN kernel hides them)."""
+
+    def __init__(self, model: RNNClassifier):
+        super().__init__()
+        self.model, self.relu = model, nn.ReLU()
+
+    def forward(self, x):
+        rnn, seq = self.model.rnn, x
+        for k in range(rnn.num_layers):
+            w_ih, w_hh, b_ih, b_hh = (getattr(rnn, f"{name}_l{k}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            h, steps = torch.zeros(len(x), rnn.hidden_size, dtype=x.dtype, device=x.device), []
+            for t in range(seq.shape[1]):
+                h = self.relu(seq[:, t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh)
+                steps.append(h)
+            seq = torch.stack(steps, dim=1)
+        return self.model.head(seq[:, -1])
+
+
+def rnn_vowels(n: int) -> Workload:
+    """A ReLU RNN of the Japanese Vowels shape: 2 layers of 64 units over T = 26 frames of F = 12
+    (random weights), a linear head to 9 speakers; lrcert reads the nn.RNN, the baselines the same
+    network unrolled by hand."""
+    torch.manual_seed(0)
+    model = RNNClassifier(12, 64, 2, 9).eval()
+    x = torch.randn(n, 26, 12, generator=torch.Generator().manual_seed(1))
+    return Workload("rnn_2x64_T26", UnrolledRNN(model).eval(), lrcert.from_module(model, (26, 12)), x, "rnn")
+
+
 def shared(name: str, kind: str, n: int) -> Callable[[], Workload]:
     def make() -> Workload:
         import onnx
@@ -145,6 +187,7 @@ def workloads(n_mlp: int, n_other: int, n_big: int) -> dict[str, Callable[[], Wo
         "cifar10_resnet_2b": shared("cifar10_resnet_2b", "conv", n_other),
         "conv_3x64x64": lambda: wide_conv(n_big),
         "resnet18_3x32x32": lambda: resnet18_32(n_big),
+        "rnn_2x64_T26": lambda: rnn_vowels(n_other),
     }
 
 
@@ -413,7 +456,10 @@ def _baseline_inputs(name: str, w: Workload, n: int) -> int:
     if name == "autograd":
         return max(1, min(n, 64, 50_000 // w.network.faces))
     per_input = w.network.faces * w.network.input_size * 4
-    return max(1, min(n, (1 << 30) // per_input))
+    n = max(1, min(n, (1 << 30) // per_input))
+    while n > 1 and estimated_bytes(name, w, n, 4) > MEMORY_CAP:  # (jacrev's chunks of many activations: fewer inputs)
+        n //= 2
+    return n
 
 
 def estimated_bytes(name: str, w: Workload, n: int, itemsize: int) -> int:

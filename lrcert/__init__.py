@@ -68,13 +68,14 @@ def certify(model, x, *, norms: Sequence[str] = ("l1", "l2", "linf"), directions
     sequences of different lengths, arrays (T_i, *features), for a recurrent model (an
     ``nn.Module`` or a file): each is certified with the model unrolled to its own length.
     """
+    import numpy as np
     import torch
 
     from . import devices, engine
     from .ir import Network
     from .load import from_module, load
 
-    if isinstance(x, (list, tuple)) and len({tuple(devices.as_tensor(r).shape) for r in x}) > 1:
+    if isinstance(x, (list, tuple)) and len({np.shape(r) for r in x}) > 1:
         return _certify_sequences(model, x, norms=norms, directions=directions, device=device, dtype=dtype,
                                   batch_size=batch_size, screen=screen)
     x = devices.as_tensor(x)
@@ -106,7 +107,7 @@ def _certify_sequences(model, rows, *, directions, device, dtype, **options):
     else:
         opened = open_model(model)
         networks = lambda steps: opened.network((steps, *features))  # noqa: E731
-    engine = ByLength(networks, lengths=[len(devices.as_tensor(r)) for r in rows], device=devices.resolve(device, like=first),
+    engine = ByLength(networks, lengths=[len(r) for r in rows], device=devices.resolve(device, like=first),
                       dtype=dtype or "auto", **options)
     return engine.certify(rows, directions=directions)
 

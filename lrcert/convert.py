@@ -277,7 +277,7 @@ def _matmul(call: _Call, a: Tensor, b: Tensor, scale: float = 1.0, bias: Tensor 
                 bias, folded = None, bias.reshape(-1)  # a per-output bias belongs to the dense layer
             else:
                 folded = None
-            index = _dense(call, a, scale * w.T, folded, out.shape)
+            index = _dense(call, a, w.T if scale == 1 else scale * w.T, folded, out.shape)  # (W itself: shared by steps)
     else:
         c = _const(call, a, "the left factor")
         c = c[0] if c.dim() == 3 and c.shape[0] == 1 else c

@@ -60,28 +60,45 @@ class Layer:
         """The leading axes lrcert added in front of input ``i``'s traced shape."""
         return tuple(x.shape[: x.dim() - len(self.in_shapes[i])])
 
-    def to(self, device: torch.device | str, dtype: torch.dtype) -> "Layer":
-        """A copy with floating-point tensors in ``dtype`` and all tensors on ``device``."""
+    def to(self, device: torch.device | str, dtype: torch.dtype, memo: dict | None = None) -> "Layer":
+        """A copy with floating-point tensors in ``dtype`` and all tensors on ``device`` (``memo``:
+        tensors shared by several layers, an RNN's weights at every step, are converted once)."""
+        return self._mapped(lambda t: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype), memo, False)
+
+    def _mapped(self, fn: Callable[[Tensor], Tensor], memo: dict | None, floating_only: bool) -> "Layer":
+        """The layer with ``fn`` applied to its tensors (to its floating-point ones only, with
+        ``floating_only``), each tensor object once per ``memo`` (shared weights stay shared)."""
+        memo = {} if memo is None else memo
         changes = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, Tensor):
-                changes[f.name] = value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
+            if isinstance(value, Tensor) and (value.is_floating_point() or not floating_only):
+                key = _same_values(value)
+                if key not in memo:
+                    memo[key] = (value, fn(value))  # (the source kept: its memory stays its own)
+                changes[f.name] = memo[key][1]
         return replace(self, **changes)
 
     def describe(self) -> str:
         """Short human description of the layer's parameters (for ``lrcert inspect``)."""
         return ""
 
-    def absolute(self) -> "Layer":
+    def absolute(self, memo: dict | None = None) -> "Layer":
         """The layer with every parameter replaced by its absolute value.
 
         Applied to |x|, it bounds the magnitude of the terms summed into each output: the scale
         against which float rounding of that output is measured.
         """
-        changes = {f.name: getattr(self, f.name).abs() for f in fields(self) if isinstance(getattr(self, f.name), Tensor)
-                   and getattr(self, f.name).is_floating_point()}
-        return replace(self, **changes)
+        return self._mapped(torch.abs, memo, True)
+
+
+def _same_values(t: Tensor) -> tuple:
+    """A key equal for tensors that are views of the same memory with the same layout (an RNN's
+    weight as each step's layer holds it); tensors without memory (meta) are keyed by identity."""
+    pointer = t.untyped_storage().data_ptr() if t.device.type != "meta" else 0
+    if pointer == 0:
+        return ("object", id(t))
+    return (pointer, t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device)
 
 
 def _on_core(x: Tensor, core_rank: int, fn: Callable[[Tensor], Tensor]) -> Tensor:
@@ -246,7 +263,7 @@ class Pad(Affine):
     value: float = 0.0
     kind: ClassVar[str] = "pad"
 
-    def absolute(self):
+    def absolute(self, memo=None):
         return replace(self, value=abs(self.value))
 
     def apply(self, xs, offset=True):
@@ -292,7 +309,7 @@ class Sum(Affine):
     def terms(self):
         return len(self.inputs) + any(c != 1 for c in self.coefficients)
 
-    def absolute(self):
+    def absolute(self, memo=None):
         return replace(self, coefficients=tuple(abs(c) for c in self.coefficients))
 
     def apply(self, xs, offset=True):
@@ -814,10 +831,12 @@ class Network:
 
     def absolute(self) -> "Network":
         """Every layer with absolute parameters (see :meth:`Layer.absolute`)."""
-        return replace(self, layers=tuple(layer.absolute() for layer in self.layers))
+        memo: dict = {}
+        return replace(self, layers=tuple(layer.absolute(memo) for layer in self.layers))
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> "Network":
-        return replace(self, layers=tuple(layer.to(device, dtype) for layer in self.layers))
+        memo: dict = {}
+        return replace(self, layers=tuple(layer.to(device, dtype, memo) for layer in self.layers))
 
     def run(
         self,

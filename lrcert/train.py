@@ -49,6 +49,8 @@ class Settings:
     batch_size: int = 64
     lr: float = 1e-3
     seed: int = 0
+    clip: float | None = None  # the largest gradient norm a step takes (recurrent networks' usual guard), or none
+    cosine: bool = False  # the learning rate decays from lr to 0 over the epochs along a half cosine
 
     def check(self) -> None:
         if self.lam < 0 or self.C < 0 or not math.isfinite(self.lam + self.C):
@@ -58,6 +60,8 @@ class Settings:
                 raise LrcertError(f"--{name.replace('_', '-')} {getattr(self, name)} is not positive", fix="use 1 or more")
         if not self.lr > 0:
             raise LrcertError(f"--lr {self.lr} is not positive", fix="e.g. --lr 0.001")
+        if self.clip is not None and not self.clip > 0:
+            raise LrcertError(f"--clip-norm {self.clip} is not positive", fix="e.g. --clip-norm 1, or leave it out")
 
 
 def read_labelled(path: str, *, what: str = "training data") -> tuple[Tensor, Tensor, Tensor | None]:
@@ -214,6 +218,7 @@ def fit(
     device = devices.of_module(model)
     generator = torch.Generator(device="cpu").manual_seed(settings.seed)  # the same run on any device
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.epochs) if settings.cosine else None
     history = []
     for epoch in range(1, settings.epochs + 1):
         model.train()
@@ -226,6 +231,8 @@ def fit(
                 sample_dims=settings.sample_dims, generator=generator,
             )
             loss.backward()
+            if settings.clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip)
             optimizer.step()
             total += loss.detach().double() * len(batch)
         record = {"epoch": epoch, "loss": float(total) / len(x), "accuracy": accuracy(model, *val)}
@@ -233,6 +240,8 @@ def fit(
         record["median_l2"] = float(np.median(certified_radii(model, monitored[0], ("l2",), lengths=monitored[1])["l2"]))
         history.append(record)
         on_epoch(record)
+        if decay is not None:
+            decay.step()
     model.eval()
     return history
 

@@ -192,3 +192,85 @@ def test_train_rnn_saves_a_model_that_certifies_every_length_to_the_reported_num
     radii = [r["radius"]["l2"] for r in json.loads(certified.stdout)["results"]]
     assert np.median(radii) == pytest.approx(held_out["l2"]["p50"], rel=1e-9)
     assert sorted({r["length"] for r in json.loads(certified.stdout)["results"]}) == sorted(set(lengths[45:].tolist()))
+
+
+def test_an_rnns_steps_share_one_copy_of_each_weight_in_every_engine_network():
+    """The layer list holds W_hh once for all T steps, in the value, tangent and magnitude networks
+    alike (T copies would make a long sequence's memory T times its weights')."""
+    from lrcert.engine import Engine
+
+    model = Classifier(layers=1, seed=23).eval()
+    network = lrcert.from_module(model, (30, FEATURES))
+    engine = Engine(network)
+    for net in (network, engine.network, engine.tangent_network, engine.magnitudes):
+        dense = [layer.weight for layer in net.layers if layer.kind == "dense"]
+        assert len(dense) == 31 and len({w.untyped_storage().data_ptr() for w in dense}) == 3  # W_ih, W_hh, the head
+
+
+def test_sequences_are_ready_for_a_gpu_no_default_device_and_no_wait_per_input():
+    """Under torch.device("meta") every tensor must be made where the data are, and the host waits
+    for the device as often for 256 sequences as for 16 (a fixed number per length)."""
+    import collections
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from lrcert.engine import ByLength
+
+    class Waits(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if str(func.overloadpacket) in ("aten._local_scalar_dense", "aten.nonzero", "aten.item", "aten.is_nonzero"):
+                self.count[str(func.overloadpacket)] += 1
+            return func(*args, **(kwargs or {}))
+
+    model = Classifier(layers=2, bidirectional=True, seed=24).eval()
+    rows = [torch.rand(n, FEATURES) for n in (3, 5, 4)]
+    with torch.device("meta"):
+        lrcert.certify(model, rows)
+        roll_loss(model, torch.rand(2, 4, FEATURES, device="cpu"), lam=1.0, C=1.0)
+    waits = {}
+    for n in (16, 256):
+        rows = [torch.rand(3 + k % 3, FEATURES, generator=torch.Generator().manual_seed(k)) for k in range(n)]
+        engine = ByLength(lambda steps: lrcert.from_module(model, (steps, FEATURES)), lengths=[len(r) for r in rows],
+                          batch_size=n)
+        with Waits() as counted:
+            engine.certify(rows)
+        waits[n] = sum(counted.count.values())
+    assert waits[256] == waits[16]
+
+
+def test_train_options_for_recurrent_networks_clip_and_decay(tmp_path):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((40, 5, 3)).astype(np.float32)
+    np.savez(tmp_path / "train.npz", x=x, y=rng.integers(0, 2, 40), lengths=rng.integers(2, 6, 40))
+    result = invoke("train", tmp_path / "train.npz", "--rnn", "4", "--epochs", "2", "--clip-norm", "0.5", "--cosine",
+                    "-o", tmp_path / "m.onnx", "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    settings = json.loads(result.stdout)["settings"]
+    assert settings["clip"] == 0.5 and settings["cosine"] is True
+    bad = invoke("train", tmp_path / "train.npz", "--rnn", "4", "--clip-norm", "0", "-o", tmp_path / "m.onnx")
+    assert bad.exit_code == 2 and "--clip-norm 0.0 is not positive" in bad.stderr
+
+
+def test_the_shipped_japanese_vowels_models_certify_to_the_reported_table():
+    """models/japanese_vowels (experiments/japanese_vowels.py): every model's ONNX file, certified
+    by the command line on the 370 test utterances at their own lengths, gives the table's figures."""
+    from conftest import PROJECT_MODELS
+
+    folder = PROJECT_MODELS / "japanese_vowels"
+    table = json.loads((folder / "table.json").read_text())
+    for name, stats in table["test"].items():
+        result = invoke("certify", folder / table["files"][name], folder / "test.npz", "-f", "json", "--no-prediction-radius")
+        assert result.exit_code == 0, result.stderr
+        records = json.loads(result.stdout)["results"]
+        assert len(records) == stats["inputs"] == 370
+        for p in ("l1", "l2"):
+            radii = np.array([r["radius"][p] for r in records])
+            for q in (25, 50, 75):
+                assert np.percentile(radii, q) == pytest.approx(stats[p][f"p{q}"], rel=1e-9)
+        assert np.mean([r["correct"] for r in records]) == pytest.approx(stats["accuracy"])
+    gains = table["versus_vanilla"]
+    assert any(g["median_l2_gain"] >= 5 and g["accuracy_change_points"] >= -1 for g in gains.values())

@@ -38,6 +38,8 @@ def train(
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training data.")] = 20,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per optimisation step.")] = 64,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
+    clip_norm: Annotated[Optional[float], typer.Option("--clip-norm", metavar="N", help="Clip each step's gradient norm to N (recurrent networks' usual guard against exploding gradients). Default: no clipping.")] = None,
+    cosine: Annotated[bool, typer.Option("--cosine", help="Decay the learning rate from --lr to 0 along a half cosine over the epochs.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the split, the initial weights, the shuffling and the sampled coordinates.")] = 0,
     val: Annotated[Optional[str], typer.Option("--val", metavar="FILE", help="Held-out .npz (x, y). Default: a --val-fraction split of DATA.")] = None,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of DATA held out when --val is not given.")] = 0.2,
@@ -53,7 +55,8 @@ def train(
     from .. import train as training
 
     settings = training.Settings(
-        lam=lam, C=C, gamma=gamma, sample_dims=sample_dims, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed
+        lam=lam, C=C, gamma=gamma, sample_dims=sample_dims, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        clip=clip_norm, cosine=cosine,
     )
     settings.check()
     recurrent = parse_widths(rnn, "--rnn")

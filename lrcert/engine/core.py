@@ -102,6 +102,10 @@ class Engine:
         #: batch whose inputs mostly had to go the dense way (the bounds are loose on that
         #: network): screening them cost a little and saved nothing.
         self.screening = screen and bool(self.nonlinear)
+        #: Whether auto computes in float64 outright: it does after a batch most of whose inputs
+        #: the float32 bounds could not settle and :mod:`.precision` computed again in float64
+        #: (deep recurrences: the rounding bounds grow with every step), for the rest of a run.
+        self.float64_pays = False
         if deterministic or not self.nonlinear:
             sketch = False
         elif sketch is None:
@@ -115,11 +119,10 @@ class Engine:
         self.sparse = planning.skippable_relus(self, skip_inactive)
         self.stages = planning.stages(self)
         reach = planning.sparse_reach(self, set(self.sparse))
-        self.transposed = {  # Wᵀ of the dense layers fed by those ReLUs: rows gather fast
-            j: layer.weight.t().contiguous()
-            for j, layer in enumerate(self.tangent_network.layers)
-            if isinstance(layer, ir.Dense) and set(layer.inputs) & reach
-        }
+        fed = {j: layer.weight for j, layer in enumerate(self.tangent_network.layers)
+               if isinstance(layer, ir.Dense) and set(layer.inputs) & reach}
+        once = {id(w): w.t().contiguous() for w in fed.values()}  # (an RNN's steps share one)
+        self.transposed = {j: once[id(w)] for j, w in fed.items()}  # Wᵀ of the dense layers fed by those ReLUs: rows gather fast
         self.magnitudes = self.network.absolute()  # |parameters|: the scale of each face's rounding error
         self.work = Work()  # what it has done so far
         self._exact: Engine | None = None
@@ -212,16 +215,22 @@ class Engine:
     def compute(self, x: Tensor, directions: Tensor | None, plan: planning.Plan) -> tuple[Region, dict[str, Tensor]]:
         """One batch's region and its results as batched tensors on the device (see :func:`.norms.radii`)."""
         x = x.to(self.device, self.value_dtype)
-        region = Region(self, x)
         sketched = None
-        if self.screening or self.sketching:
-            tensors, sketched = self._screened(region, x, plan)
+        if self.float64_pays:  # (auto learnt it: the float64 engine's answer, without the float32 pass first)
+            exact = self.exact_engine()
+            region, tensors = exact.compute(x, directions, exact.plan(len(x)))
+            if self.progress is not None:
+                self.progress(len(x) * self.dimensions)
         else:
-            tensors = self._dense(region, x, plan)
-        if directions is not None:
-            rates = face_norms.Rates(region.batch)
-            push_directions(region, directions, rates, plan.group)
-            tensors |= face_norms.nearest_ahead(region, rates)
+            region = Region(self, x)
+            if self.screening or self.sketching:
+                tensors, sketched = self._screened(region, x, plan)
+            else:
+                tensors = self._dense(region, x, plan)
+            if directions is not None:
+                rates = face_norms.Rates(region.batch)
+                push_directions(region, directions, rates, plan.group)
+                tensors |= face_norms.nearest_ahead(region, rates)
         if self.predictions:
             tensors |= self._predictions(x, tensors, sketched)
         return region, tensors
@@ -237,8 +246,8 @@ class Engine:
             if self.progress is not None:
                 self.progress(len(x) * (stop - start))
         tensors = face_norms.radii(region, stats)
-        if self.auto:
-            precision.refine(region, stats, tensors, x)
+        if self.auto and 2 * precision.refine(region, stats, tensors, x) > len(x):
+            self.float64_pays = True  # most inputs were computed again in float64: the float32 pass did not pay
         return tensors
 
     def _screened(self, region: Region, x: Tensor, plan: planning.Plan) -> tuple[dict[str, Tensor], tuple | None]:

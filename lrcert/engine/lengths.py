@@ -48,6 +48,9 @@ class ByLength:
     def __init__(self, networks: Callable[[int], ir.Network], *, lengths: Sequence[int], **options):
         self.networks, self.options = networks, options
         self.engines: dict[int, Engine] = {}
+        #: What one length's engine learns holds for all (they are one network unrolled): once
+        #: screening did not pay (Engine.screening), or auto's float32 pass did not (Engine.float64_pays).
+        self.lessons = {"screening": True, "float64_pays": False}
         self.lengths = sorted({int(n) for n in lengths})
         if not self.lengths or self.lengths[0] < 1:
             raise LrcertError("sequences need a length of at least 1 step", fix="give every row 1 or more frames")
@@ -65,8 +68,22 @@ class ByLength:
                 steps = network.sample_shape[0] if network.sample_shape else 1
                 raise LrcertError(f"the model reads sequences of exactly {steps} steps (rows of shape "
                                   f"{network.sample_shape}), and the data has rows of {length}", fix=LENGTH_FIX)
-            self.engines[length] = Engine(network, **self.options)
+            engine = self.engines[length] = Engine(network, **self.options)
+            self._teach(engine)
         return self.engines[length]
+
+    def _learn(self, engine: Engine) -> None:
+        """What ``engine`` learnt on its batch, passed on to every length's engine."""
+        learnt = {"screening": self.lessons["screening"] and engine.screening,
+                  "float64_pays": self.lessons["float64_pays"] or engine.float64_pays}
+        if learnt != self.lessons:
+            self.lessons = learnt
+            for other in self.engines.values():
+                self._teach(other)
+
+    def _teach(self, engine: Engine) -> None:
+        engine.screening = engine.screening and self.lessons["screening"]
+        engine.float64_pays = engine.float64_pays or (engine.auto and self.lessons["float64_pays"])
 
     def _network(self, length: int) -> ir.Network:
         """``networks(length)``; where that fails but another length of the run works (a loop over
@@ -103,12 +120,15 @@ class ByLength:
             for length, where in groups(lengths):
                 d = None
                 if directions is not None:
-                    d = (directions if len(directions) == 1 else directions[where + index - start])[:, :length]
+                    chosen = torch.as_tensor(where + index - start, device=directions.device)
+                    d = (directions if len(directions) == 1 else directions[chosen])[:, :length]
                 engine = self.at(length)
-                part = engine.stream([x[where, :length]], n_inputs=len(where), directions=d, run_size=run_size or n_inputs)
+                rows = x[torch.as_tensor(where, device=x.device), :length]
+                part = engine.stream([rows], n_inputs=len(where), directions=d, run_size=run_size or n_inputs)
                 for k, result in zip(where.tolist(), (r for batch in part for r in batch)):
                     result.index, result.length = index + k, length
                     results[k] = result
+                self._learn(engine)
             index += len(x)
             yield results
 
@@ -132,9 +152,10 @@ def groups(lengths: Tensor | np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
 
 
 def pad(rows: Sequence, name: str = "rows") -> tuple[Tensor, np.ndarray]:
-    """Rows of shapes (T_i, *features) as one float tensor (N, max T_i, *features), zero-padded, and
-    their lengths; one-line errors for rows that are not float arrays of a common feature shape."""
-    tensors = [torch.as_tensor(np.asarray(r) if not isinstance(r, Tensor) else r) for r in rows]
+    """Rows of shapes (T_i, *features) as one float tensor (N, max T_i, *features), zero-padded, on
+    the rows' device, and their lengths; one-line errors for rows that are not float arrays of a
+    common feature shape, or not finite (one check for all rows: no wait per row on a GPU)."""
+    tensors = [r if isinstance(r, Tensor) else torch.from_numpy(np.asarray(r)) for r in rows]
     if not tensors:
         raise LrcertError(f"no {name}", fix="give at least one sequence")
     features = {tuple(t.shape[1:]) for t in tensors}
@@ -146,12 +167,14 @@ def pad(rows: Sequence, name: str = "rows") -> tuple[Tensor, np.ndarray]:
     if bad is not None:
         raise LrcertError(f"{name} {bad} holds {str(tensors[bad].dtype).split('.')[-1]}, not floating-point numbers",
                           fix="convert it, e.g. x.astype('float32')")
-    bad = next((i for i, t in enumerate(tensors) if not bool(torch.isfinite(t).all())), None)
-    if bad is not None:
-        raise LrcertError(f"{name} {bad} holds NaN or Inf", fix="remove or repair the rows that are not finite")
     lengths = np.array([len(t) for t in tensors])
     dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-    x = torch.zeros(len(tensors), int(lengths.max()), *features.pop(), dtype=dtype, device=tensors[0].device)
+    device = tensors[0].device
+    x = torch.zeros(len(tensors), int(lengths.max()), *features.pop(), dtype=dtype, device=device)
     for i, t in enumerate(tensors):
         x[i, : len(t)] = t
+    finite = torch.isfinite(x).reshape(len(x), -1).all(dim=1)
+    if not bool(finite.all()):  # (the padding is 0: finite)
+        raise LrcertError(f"{name} {int(torch.argmin(finite.to(torch.uint8)))} holds NaN or Inf",
+                          fix="remove or repair the rows that are not finite")
     return x, lengths

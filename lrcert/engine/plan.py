@@ -21,6 +21,10 @@ GPU_BATCH = 2048
 GATHER_COST = 200
 #: Below this many directions per pass, the fixed cost of gathering per pass outweighs the saving.
 MIN_SKIP_DIRECTIONS = 256
+#: One input's pass through one layer costs about as much as this many multiply-adds whatever the
+#: layer (Python and dispatch, measured on a 2-core CPU): skipping, which pushes one input at a
+#: time, needs the dense layers to do more per layer than that.
+LAYER_COST = 1_000_000
 #: Matrix products shorter than this many rows take more inputs at once where they fit (CPU).
 STAGE_ROWS = 4096
 
@@ -160,11 +164,15 @@ def stages(engine) -> list[tuple[int, int]]:
 
 def skippable_relus(engine, skip_inactive: bool) -> dict[int, int]:
     """ReLU → the most active units at which skipping its inactive units (one input at a time,
-    CPU) still pays; only ReLUs that reach the rest of the network through dense layers alone."""
+    CPU) still pays; only ReLUs that reach the rest of the network through dense layers alone,
+    and only in networks whose dense layers do enough work per layer and input that pushing one
+    input at a time is not dominated by each layer's fixed cost (an RNN's many small steps are)."""
     directions = directions_per_pass(engine)
+    layers = engine.network.layers
+    work = directions * sum(layer.weight.numel() for layer in layers if isinstance(layer, ir.Dense))
     skip_inactive = skip_inactive and engine.device.type == "cpu" and (
         directions == engine.dimensions or directions >= MIN_SKIP_DIRECTIONS
-    )
+    ) and work >= LAYER_COST * len(engine.walk.order)
     return {i: _skip_limit(engine, i) for i in engine.nonlinear if skip_inactive and _feeds_only_dense(engine, i)}
 
 

@@ -139,16 +139,16 @@ def true_norms(region, norms, i: int, p: str, bound: Tensor) -> tuple[Tensor, Te
     return low, measured / (1 - rounding) + bound
 
 
-def refine(region, norms, tensors: dict[str, Tensor], x: Tensor) -> None:
+def refine(region, norms, tensors: dict[str, Tensor], x: Tensor) -> int:
     """Replace the float32 radii in ``tensors`` (the batch's results, see ``norms.radii``) by
     float64 ones: exact ratios of every face the bounds cannot rule out, or a float64 rerun of
-    inputs with too many such faces."""
+    inputs with too many such faces. Returns how many inputs were rerun."""
     engine = region.engine
     b, device = region.batch, region.output.device
     candidates = torch.zeros(0, 3, dtype=torch.long, device=device)  # (input, layer, unit)
     settled = torch.ones(b, dtype=torch.bool, device=device)  # exact as the float32 pass found it
     if not engine.nonlinear:
-        return
+        return 0
     for p in engine.norms:
         low_ratio, high_ratio = {}, {}
         for i, bound in dual_norm_bounds(region, norms, p).items():
@@ -170,7 +170,9 @@ def refine(region, norms, tensors: dict[str, Tensor], x: Tensor) -> None:
     per_input = torch.bincount(candidates[:, 0], minlength=b)
     whole = ~settled & (per_input > int(RERUN_SHARE * engine.dimensions))
     exact_ratios(region, tensors, x, candidates[(~settled & ~whole)[candidates[:, 0]]])
-    _rerun(region, tensors, x, whole.nonzero()[:, 0])
+    rerun = whole.nonzero()[:, 0]
+    _rerun(region, tensors, x, rerun)
+    return len(rerun)
 
 
 def exact_ratios(region, tensors: dict[str, Tensor], x: Tensor, candidates: Tensor, merge: bool = False) -> None:
