@@ -379,3 +379,54 @@ def test_exports_for_one_length_certify_exactly_and_refuse_other_lengths(tmp_pat
                                           "sequence axis") as error:
         lrcert.certify(str(path), [rows[0], rows[1][:3]])
     assert "\n" not in str(error.value)
+
+
+class StepsAndState(nn.Module):
+    """Many-to-many: a prediction per step and the final state, returned as two outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = Classifier(layers=2, head="steps", seed=14)
+
+    def forward(self, x):
+        out, h = self.inner.rnn(x)
+        return self.inner.linear(out), h
+
+    def reference(self) -> Sequence:
+        return self.inner.reference()
+
+
+def test_an_onnx_model_with_a_prediction_per_step_and_its_state_as_outputs_is_exact(tmp_path):
+    import contextlib
+    import io
+    import warnings
+
+    model = StepsAndState().eval()
+    path = tmp_path / "steps.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 4, FEATURES),), str(path), dynamo=False, input_names=["x"],
+                          output_names=["steps", "state"], dynamic_axes={"x": {0: "batch", 1: "steps"}})
+    rows = [torch.randn(n, FEATURES, generator=torch.Generator().manual_seed(n)) for n in (3, 6)]
+    network = lrcert.load(str(path), sample_shape=(6, FEATURES))
+    assert network.output_shape == (6, CLASSES) and any("2 outputs" in note for note in network.notes)
+    for result, row in zip(lrcert.certify(str(path), rows), rows):
+        expected = reference_radii(model.reference(), row)
+        for p in ("l1", "l2", "linf"):
+            assert result.radius[p] == pytest.approx(expected["radius"][p], rel=1e-9)
+            assert result.prediction_radius[p] == pytest.approx(expected["prediction_radius"][p], rel=1e-9)
+
+
+def test_a_torch_export_program_holding_an_rnn_is_exact(tmp_path):
+    import warnings
+
+    model = Classifier(layers=2, bidirectional=True, seed=15).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.export.save(torch.export.export(model, (torch.randn(1, 5, FEATURES),)), str(tmp_path / "rnn.pt2"))
+    x = torch.randn(2, 5, FEATURES, generator=torch.Generator().manual_seed(16))
+    for result, row in zip(lrcert.certify(str(tmp_path / "rnn.pt2"), x), x):
+        expected = reference_radii(model.reference(), row)
+        for p in ("l1", "l2", "linf"):
+            assert result.radius[p] == pytest.approx(expected["radius"][p], rel=1e-9)
+        assert f"t={result.binding['l2'].step}" in result.binding["l2"].layer

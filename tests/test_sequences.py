@@ -274,3 +274,30 @@ def test_the_shipped_japanese_vowels_models_certify_to_the_reported_table():
         assert np.mean([r["correct"] for r in records]) == pytest.approx(stats["accuracy"])
     gains = table["versus_vanilla"]
     assert any(g["median_l2_gain"] >= 5 and g["accuracy_change_points"] >= -1 for g in gains.values())
+
+
+def test_inspect_shows_each_recurrence_and_its_faces(sequences):
+    folder, _, _ = sequences
+    table = invoke("inspect", folder / "model.onnx", "--input-shape", f"6,{FEATURES}")
+    assert table.exit_code == 0, table.stderr
+    lines = [line for line in table.stdout.splitlines() if line.startswith("recurrence ")]
+    assert len(lines) == 2 and all("bidirectional" in line for line in lines)
+    assert "6 units, bidirectional, over 6 steps" in lines[0] and "72 faces" in lines[0]  # 2 directions × 6 steps × 6 units
+    doc = json.loads(invoke("inspect", folder / "model.onnx", "--input-shape", f"6,{FEATURES}", "-f", "json").stdout)
+    shapes = doc["recurrences"]
+    assert [s["steps"] for s in shapes] == [6, 6] and all(s["faces"] == 2 * 6 * 6 for s in shapes)
+    assert doc["faces"] == sum(s["faces"] for s in shapes)
+
+
+def test_an_interrupted_run_of_sequences_resumes(sequences, tmp_path):
+    folder, _, _ = sequences
+    out = tmp_path / "rows.jsonl"
+    whole = invoke("certify", folder / "model.onnx", folder / "sequences.npz", "-f", "jsonl", "-o", out)
+    assert whole.exit_code == 0, whole.stderr
+    rows = out.read_text().splitlines()
+    partial = tmp_path / "rows.jsonl.partial"
+    partial.write_text("\n".join(rows[:3]) + "\n")
+    out.unlink()
+    resumed = invoke("certify", folder / "model.onnx", folder / "sequences.npz", "-f", "jsonl", "-o", out, "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert [json.loads(r)["length"] for r in out.read_text().splitlines()] == LENGTHS.tolist()
