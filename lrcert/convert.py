@@ -673,13 +673,11 @@ def _cat(call):
 
 
 def _stack(call):
-    """torch.stack: each tensor with the new axis inserted, then one Concat along it."""
+    """torch.stack: one Concat along a new axis."""
     tensors, axis = call["tensors"], call["dim"] % (call.out.dim())
     if not all(call.traced(t) for t in tensors):
         raise _Refused("stacks constants with input-dependent tensors, which lrcert does not support")
-    shape = [*tensors[0].shape[:axis], 1, *tensors[0].shape[axis:]]
-    parts = [call.emit(ir.Reshape, [t], shape) for t in tensors]
-    call.result(ir.Concat, parts, axis=axis)
+    call.result(ir.Concat, list(tensors), axis=axis, new_axis=True)
 
 
 def _identity(call):
@@ -912,7 +910,7 @@ def to_network(
         recurrences=tuple(namer.shapes), steps=_steps(layers, namer),
     )
     _check_reproduces(network, example, output if not notes else None, trace, traced_output)
-    if namer.shapes and not notes:  # lrcert's own steps ran in the trace: the model's own kernels must agree
+    if namer.replaced and not notes:  # lrcert's own steps ran for torch's RNN kernels in the trace: those must agree
         with torch.no_grad(), devices.exact_float32():
             _check_reproduces(network, example, _single_output(model(example)), trace, traced_output)
     return network

@@ -342,13 +342,17 @@ class Hold(Affine):
 
 @dataclass(frozen=True, eq=False)
 class Concat(Affine):
+    """The inputs joined along ``axis`` (ONNX Concat, torch.cat), or along a new axis there
+    (``new_axis``: torch.stack, an RNN's steps into its output sequence)."""
+
     axis: int = 0
+    new_axis: bool = False
     kind: ClassVar[str] = "concat"
 
     def apply(self, xs, offset=True):
         leads = torch.broadcast_shapes(*(self.lead(x, i) for i, x in enumerate(xs)))
         parts = [x.expand(*leads, *shape) for x, shape in zip(xs, self.in_shapes)]
-        return torch.cat(parts, dim=len(leads) + self.axis)
+        return (torch.stack if self.new_axis else torch.cat)(parts, dim=len(leads) + self.axis)
 
 
 @dataclass(frozen=True, eq=False)
@@ -832,11 +836,20 @@ class Network:
     def absolute(self) -> "Network":
         """Every layer with absolute parameters (see :meth:`Layer.absolute`)."""
         memo: dict = {}
-        return replace(self, layers=tuple(layer.absolute(memo) for layer in self.layers))
+        return self._with_layers(layer.absolute(memo) for layer in self.layers)
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> "Network":
         memo: dict = {}
-        return replace(self, layers=tuple(layer.to(device, dtype, memo) for layer in self.layers))
+        return self._with_layers(layer.to(device, dtype, memo) for layer in self.layers)
+
+    def _with_layers(self, layers) -> "Network":
+        """This network with ``layers``, the same layers with other parameters: what the checks
+        of a new network (``__post_init__``, a pass of the whole network) found holds still."""
+        copy = object.__new__(Network)
+        for f in fields(self):
+            object.__setattr__(copy, f.name, getattr(self, f.name))
+        object.__setattr__(copy, "layers", tuple(layers))
+        return copy
 
     def run(
         self,

@@ -84,12 +84,14 @@ class Namer:
     """Names the steps of the recurrences a trace runs through (a no-op outside a trace).
 
     ``scope`` is the trace's stack of running names; ``steps`` maps each step's name to its
-    :class:`Step`; ``shapes`` records each recurrence as :class:`Shape` for ``lrcert inspect``."""
+    :class:`Step`; ``shapes`` records each recurrence as :class:`Shape` for ``lrcert inspect``;
+    ``replaced`` counts the torch kernels :class:`Unrolled` ran as lrcert's own steps."""
 
     def __init__(self, scope: list[str] | None = None):
         self.scope = scope
         self.steps: dict[str, Step] = {}
         self.shapes: list[Shape] = []
+        self.replaced = 0
 
     def here(self, default: str) -> str:
         """The name of the running module (the recurrence's name), or ``default``."""
@@ -139,7 +141,7 @@ def run_direction(seq: Tensor, h: Tensor | None, w_ih: Tensor, w_hh: Tensor, bia
     step's. The input term W_ih x_t + b_ih of every step is one product; ``h`` None starts from 0.
     ``clip`` bounds each pre-activation to [−clip, clip] before the activation (ONNX's attribute)."""
     with namer.named(f"{name} W_ih x"):
-        projected = F.linear(seq, w_ih, bias_ih)
+        projected = F.linear(seq, w_ih, bias_ih).unbind(0)  # (each step's term: one gather in the layer list)
     outputs: list[Tensor | None] = [None] * len(seq)
     for t in (range(len(seq) - 1, -1, -1) if reverse else range(len(seq))):
         step = Step(where.recurrence, where.layer, where.direction, t)
@@ -230,10 +232,9 @@ class Unrolled(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = kernel(func)
-        if name == "rnn_relu":
-            return call_rnn(args, kwargs, namer=self.namer)
-        if name == "rnn_relu_cell":
-            return run_cell(*args, **kwargs)
+        if name in ("rnn_relu", "rnn_relu_cell"):
+            self.namer.replaced += 1
+            return call_rnn(args, kwargs, namer=self.namer) if name == "rnn_relu" else run_cell(*args, **kwargs)
         error = refusal(func, repr(self.namer.here("the model")))
         if error is not None:
             self.refuse(error)

@@ -102,8 +102,9 @@ class Engine:
         #: batch whose inputs mostly had to go the dense way (the bounds are loose on that
         #: network): screening them cost a little and saved nothing.
         self.screening = screen and bool(self.nonlinear)
-        #: Whether auto computes in float64 outright: it does after a batch most of whose inputs
-        #: the float32 bounds could not settle and :mod:`.precision` computed again in float64
+        #: Whether auto computes in float64 outright: it does after a batch that went the dense way
+        #: whole (neither screened nor sketched: nothing of theirs is lost) and most of whose inputs
+        #: the float32 bounds could not settle, so :mod:`.precision` computed them again in float64
         #: (deep recurrences: the rounding bounds grow with every step), for the rest of a run.
         self.float64_pays = False
         if deterministic or not self.nonlinear:
@@ -226,7 +227,7 @@ class Engine:
             if self.screening or self.sketching:
                 tensors, sketched = self._screened(region, x, plan)
             else:
-                tensors = self._dense(region, x, plan)
+                tensors = self._dense_learning(region, x, plan)
             if directions is not None:
                 rates = face_norms.Rates(region.batch)
                 push_directions(region, directions, rates, plan.group)
@@ -246,8 +247,18 @@ class Engine:
             if self.progress is not None:
                 self.progress(len(x) * (stop - start))
         tensors = face_norms.radii(region, stats)
-        if self.auto and 2 * precision.refine(region, stats, tensors, x) > len(x):
-            self.float64_pays = True  # most inputs were computed again in float64: the float32 pass did not pay
+        if self.auto:
+            self.work.rerun += precision.refine(region, stats, tensors, x)
+        return tensors
+
+    def _dense_learning(self, region: Region, x: Tensor, plan: planning.Plan) -> dict[str, Tensor]:
+        """:meth:`_dense`; where the engine neither screens nor sketches any more (switching loses
+        nothing of theirs) and auto computed most of these inputs again in float64, auto certifies
+        in float64 outright from then on (``float64_pays``)."""
+        reruns = self.work.rerun
+        tensors = self._dense(region, x, plan)
+        if self.auto and not (self.screening or self.sketching) and 2 * (self.work.rerun - reruns) > len(x):
+            self.float64_pays = True
         return tensors
 
     def _screened(self, region: Region, x: Tensor, plan: planning.Plan) -> tuple[dict[str, Tensor], tuple | None]:
@@ -280,7 +291,7 @@ class Engine:
                 sketched = (index[stay], part if len(stay) == len(index) else part.subset(stay), outputs[stay], c)
             index = index[dense]
         if len(index):
-            again = self._dense(Region(self, x[index]), x[index], plan)
+            again = self._dense_learning(Region(self, x[index]), x[index], plan)
             _merge(tensors, again, index, self.norms)
             tensors["delta"] = tensors["delta"].index_fill(0, index, 0.0)  # the dense way is deterministic
         return tensors, sketched

@@ -68,7 +68,10 @@ class ByLength:
                 steps = network.sample_shape[0] if network.sample_shape else 1
                 raise LrcertError(f"the model reads sequences of exactly {steps} steps (rows of shape "
                                   f"{network.sample_shape}), and the data has rows of {length}", fix=LENGTH_FIX)
-            engine = self.engines[length] = Engine(network, **self.options)
+            options = self.options
+            if self.lessons["float64_pays"] and options.get("dtype", "auto") == "auto":  # (what auto would do: at once)
+                options = {**options, "dtype": torch.float64}
+            engine = self.engines[length] = Engine(network, **options)
             self._teach(engine)
         return self.engines[length]
 
