@@ -141,7 +141,7 @@ def run_direction(seq: Tensor, h: Tensor | None, w_ih: Tensor, w_hh: Tensor, bia
     step's. The input term W_ih x_t + b_ih of every step is one product; ``h`` None starts from 0.
     ``clip`` bounds each pre-activation to [−clip, clip] before the activation (ONNX's attribute)."""
     with namer.named(f"{name} W_ih x"):
-        projected = F.linear(seq, w_ih, bias_ih).unbind(0)  # (each step's term: one gather in the layer list)
+        projected = F.linear(seq, w_ih, bias_ih)
     outputs: list[Tensor | None] = [None] * len(seq)
     for t in (range(len(seq) - 1, -1, -1) if reverse else range(len(seq))):
         step = Step(where.recurrence, where.layer, where.direction, t)
