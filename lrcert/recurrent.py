@@ -255,12 +255,18 @@ def onnx_problem(op: str, activations: Sequence[str | bytes]) -> str | None:
     """Why an ONNX recurrent node is not piecewise linear (an RNN's activations default to Tanh), or None."""
     if op != "RNN":
         return f"is {'an LSTM' if op == 'LSTM' else 'a GRU'}, whose sigmoid/tanh gates are not piecewise linear"
-    names = [a.decode() if isinstance(a, bytes) else a for a in activations]
+    names = [canonical(a) for a in activations]
     smooth = [a for a in names or ("Tanh",) if a not in ONNX_ACTIVATIONS]
     if not smooth:
         return None
     why = "is discontinuous" if smooth[0] == "ThresholdedRelu" else "is not piecewise linear"
     return f"uses the activation {smooth[0]}{'' if names else ' (the ONNX default)'}, which {why}"
+
+
+def canonical(name: str | bytes) -> str:
+    """An ONNX RNN activation's name as the spec spells it (runtimes read them in any case)."""
+    name = name.decode() if isinstance(name, bytes) else name
+    return next((known for known in ONNX_ACTIVATIONS if known.lower() == name.lower()), name)
 
 
 def onnx_activation(name: str, alpha: float | None, beta: float | None) -> Activation:
@@ -282,10 +288,10 @@ class OnnxRNN(nn.Module):
     ``layout=1`` (B, T, directions, H) and (B, directions, H); X (T, B, F), or (B, T, F)."""
 
     def __init__(self, hidden: int, direction: str, activations: Sequence[Activation], names: Sequence[str],
-                 clip: float | None, layout: int):
+                 clip: float | None, layout: int, outputs: int = 2):
         super().__init__()
         self.hidden, self.direction, self.activations, self.names = hidden, direction, list(activations), list(names)
-        self.clip, self.layout = clip, layout
+        self.clip, self.layout, self.outputs = clip, layout, outputs
 
     def forward(self, x: Tensor, w: Tensor, r: Tensor, b: Tensor | None = None, sequence_lens: Tensor | None = None,
                 initial_h: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -311,7 +317,9 @@ class OnnxRNN(nn.Module):
                                   "/".join(dict.fromkeys(self.names[: len(directions)]))))
         with namer.named(f"{name} output"):
             y, y_h = torch.stack(outputs, dim=1), torch.stack(finals)  # (T, D, B, H), (D, B, H)
-            return (y.permute(2, 0, 1, 3), y_h.transpose(0, 1)) if self.layout else (y, y_h)
+            if self.layout:
+                y, y_h = y.permute(2, 0, 1, 3), y_h.transpose(0, 1)
+            return (y, y_h) if self.outputs > 1 else y  # (a node that names Y alone gives Y alone)
 
 
 def onnx_rnn_converter(node, graph):
@@ -322,7 +330,7 @@ def onnx_rnn_converter(node, graph):
     problem = onnx_problem("RNN", attributes.get("activations", []))
     if problem is not None:
         raise NotImplementedError(f"RNN node {node.name!r} {problem}")
-    names = [a.decode() if isinstance(a, bytes) else a for a in attributes["activations"]]
+    names = [canonical(a) for a in attributes["activations"]]
     alphas, betas = iter(attributes.get("activation_alpha", [])), iter(attributes.get("activation_beta", []))
     functions = []
     for name in names:  # each takes the next alpha (beta) if it has one, as onnxruntime reads them
@@ -333,7 +341,7 @@ def onnx_rnn_converter(node, graph):
     direction = direction.decode() if isinstance(direction, bytes) else direction
     clip = attributes.get("clip")
     module = OnnxRNN(int(attributes["hidden_size"]), direction, functions, names, None if clip is None else float(clip),
-                     int(attributes.get("layout", 0)))
+                     int(attributes.get("layout", 0)), len(node.output_values))
     return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
 
 

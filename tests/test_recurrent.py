@@ -430,3 +430,36 @@ def test_a_torch_export_program_holding_an_rnn_is_exact(tmp_path):
         for p in ("l1", "l2", "linf"):
             assert result.radius[p] == pytest.approx(expected["radius"][p], rel=1e-9)
         assert f"t={result.binding['l2'].step}" in result.binding["l2"].layer
+
+
+def test_an_onnx_rnn_that_names_y_alone_with_lowercase_activations_is_exact(tmp_path):
+    """RNN(…) → Y only (no Y_h), the mean over steps read from Y; activations spelt in lower case."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model, _ = onnx_rnn("bidirectional", ("Relu", "Relu"), seed=17)
+    graph = model.graph
+    rnn = next(n for n in graph.node if n.op_type == "RNN")
+    next(a for a in rnn.attribute if a.name == "activations").strings[:] = [b"relu", b"relu"]
+    del rnn.output[:]
+    rnn.output.append("Y")  # (T, D, N, H)
+    keep = [n for n in graph.node if n.op_type in ("Transpose", "RNN") and "Y_h" not in n.input]
+    graph.initializer.append(numpy_helper.from_array(np.array([0, 2 * HIDDEN], dtype=np.int64), "flat2"))
+    keep += [helper.make_node("ReduceMean", ["Y"], ["m"], axes=[0], keepdims=0),  # (D, N, H)
+             helper.make_node("Transpose", ["m"], ["mt"], perm=[1, 0, 2]),
+             helper.make_node("Reshape", ["mt", "flat2"], ["f"]),
+             helper.make_node("Gemm", ["f", "G", "c"], ["y"], transB=1)]
+    del graph.node[:]
+    graph.node.extend(keep)
+    path = tmp_path / "y_only.onnx"
+    onnx.save(model, path)
+    w = {t.name: torch.from_numpy(numpy_helper.to_array(t).astype(np.float64)) for t in graph.initializer}
+    directions = [Direction(w["W"][k], w["R"][k], w["B"][k, :HIDDEN] + w["B"][k, HIDDEN:], reverse=k == 1) for k in range(2)]
+    head = lambda seq, finals, faces: w["G"] @ seq.mean(0) + w["c"]  # noqa: E731
+    reference = Sequence([Layer(directions)], head)
+    rows = [torch.randn(n, FEATURES, generator=torch.Generator().manual_seed(n)) for n in (4, 7)]
+    for result, row in zip(lrcert.certify(str(path), rows), rows):
+        expected = reference_radii(reference, row)
+        for p in ("l1", "l2", "linf"):
+            assert result.radius[p] == pytest.approx(expected["radius"][p], rel=1e-9)
