@@ -57,7 +57,7 @@ sys.modules[__name__].__class__ = _Package
 
 
 def certify(model, x, *, norms: Sequence[str] = ("l1", "l2", "linf"), directions=None, device=None, dtype=None,
-            batch_size=None, screen: bool = True):
+            batch_size=None, screen: bool = True, threads: int | None = None):
     """Certify the rows of ``x`` for ``model``: a :class:`Network`, an ``nn.Module`` or a model file path.
 
     Computes on ``device`` (default: where ``x`` is; ``"auto"``: a GPU when there is one), in
@@ -67,6 +67,7 @@ def certify(model, x, *, norms: Sequence[str] = ("l1", "l2", "linf"), directions
     first (the same radii; see :mod:`lrcert.engine.screen`). ``x`` may also be a list of
     sequences of different lengths, arrays (T_i, *features), for a recurrent model (an
     ``nn.Module`` or a file): each is certified with the model unrolled to its own length.
+    ``threads``: CPU threads (default: auto, the CPUs not busy elsewhere; :mod:`lrcert.threads`).
     """
     import numpy as np
     import torch
@@ -77,7 +78,7 @@ def certify(model, x, *, norms: Sequence[str] = ("l1", "l2", "linf"), directions
 
     if isinstance(x, (list, tuple)) and len({np.shape(r) for r in x}) > 1:
         return _certify_sequences(model, x, norms=norms, directions=directions, device=device, dtype=dtype,
-                                  batch_size=batch_size, screen=screen)
+                                  batch_size=batch_size, screen=screen, threads=threads)
     x = devices.as_tensor(x)
     if isinstance(model, torch.nn.Module):
         model = from_module(model, tuple(x.shape[1:]))
@@ -85,7 +86,7 @@ def certify(model, x, *, norms: Sequence[str] = ("l1", "l2", "linf"), directions
         model = load(model, sample_shape=tuple(x.shape[1:]))
     return engine.certify(
         model, x, norms=norms, directions=directions, device=device, dtype=dtype or "auto", batch_size=batch_size,
-        screen=screen,
+        screen=screen, threads=threads,
     )
 
 

@@ -35,26 +35,30 @@ class Outcome:
         return "error" if self.error else "failed" if self.failures else "passed"
 
 
-def run(check: Check, use_baseline: bool = True) -> Outcome:
+def run(check: Check, use_baseline: bool = True, threads: int | None = None) -> Outcome:
     """Certify ``check``'s data with its model and judge it; an input error ends it as an error.
-    ``use_baseline`` False leaves out the comparison (its baseline is about to be written)."""
+    ``use_baseline`` False leaves out the comparison (its baseline is about to be written);
+    ``threads``: the engine's CPU threads (None: auto, :mod:`lrcert.threads`)."""
     from .data import sha256
 
     outcome = Outcome(check)
     started = time.perf_counter()
     try:
         data_hash = sha256(check.data)
-        records, outcome.document = _certify(check, data_hash, started, outcome)
+        records, outcome.document = _certify(check, data_hash, started, outcome, threads)
         _floors(check, records, outcome)
         if check.baseline is not None and use_baseline:
             _against_baseline(check, records, data_hash, outcome)
     except LrcertError as error:
-        outcome.error = str(error)
+        from .config import in_config_terms
+
+        outcome.error = in_config_terms(str(error))
     outcome.seconds = time.perf_counter() - started
     return outcome
 
 
-def _certify(check: Check, data_hash: str | None, started: float, outcome: Outcome) -> tuple[list[dict], str]:
+def _certify(check: Check, data_hash: str | None, started: float, outcome: Outcome,
+             threads: int | None) -> tuple[list[dict], str]:
     """The check's results as certify's records, and as its JSON document."""
     import torch
 
@@ -67,11 +71,13 @@ def _certify(check: Check, data_hash: str | None, started: float, outcome: Outco
     networks = opener(str(check.model))
     network, source = runner.prepare(str(check.data), networks, key=check.key,
                                      columns=check.columns, resize=check.resize, center_crop=check.center_crop,
-                                     normalization=check.normalization, vary=check.vary)
+                                     normalization=check.normalization, vary=check.vary, classes=check.classes,
+                                     label_column=check.label_column)
     rows, box = source.rows, runner.box_of(check.box, source)
     dtype = {"auto": "auto", "float32": torch.float32, "float64": torch.float64}[check.dtype]
     engine = runner.engine_for(network, source, networks, norms=check.norms, device=check.device, dtype=dtype,
-                               batch_size=check.batch_size, guarantee=check.guarantee, seed=check.seed)
+                               batch_size=check.batch_size, guarantee=check.guarantee, seed=check.seed,
+                               threads=threads)
     plan = engine.plan(len(rows))
     batches = [np.arange(start, min(start + plan.batch_size, len(rows))) for start in range(0, len(rows), plan.batch_size)]
     results = [r for batch in runner.results_of(engine, source, batches, run_size=len(rows), box=box) for r in batch]
@@ -98,11 +104,16 @@ def _floors(check: Check, records: list[dict], outcome: Outcome) -> None:
             values = [report.radii_of(r, quantity)[p] if r.get(quantity) else report.radii_of(r, "radius")[p]
                       for r in records]
             smallest = min(values) if values else math.inf
-            below = [r["index"] for r, v in zip(records, values) if v < floor]
+            below = [_named(r) for r, v in zip(records, values) if v < floor]
             outcome.figures.append(f"min {label[p]} {smallest:.3g} {'<' if below else '≥'} {floor:g}")
             if below:
                 shown = ", ".join(map(str, below[:LISTED])) + (f", … ({len(below) - LISTED} more)" if len(below) > LISTED else "")
                 outcome.failures.append(f"{report.some_of(len(below), len(records))} {label[p]} below {floor:g}: inputs {shown}")
+
+
+def _named(record: dict) -> str:
+    """An input as a failure names it: its number, and its file where it has one (``3 (cat/7.png)``)."""
+    return f"{record['index']} ({record['source']})" if record.get("source") else str(record["index"])
 
 
 def _against_baseline(check: Check, records: list[dict], data_hash: str | None, outcome: Outcome) -> None:

@@ -22,6 +22,7 @@ Every problem names the file, the table and the key, in one line.
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from .errors import LrcertError
 
 #: What a check (or ``[tool.lrcert]`` for every check) may set; model, data and baseline only a check.
 KEYS = {"model", "data", "key", "norms", "min-radius", "min-certified", "baseline", "max-drop", "max-drop-on",
-        "device", "dtype", "batch-size", "guarantee", "seed", "columns", "resize", "center-crop", "normalize", "box", "vary"}
+        "device", "dtype", "batch-size", "guarantee", "seed", "columns", "resize", "center-crop", "normalize", "box", "vary", "classes", "label-column"}
 PER_CHECK = {"model", "data", "key", "baseline"}
 FIGURES = ("min", "p25", "median")
 
@@ -61,7 +62,9 @@ class Check:
     center_crop: tuple[int, ...] | None = None
     normalization: tuple | None = None  # (mean, std) folded in,
     box: str | None = None  # the box ("0,1", "none"; None: certify's default),
-    vary: tuple[str, ...] | None = None  # the inputs certified along
+    vary: tuple[str, ...] | None = None  # the inputs certified along,
+    classes: list[str] | None = None  # the model's class names in output order,
+    label_column: str | None = None  # a table's column of labels
 
 
 def find(start: Path) -> Path:
@@ -148,7 +151,7 @@ def _check(name: str, settings: dict, path: Path, here: str, check_files: bool) 
         try:
             return parse()
         except LrcertError as error:
-            raise problem(key, error.problem, error.fix or "correct it") from None
+            raise problem(key, in_config_terms(error.problem), in_config_terms(error.fix or "correct it")) from None
 
     norms = rewrap("norms", lambda: limits.norms(_strings(settings.get("norms")), "norms ="))
     check = Check(name, path, file("model", True), file("data", True), key=settings.get("key"), norms=norms,
@@ -160,6 +163,10 @@ def _check(name: str, settings: dict, path: Path, here: str, check_files: bool) 
     if check.max_drop and check.baseline is None:
         raise problem("max-drop", "limits a drop from a baseline, but the check names none",
                       "add baseline = \"results.json\" (lrcert check --update-baseline writes it)")
+    if not (check.min_radius or check.min_certified or check.max_drop):
+        raise problem("min-radius", "is missing, as are min-certified and max-drop: the check could never fail",
+                      'add a floor (min-radius = 1e-6, min-certified = …) or a limit on drops from a baseline '
+                      '(baseline = "baselines/NAME.json" and max-drop = "10%")')
     check.max_drop_on = _choice(settings, "max-drop-on", FIGURES, "median", problem)
     check.device = _choice(settings, "device", ("auto", "cpu", "cuda"), "auto", problem, prefix_ok=True)
     check.dtype = _choice(settings, "dtype", ("auto", "float32", "float64"), "auto", problem)
@@ -172,7 +179,7 @@ def _check(name: str, settings: dict, path: Path, here: str, check_files: bool) 
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise problem("seed", f"{seed!r} is not a whole number", "write e.g. seed = 0")
     check.seed = seed
-    _data_options(check, settings, rewrap, problem)
+    _data_options(check, settings, rewrap, problem, check_files)
     if check_files:
         for key, target in (("model", check.model), ("data", check.data)):
             if not target.exists():
@@ -180,7 +187,7 @@ def _check(name: str, settings: dict, path: Path, here: str, check_files: bool) 
     return check
 
 
-def _data_options(check: Check, settings: dict, rewrap, problem) -> None:
+def _data_options(check: Check, settings: dict, rewrap, problem, check_files: bool = True) -> None:
     """columns, resize, center-crop, normalize, box and vary, as certify's options take them:
     ``columns = ["a", "b"]``, ``resize = 256`` or ``[224, 160]``, ``normalize = "imagenet"`` or
     ``{mean = […], std = […]}``, ``box = [0, 1]`` or ``"none"``, ``vary = ["latent"]``."""
@@ -205,6 +212,39 @@ def _data_options(check: Check, settings: dict, rewrap, problem) -> None:
         rewrap("box", lambda: box.parse(check.box))
     if "vary" in settings:
         check.vary = tuple(_strings(settings["vary"]))
+    value = settings.get("classes")
+    if isinstance(value, str):  # (a file of names, relative to the config file, or names with commas)
+        named = check.source.parent / value
+        if "," not in value and not named.is_file():
+            if check_files:
+                raise problem("classes", f"{named} does not exist", 'name a file of class names (relative to the '
+                              'config file), or list them: classes = ["cat", "dog"]')
+        else:
+            check.classes = rewrap("classes", lambda: sources.class_names(str(named) if named.is_file() else value))
+    elif isinstance(value, list):
+        check.classes = rewrap("classes", lambda: sources.class_names(",".join(map(str, value))))
+    elif value is not None:
+        raise problem("classes", f"{value!r} is neither a list of names nor a file", 'write classes = ["cat", "dog"] or classes = "classes.txt"')
+    if "label-column" in settings:
+        check.label_column = str(settings["label-column"])
+
+
+def in_config_terms(text: str) -> str:
+    """A message about certify's options in the config's terms: its keys, not command-line flags.
+
+    >>> in_config_terms("--normalize 'x' is not a known preset. Fix: use imagenet, or --mean and --std")
+    "normalize 'x' is not a known preset. Fix: use imagenet, or normalize = {mean = […], std = […]}"
+    """
+    text = text.replace("--mean and --std", "normalize = {mean = […], std = […]}").replace("--normalize imagenet", 'normalize = "imagenet"')
+    text = text.replace("--mean/--std/--normalize", "normalize").replace("--mean/--std", "normalize")
+
+    def key(match) -> str:
+        name = match.group(1)
+        if name in ("mean", "std"):
+            return f"normalize's {name}"
+        return "norms" if name in ("p", "norm") else name if name in KEYS else match.group(0)
+
+    return re.sub(r"--([a-z][a-z-]*)", key, text)
 
 
 def _strings(value) -> list[str] | None:

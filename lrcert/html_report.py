@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .report import CERTIFIED_LABELS, NORM_LABELS, guarantee_text, radii_of
+from .report import CERTIFIED_LABELS, NORM_LABELS, guarantee_text, label_summary, radii_of
 
 #: How many of the inputs with the smallest radius the page lists (and pictures).
 SMALLEST = 10
@@ -67,6 +67,7 @@ def render(run: dict, records: Sequence[dict], pictures: dict[int, tuple[np.ndar
         _run_section(run, records, norms),
         _summary_section(records, norms),
         _histogram_section(records, norms),
+        _label_section(records, norms, shown, (run.get("options") or {}).get("classes")),
         _class_section(records, norms),
         _binding_section(records, norms),
         _smallest_section(records, norms, shown, pictures),
@@ -144,6 +145,25 @@ def _histogram_section(records: Sequence[dict], norms: Sequence[str]) -> str:
     return f"<h2>Radii (log scale)</h2><p class='muted'>{legend}</p><div class='figures'>{figures}</div>"
 
 
+def _label_section(records: Sequence[dict], norms: Sequence[str], p: str, classes: Sequence[str] | None) -> str:
+    """Per labelled class: accuracy, and the median ε̂ of its correct and of its wrong predictions
+    apart (a region around a misclassified input means something else); empty without labels."""
+    labelled = [(r["label"], r.get("prediction"), radii_of(r, "radius")) for r in records if r.get("label") is not None]
+    summary = label_summary(labelled, norms, classes)
+    if summary is None:
+        return ""
+    head = (f"<tr><th class='text'>class (label)</th><th>inputs</th><th>correct</th><th>accuracy</th>"
+            f"<th>median {NORM_LABELS[p]}, correct</th><th>median {NORM_LABELS[p]}, wrong</th></tr>")
+    rows = []
+    for entry in [{"class": "all", **summary}, *summary["per_class"]]:
+        name = entry["class"] if "name" not in entry else f"{entry['class']} ({entry['name']})"
+        medians = [(entry["radius"][which] or {}).get(p, {}) or {} for which in ("correct", "wrong")]
+        cells = [entry["inputs"], entry["correct"], f"{100 * entry['accuracy']:.1f} %",
+                 *(_num(m.get("p50")) if m else "-" for m in medians)]
+        rows.append(f"<tr><td class='text'>{html.escape(str(name))}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return f"<h2>Per class (against the labels)</h2><table>{head}{''.join(rows)}</table>"
+
+
 def _class_section(records: Sequence[dict], norms: Sequence[str]) -> str:
     by_class: dict = defaultdict(list)
     for r in records:
@@ -180,7 +200,9 @@ def _smallest_section(records: Sequence[dict], norms: Sequence[str], p: str,
                       pictures: dict[int, tuple[np.ndarray, np.ndarray | None]]) -> str:
     chosen = smallest(records, p)
     pictured = any(index in pictures for index in (r["index"] for r in chosen))
-    head = (f"<tr><th>input</th><th>class</th><th>{NORM_LABELS[p]}</th><th>prediction radius</th>"
+    sourced, labelled = any(r.get("source") for r in chosen), any(r.get("label") is not None for r in chosen)
+    head = ("<tr><th>input</th>" + ("<th class='text'>source</th>" if sourced else "")
+            + ("<th>label</th><th>correct</th>" if labelled else "") + f"<th>class</th><th>{NORM_LABELS[p]}</th><th>prediction radius</th>"
             f"<th>{CERTIFIED_LABELS[p]}</th><th>exact adversarial</th><th>rival class</th><th class='text'>binding face</th>"
             + ("<th class='text'>input · adversarial point · difference</th>" if pictured else "") + "</tr>")
     rows = []
@@ -189,8 +211,10 @@ def _smallest_section(records: Sequence[dict], norms: Sequence[str], p: str,
         exact = (r.get("exact_adversarial") or {}).get(p)
         face = r["binding"].get(p) or {}
         where = f"{face.get('layer', '-')} [{','.join(map(str, face.get('position', [])))}]" if face else "none"
+        known = [*([_text(r.get("source"))] if sourced else []),
+                 *([_text(r.get("label")), _text(r.get("correct"))] if labelled else [])]
         cells = [
-            str(r["index"]), _text(r.get("prediction")), _num(radii_of(r, "radius")[p]),
+            str(r["index"]), *known, _text(r.get("prediction")), _num(radii_of(r, "radius")[p]),
             _num(math.inf if predicted is None and r.get("prediction_radius") else predicted),
             _num(_certified([r], p)[0]), "yes" if exact else "no", _text((r.get("rival") or {}).get(p)),
         ]

@@ -4,7 +4,7 @@ A plane is ``origin + a·u + b·v``. Its pixels are labelled by activation patte
 (``regions.evaluate``): one colour per region, black where neighbouring pixels differ. The
 certified ℓp ball of a point c in the plane is drawn as its true cross-section: along the plane
 direction w(θ) = cos θ·u + sin θ·v the ball reaches r(θ) = ε̂ₚ / ‖w(θ)‖ₚ. Needs matplotlib
-(``pip install lrcert[plot]``); draws headless (Agg).
+(``pip install -e ".[plot]"`` in lrcert's clone, or matplotlib itself); draws headless (Agg).
 
 >>> import torch
 >>> from lrcert.load import from_module
@@ -76,6 +76,7 @@ class Picture:
     balls: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # point → norm → (K, 2) outline
     radii: dict[int, dict[str, float]] = field(default_factory=dict)
     colours: np.ndarray | None = None  # (regions, 3) RGB per region label
+    known: dict[bytes, int] = field(default_factory=dict)  # activation pattern → region label (the zoom shares it)
     zoom: "Picture | None" = None  # the neighbourhood of the first point, where its balls are visible
     off_plane: dict[int, float] = field(default_factory=dict)  # chosen points not in the plane: their distance
 
@@ -195,17 +196,20 @@ def ball_outline(plane: Plane, centre: np.ndarray, radius: float, p: str, sample
 
 
 def picture(
-    network: ir.Network, plane: Plane, data: Tensor | None, points: Sequence[int], resolution: int = 400, zoom: bool = True
+    network: ir.Network, plane: Plane, data: Tensor | None, points: Sequence[int], resolution: int = 400, zoom: bool = True,
+    known: dict[bytes, int] | None = None,
 ) -> Picture:
     """Label every pixel of the plane and outline the balls of ``points`` that lie in it; with
-    ``zoom``, also the neighbourhood of the first such point, 1.6× as wide as its widest ball."""
+    ``zoom``, also the neighbourhood of the first such point, 1.6× as wide as its widest ball,
+    where a region keeps its label, so its colour (``known``: the labels of patterns seen)."""
     axis = np.linspace(-plane.extent, plane.extent, resolution)
     grid = np.stack(np.meshgrid(axis + plane.centre[0], axis + plane.centre[1]), axis=-1)  # (n, n, 2): [row=b, col=a]
     flat = plane.points(grid.reshape(-1, 2))
-    labels, outputs = evaluate(network, flat)
+    known = {} if known is None else known
+    labels, outputs = evaluate(network, flat, known)
     regions = labels.reshape(resolution, resolution)
     classes = (outputs.argmax(1) if outputs.shape[1] > 1 else (outputs[:, 0] > 0).long()).numpy().reshape(resolution, resolution)
-    result = Picture(plane, grid, regions, classes, colours=_colours(int(regions.max()) + 1))
+    result = Picture(plane, grid, regions, classes, colours=_colours(len(known)), known=known)
     if data is None or not points:
         return result
     chosen = data[list(points)].double()
@@ -224,7 +228,7 @@ def picture(
         centre = coords[list(points).index(first)]
         reach = max(float(np.abs(outline - centre).max()) for outline in result.balls[first].values())
         close = replace(plane, centre=tuple(centre), extent=1.6 * reach if reach > 0 else 1e-6)
-        result.zoom = picture(network, close, data, [first], resolution // 2, zoom=False)
+        result.zoom = picture(network, close, data, [first], resolution // 2, zoom=False, known=dict(known))
     return result
 
 
@@ -241,7 +245,7 @@ def pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise LrcertError("drawing needs matplotlib, which is not installed", fix="pip install 'lrcert[plot]'") from None
+        raise LrcertError("drawing needs matplotlib, which is not installed", fix="pip install matplotlib (in lrcert's clone: pip install -e '.[plot]')") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

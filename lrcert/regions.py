@@ -50,13 +50,18 @@ def points_per_pass(network: ir.Network) -> int:
     return max(16, min(65536, 4_000_000 // max(1, max(layer.size for layer in network.layers))))
 
 
-def evaluate(network: ir.Network, points: Tensor) -> tuple[np.ndarray, Tensor]:
+def evaluate(network: ir.Network, points: Tensor, known: dict[bytes, int] | None = None) -> tuple[np.ndarray, Tensor]:
     """Per point, a region label, equal exactly when the activation patterns are equal (0, 1,
-    2, …), and the network's output (N, outputs); memory-bounded passes."""
+    2, …), and the network's output (N, outputs); memory-bounded passes. ``known`` (pattern bytes
+    → label) keeps the labels of patterns seen before (another picture's) and numbers new ones
+    after them; it gains the new ones."""
     chunk = points_per_pass(network)
     passes = [patterns(network, points[i : i + chunk]) for i in range(0, len(points), chunk)]
     rows = np.concatenate([rows for rows, _ in passes])
-    labels = np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1)
+    unique, inverse = np.unique(rows, axis=0, return_inverse=True)
+    labels = inverse.reshape(-1)
+    if known is not None:
+        labels = np.array([known.setdefault(row.tobytes(), len(known)) for row in unique], dtype=np.int64)[labels]
     return labels, torch.cat([outputs for _, outputs in passes])
 
 

@@ -272,8 +272,8 @@ def jsonl_lines(results: Iterable[InputResult], norms: Sequence[str]) -> Iterabl
 
 def csv_header(norms: Sequence[str], directional: bool, sourced: bool = False, labelled: bool = False,
                sequences: bool = False) -> str:
-    columns = ["index", *(["source"] if sourced else []), *(["length"] if sequences else []), *(["label"] if labelled else []),
-               "prediction", *norms, *(f"binding_{p}" for p in norms), "pattern", "precision_warning", "dtype", "guarantee"]
+    columns = ["index", *(["source"] if sourced else []), *(["length"] if sequences else []),
+               *(["label", "correct"] if labelled else []), "prediction", *norms, *(f"binding_{p}" for p in norms), "pattern", "precision_warning", "dtype", "guarantee"]
     columns += [f"{what}_{p}" for what in ("prediction_radius", "certified", "exact_adversarial") for p in norms]
     if directional:
         columns += ["direction", "binding_direction"]
@@ -283,7 +283,9 @@ def csv_header(norms: Sequence[str], directional: bool, sourced: bool = False, l
 def csv_lines(results: Iterable[InputResult], norms: Sequence[str], directional: bool, sourced: bool = False,
               labelled: bool = False, sequences: bool = False) -> Iterable[str]:
     for r in results:
-        row = [r.index, *([r.source] if sourced else []), *([r.length] if sequences else []), *([r.label] if labelled else [])]
+        row = [r.index, *([r.source] if sourced else []), *([r.length] if sequences else [])]
+        if labelled:
+            row += ["", ""] if r.label is None else [r.label, int(r.prediction == r.label)]
         row.append("" if r.prediction is None else r.prediction)
         row += [_number(r.radius[p]) for p in norms]
         row += [r.binding[p].describe() if r.binding[p] else "" for p in norms]
@@ -333,6 +335,9 @@ def print_table(
     shown = "l2" if "l2" in norms else norms[0]
     table = Table(title=f"linear-region radii — {model_name}", title_justify="left")
     table.add_column("input", justify="right")
+    sourced = any(r.source is not None for r in results)
+    if sourced:
+        table.add_column("source", overflow="fold")
     sequences = any(r.length is not None for r in results)
     if sequences:
         table.add_column("steps", justify="right")
@@ -350,6 +355,8 @@ def print_table(
     table.add_column(f"binding constraint ({NORM_LABELS[shown]})")
     for r in results:
         cells = [str(r.index)]
+        if sourced:
+            cells.append(r.source or "-")
         if sequences:
             cells.append("-" if r.length is None else str(r.length))
         if labelled:

@@ -21,18 +21,32 @@ from .errors import LrcertError
 
 def prepare(data: str, load_model: Callable, *, raw: bytes | None = None, key: str | None = None,
             columns: str | None = None, resize: tuple[int, ...] | None = None, center_crop: tuple[int, ...] | None = None,
-            normalization: tuple | None = None, vary: Sequence[str] | None = None, shape_hint=None):
+            normalization: tuple | None = None, vary: Sequence[str] | None = None, shape_hint=None,
+            classes: list[str] | None = None, label_column: str | None = None):
     """(network, :class:`sources.Source`): ``load_model(shape_hint)`` gives the network (the hint,
-    where not given, is the data's row shape); ``raw``: the bytes of stdin when ``data`` is ``-``."""
+    where not given, is the data's row shape); ``raw``: the bytes of stdin when ``data`` is ``-``;
+    ``classes``: the model's class names in output order (labels are checked against its outputs)."""
+    network, source = _prepare(data, load_model, raw=raw, key=key, columns=columns, resize=resize, center_crop=center_crop,
+                               normalization=normalization, vary=vary, shape_hint=shape_hint, classes=classes,
+                               label_column=label_column)
+    shape = tuple(network.output_shape)
+    sources.check_labels(source, shape[0] if len(shape) == 1 else None, data, classes)
+    return network, source
+
+
+def _prepare(data: str, load_model: Callable, *, raw, key, columns, resize, center_crop, normalization, vary, shape_hint,
+             classes, label_column):
     kept = sources.is_source(data)  # an image folder or a table (else an array, or stdin)
-    if not kept and (columns or resize or center_crop):
+    if not kept and (columns or resize or center_crop or label_column):
         if data != "-" and not Path(data).exists():
             raise LrcertError(f"data path {data!r} does not exist", fix="check the path")
-        raise LrcertError("--columns, --resize and --center-crop read tables and image folders", fix="drop them for an array")
+        raise LrcertError("--columns, --label-column, --resize and --center-crop read tables and image folders",
+                          fix="drop them for an array")
     source = raw if raw is not None else data
     if not kept and data_io.holds_sequences(source, key):
         return _sequences(source, "stdin" if raw is not None else data, load_model, normalization, vary)
-    table = sources.open_source(data, None, columns=columns) if kept and not Path(data).is_dir() else None
+    table = (sources.open_source(data, None, columns=columns, classes=classes, label_column=label_column)
+             if kept and not Path(data).is_dir() else None)
     if shape_hint is None:
         shape_hint = (table.rows.shape[1:] if table is not None else sources.image_row_shape(data, resize, center_crop)
                       if kept else data_io.peek_row_shape(source, key))
@@ -46,7 +60,7 @@ def prepare(data: str, load_model: Callable, *, raw: bytes | None = None, key: s
         table.notes += more
         return network, table
     if kept:
-        return network, sources.open_source(data, network.sample_shape, resize=resize, center_crop=center_crop)
+        return network, sources.open_source(data, network.sample_shape, resize=resize, center_crop=center_crop, classes=classes)
     rows, notes = data_io.read_rows(source, network.sample_shape, key=key, name="stdin" if raw is not None else data,
                                     inputs=network.inputs)
     return network, sources.Source(rows, notes=notes)

@@ -2,16 +2,18 @@
 model's input (``.npy``/``.npz`` arrays are :mod:`lrcert.data`'s).
 
 - **Image folders** (PNG, JPEG, WebP): every image file below the folder, in sorted order; in
-  torchvision's ``ImageFolder`` layout (one subfolder per class, classes in sorted order) the
-  folder gives each row its label too. Images are decoded with Pillow when their rows are read
+  torchvision's ``ImageFolder`` layout (one subfolder per class) the folder gives each row its
+  label too: the folder's place in ``--classes`` (the model's class names in output order), else
+  its number where every folder is named by one (``0``, ``1``, …), else its place in sorted order
+  (torchvision's), with a warning where the folders cannot be all of the model's classes. Images are decoded with Pillow when their rows are read
   (a batch at a time: a folder of 50,000 images never sits in memory), converted to the model's
   channels (1: grey, 3: RGB), resized (``--resize``: the shorter side to N, or to H×W) and
   center-cropped (``--center-crop``) as torchvision's transforms do it, and scaled to [0, 1]
   (``ToTensor``). Every file's header is read first: an unreadable file or a size that does not
   fit the model is refused before any work, naming the file.
 - **Tables**: a CSV file with a header row, or a Parquet file (with pyarrow); ``--columns``
-  chooses and orders the feature columns (default: all but ``label``); a ``label`` column holds
-  class indices. A cell that is not a number is refused naming its row and column.
+  chooses and orders the feature columns (default: all but the label column); the ``label``
+  column (``--label-column``) holds class indices, or class names of ``--classes``. A cell that is not a number is refused naming its row and column.
 
 >>> sizes("224"), sizes("224,160")
 ((224,), (224, 160))
@@ -39,9 +41,10 @@ NORMALIZATIONS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 @dataclass
 class Source:
     """What a data path holds: ``rows`` (indexable by arrays of row numbers, like a NumPy array),
-    each row's ``names`` (image files, relative to the folder) and ``labels`` (class indices, −1
-    none) where it has them, the class names of an ``ImageFolder``, notes, and for sequences of
-    different lengths (rows padded to the longest) each row's ``lengths``."""
+    each row's ``names`` (image files, relative to the folder) and ``labels`` (class indices)
+    where it has them, the class names, notes, and for sequences of different lengths (rows
+    padded to the longest) each row's ``lengths``. ``guessed``: the labels are class folders'
+    places in sorted order, which only the model's own class folders make right."""
 
     rows: object
     names: Sequence[str] | None = None
@@ -50,6 +53,59 @@ class Source:
     notes: list[str] = field(default_factory=list)
     images: bool = False
     lengths: np.ndarray | None = None
+    guessed: bool = False
+
+
+def class_names(text: str | None) -> list[str] | None:
+    """``--classes``: the model's class names in output order, comma-separated, or a file of one
+    name per line (blank lines and ``#`` comments skipped)."""
+    if text is None:
+        return None
+    path = Path(text)
+    if "," not in text and not path.is_file() and (path.suffix or "/" in text):
+        raise LrcertError(f"--classes {text}: no such file", fix="give a file of class names (one per line), or the names "
+                          "themselves (--classes cat,dog)")
+    if path.is_file():
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LrcertError(f"--classes {text}: the file cannot be read ({type(exc).__name__})",
+                              fix="give a UTF-8 text file of one class name per line") from None
+        names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    else:
+        names = [name.strip() for name in text.split(",")]
+    if not names or not all(names):
+        raise LrcertError(f"--classes {text!r} holds an empty class name",
+                          fix="write --classes airplane,automobile,… (the model's classes in output order) or a file of names")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise LrcertError(f"--classes names {repeated[0]!r} twice", fix="give each of the model's classes once, in output order")
+    return names
+
+
+def check_labels(source: Source, outputs: int | None, data: str, classes: list[str] | None) -> None:
+    """Refuse labels that cannot be the model's (a class it does not have, or ``--classes`` of
+    another length); warn (a note) where class folders in sorted order may not be its classes."""
+    if outputs is None:
+        return
+    if classes is not None and len(classes) != outputs:
+        raise LrcertError(f"--classes names {len(classes)} classes, and the model has {outputs} outputs",
+                          fix="name every class of the model, in its output order")
+    if source.labels is None or not len(source.labels):
+        return
+    largest = int(source.labels.max())
+    if largest >= outputs:
+        where = "class folders" if source.images else "labels"
+        raise LrcertError(f"{data}: the {where} give labels up to {largest}, and the model has {outputs} outputs "
+                          f"(classes 0–{outputs - 1})", fix="give labels in the model's output order: --classes NAMES "
+                          "names its classes (folders and label cells are matched to them)")
+    if source.guessed and len(source.classes) != outputs:
+        shown = ", ".join(source.classes[:5]) + (", …" if len(source.classes) > 5 else "")
+        source.notes.append(
+            f"warning: {data}: the {len(source.classes)} class folders ({shown}) became labels 0–{len(source.classes) - 1} "
+            f"in sorted order, and the model has {outputs} outputs: the accuracy is right only if they are its first "
+            "classes. Fix: --classes NAMES (the model's class names in output order, or a file of them) matches the "
+            "folders to its outputs")
 
 
 def is_source(path: str) -> bool:
@@ -71,20 +127,25 @@ def sizes(text: str | None, option: str = "--resize") -> tuple[int, ...] | None:
 
 
 def open_source(path: str, sample_shape: Sequence[int] | None, *, columns: str | None = None,
-                resize: tuple[int, ...] | None = None, center_crop: tuple[int, ...] | None = None) -> Source:
+                resize: tuple[int, ...] | None = None, center_crop: tuple[int, ...] | None = None,
+                classes: list[str] | None = None, label_column: str | None = None) -> Source:
     """The rows of an image folder or a table at ``path`` for a model taking rows of ``sample_shape``
-    (None: the data decide, for models that do not fix it)."""
+    (None: the data decide, for models that do not fix it); ``classes``: the model's class names in
+    output order, which class folders and label cells are matched to."""
     folder = Path(path)
     if folder.is_dir():
-        if columns is not None:
-            raise LrcertError("--columns chooses columns of a table, and DATA is a folder", fix="drop --columns")
-        return _image_folder(folder, sample_shape, resize, center_crop)
+        for option, given in (("--columns", columns), ("--label-column", label_column)):
+            if given is not None:
+                raise LrcertError(f"{option} names columns of a table, and DATA is a folder", fix=f"drop {option}")
+        return _image_folder(folder, sample_shape, resize, center_crop, classes)
     if resize is not None or center_crop is not None:
         raise LrcertError("--resize and --center-crop apply to image folders", fix="drop them, or give a folder of images")
     if not folder.exists():
         raise LrcertError(f"data file {path!r} does not exist", fix="check the path")
-    chosen, cells = _parquet(folder, columns) if folder.suffix.lower() in (".parquet", ".pq") else _csv(folder, columns)
-    return _table_source(chosen, cells, folder.name, sample_shape)
+    label = label_column or LABEL_COLUMN
+    read = _parquet if folder.suffix.lower() in (".parquet", ".pq") else _csv
+    chosen, cells = read(folder, columns, label, label_column is not None)
+    return _table_source(chosen, cells, folder.name, sample_shape, label, classes)
 
 
 def normalization(mean: str | None, std: str | None, preset: str | None):
@@ -206,8 +267,8 @@ def _output_size(size: tuple[int, int], resize, center_crop) -> tuple[int, int]:
     return height, width
 
 
-def _image_folder(folder: Path, sample_shape, resize, center_crop) -> Source:
-    files, classes = _image_files(folder)
+def _image_folder(folder: Path, sample_shape, resize, center_crop, classes: list[str] | None) -> Source:
+    files, folders = _image_files(folder)
     if not files:
         raise LrcertError(f"{folder} holds no PNG, JPEG or WebP images", fix="give a folder of images (or a class folder of them)")
     if sample_shape is None or len(sample_shape) != 3 or sample_shape[0] not in (1, 3):
@@ -227,20 +288,44 @@ def _image_folder(folder: Path, sample_shape, resize, center_crop) -> Source:
             raise LrcertError(f"{folder / name} gives {made[1]}×{made[0]} pixels, the model takes {wanted[1]}×{wanted[0]}",
                               fix=f"add --resize {min(wanted)} --center-crop {wanted[0]},{wanted[1]} (as torchvision's transforms do)")
     rows = ImageRows(folder, files, tuple(sample_shape), resize, center_crop)
-    number = {name: k for k, name in enumerate(classes or ())}
-    labels = None if classes is None else np.array([number[f.split("/")[0]] for f in files], dtype=np.int64)
-    layout = f"{len(classes)} class folders (labels in sorted folder order)" if classes else "no class folders (no labels)"
+    source = _folder_labels(folder, files, folders, classes)
+    source.rows, source.images = rows, True
     steps = [f"resized ({'shorter side ' + str(resize[0]) if len(resize) == 1 else '×'.join(map(str, resize))})"] if resize else []
     steps += [f"center-cropped to {'×'.join(map(str, center_crop))}"] if center_crop else []
-    notes = [f"{folder}: {len(files)} images, {layout}; decoded as {'grey' if sample_shape[0] == 1 else 'RGB'}"
-             f"{', ' + ', '.join(steps) if steps else ''}, scaled to [0, 1]"]
-    return Source(rows, names=files, labels=labels, classes=classes, notes=notes, images=True)
+    source.notes[0] += (f"; decoded as {'grey' if sample_shape[0] == 1 else 'RGB'}"
+                        f"{', ' + ', '.join(steps) if steps else ''}, scaled to [0, 1]")
+    return source
+
+
+def _folder_labels(folder: Path, files: list[str], folders: list[str] | None, classes: list[str] | None) -> Source:
+    """Each image's label from its class folder: its place in ``classes``, else the folder's own
+    number (folders ``0``, ``1``, …), else its place among the folders in sorted order (guessed)."""
+    if folders is None:
+        return Source(None, names=files, classes=classes, notes=[f"{folder}: {len(files)} images, no class folders (no labels)"])
+    if classes is not None:
+        place = {name: k for k, name in enumerate(classes)} | {name.casefold(): k for k, name in enumerate(classes)}
+        unknown = [name for name in folders if name not in place and name.casefold() not in place]
+        if unknown:
+            raise LrcertError(f"{folder}: class folder {unknown[0]!r} is not one of --classes ({', '.join(classes[:6])}"
+                              f"{', …' if len(classes) > 6 else ''})", fix="name each class folder after one of the model's "
+                              "classes, or correct --classes")
+        number = {name: place.get(name, place.get(name.casefold())) for name in folders}
+        layout, names, guessed = f"{len(folders)} class folders matched to --classes", classes, False
+    elif all(name.isdigit() for name in folders):
+        number = {name: int(name) for name in folders}
+        layout, names, guessed = f"{len(folders)} class folders named by class number", None, False
+    else:
+        number = {name: k for k, name in enumerate(folders)}
+        layout, names, guessed = f"{len(folders)} class folders (labels in sorted folder order)", folders, True
+    labels = np.array([number[f.split("/")[0]] for f in files], dtype=np.int64)
+    return Source(None, names=files, labels=labels, classes=names, notes=[f"{folder}: {len(files)} images, {layout}"],
+                  guessed=guessed)
 
 
 # ------------------------------------------------------------------------------------------ tables
 
 
-def _csv(path: Path, columns: str | None) -> tuple[list[str], dict[str, list]]:
+def _csv(path: Path, columns: str | None, label: str, required: bool) -> tuple[list[str], dict[str, list]]:
     """(the chosen columns, their cells by name as (line, text)) of a CSV file."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
@@ -249,7 +334,7 @@ def _csv(path: Path, columns: str | None) -> tuple[list[str], dict[str, list]]:
             if header is None:
                 raise LrcertError(f"{path} is empty", fix="give a CSV file with a header row")
             header = [h.strip() for h in header]
-            chosen = _columns(header, columns, path.name)
+            chosen = _columns(header, columns, path.name, label, required)
             where = {name: header.index(name) for name in chosen}
             cells: dict[str, list] = {name: [] for name in chosen}
             for line, record in enumerate(reader, start=2):
@@ -267,23 +352,27 @@ def _csv(path: Path, columns: str | None) -> tuple[list[str], dict[str, list]]:
     return chosen, cells
 
 
-def _parquet(path: Path, columns: str | None) -> tuple[list[str], dict[str, list]]:
+def _parquet(path: Path, columns: str | None, label: str, required: bool) -> tuple[list[str], dict[str, list]]:
     """(the chosen columns, their cells by name as (row, value)) of a Parquet file."""
     try:
         import pyarrow.parquet as parquet
     except ImportError:
-        raise LrcertError("reading Parquet needs pyarrow", fix="pip install 'lrcert[parquet]'") from None
+        raise LrcertError("reading Parquet needs pyarrow", fix="pip install pyarrow (in lrcert's clone: pip install -e '.[parquet]')") from None
     try:
         table = parquet.read_table(path)
     except Exception as exc:
         raise LrcertError(f"{path} is not a readable Parquet file ({type(exc).__name__})", fix="check the file") from None
-    chosen = _columns(list(table.column_names), columns, path.name)
+    chosen = _columns(list(table.column_names), columns, path.name, label, required)
     cells = {name: list(enumerate(table.column(name).to_pylist())) for name in chosen}
     return chosen, cells
 
 
-def _columns(header: list[str], columns: str | None, name: str) -> list[str]:
-    """The feature columns in order (``--columns``, default all but ``label``), then ``label`` if there."""
+def _columns(header: list[str], columns: str | None, name: str, label: str, required: bool) -> list[str]:
+    """The feature columns in order (``--columns``, default all but the label column), then the
+    label column if there (``required``: named by ``--label-column``, so it must be)."""
+    if required and label not in header:
+        raise LrcertError(f"{name} has no column {label!r} (its columns: {', '.join(header)})",
+                          fix="name the label column with --label-column, or leave it out (no labels)")
     if columns is not None:
         features = [c.strip() for c in columns.split(",") if c.strip()]
         unknown = [c for c in features if c not in header]
@@ -291,14 +380,17 @@ def _columns(header: list[str], columns: str | None, name: str) -> list[str]:
             raise LrcertError(f"{name} has no column {unknown[0]!r} (its columns: {', '.join(header)})",
                               fix="name columns of the header in --columns")
     else:
-        features = [c for c in header if c != LABEL_COLUMN]
+        features = [c for c in header if c != label]
+    if label in features and required:
+        raise LrcertError(f"--columns names the label column {label!r} as a feature", fix=f"leave {label!r} out of --columns")
     if not features:
         raise LrcertError(f"{name} has no feature columns", fix="give a table with one column per input feature")
-    return features + ([LABEL_COLUMN] if LABEL_COLUMN in header and LABEL_COLUMN not in features else [])
+    return features + ([label] if label in header and label not in features else [])
 
 
-def _table_source(chosen: list[str], cells: dict[str, list], file: str, sample_shape) -> Source:
-    features = [c for c in chosen if c != LABEL_COLUMN]
+def _table_source(chosen: list[str], cells: dict[str, list], file: str, sample_shape, label: str,
+                  classes: list[str] | None) -> Source:
+    features = [c for c in chosen if c != label]
     count = len(cells[chosen[0]])
     if count == 0:
         raise LrcertError(f"{file} holds no rows", fix="give at least one row")
@@ -307,20 +399,30 @@ def _table_source(chosen: list[str], cells: dict[str, list], file: str, sample_s
         for i, (where, value) in enumerate(cells[name]):
             rows[i, j] = _number(value, file, where, name)
     labels = None
-    if LABEL_COLUMN in chosen:
-        labels = np.empty(count, dtype=np.int64)
-        for i, (where, value) in enumerate(cells[LABEL_COLUMN]):
-            number = _number(value, file, where, LABEL_COLUMN)
-            if number != int(number) or number < 0:
-                raise LrcertError(f"{file} {_place(file, where)}, column 'label': {value!r} is not a class index",
-                                  fix="write labels as class indices 0, 1, 2, … (the model's output order)")
-            labels[i] = int(number)
+    if label in chosen:
+        labels = np.array([_label(value, file, where, label, classes) for where, value in cells[label]], dtype=np.int64)
     if sample_shape is not None and math.prod(sample_shape) != len(features):
         raise LrcertError(f"{file} has {len(features)} feature columns, the model takes {math.prod(sample_shape)} numbers a row",
                           fix="choose the model's features, in its order, with --columns a,b,c")
     shape = tuple(sample_shape) if sample_shape is not None else (len(features),)
-    notes = [f"{file}: {count} rows of columns {', '.join(features)}" + (", labels from 'label'" if labels is not None else "")]
-    return Source(rows.reshape(count, *shape), labels=labels, notes=notes)
+    notes = [f"{file}: {count} rows of columns {', '.join(features)}" + (f", labels from {label!r}" if labels is not None else "")]
+    return Source(rows.reshape(count, *shape), labels=labels, classes=classes, notes=notes)
+
+
+def _label(value, file: str, where: int, column: str, classes: list[str] | None) -> int:
+    """A label cell: a class index, or a name of ``classes``."""
+    if classes is not None and isinstance(value, str) and value.strip() in classes:
+        return classes.index(value.strip())
+    try:
+        number = float(value.strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (number == int(number) if math.isfinite(number) else False) or number < 0:
+        names = "one of --classes" if classes is not None else "named by --classes NAMES (the model's classes in output order)"
+        raise LrcertError(f"{file} {_place(file, where)}, column {column!r}: {value!r} is not a class index",
+                          fix=f"write labels as class indices 0, 1, 2, … (the model's output order), or class names {names}; "
+                          "a column that is not the label: --label-column NAME, and --columns for the features")
+    return int(number)
 
 
 def _number(value, file: str, where: int, column: str) -> float:
@@ -328,7 +430,8 @@ def _number(value, file: str, where: int, column: str) -> float:
         number = float(value.strip()) if isinstance(value, str) else float(value)
     except (TypeError, ValueError):
         raise LrcertError(f"{file} {_place(file, where)}, column {column!r}: {value!r} is not a number",
-                          fix="give only numbers in the chosen columns (or leave that column out with --columns)") from None
+                          fix="give only numbers in the feature columns: choose them with --columns, and name a "
+                          "column of labels with --label-column") from None
     if not math.isfinite(number):
         raise LrcertError(f"{file} {_place(file, where)}, column {column!r}: {value!r} is not finite", fix="repair the row")
     return number

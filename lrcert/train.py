@@ -33,6 +33,7 @@ from torch import Tensor
 from . import devices
 from .errors import LrcertError
 from .roll import roll_loss
+from .threads import Threads
 
 MONITOR_INPUTS = 256  # held-out inputs certified after each epoch for the progress line
 
@@ -51,6 +52,7 @@ class Settings:
     seed: int = 0
     clip: float | None = None  # the largest gradient norm a step takes (recurrent networks' usual guard), or none
     cosine: bool = False  # the learning rate decays from lr to 0 over the epochs along a half cosine
+    threads: int | None = None  # CPU threads (None: auto, chosen again each epoch: lrcert.threads)
 
     def check(self) -> None:
         if self.lam < 0 or self.C < 0 or not math.isfinite(self.lam + self.C):
@@ -219,31 +221,39 @@ def fit(
     generator = torch.Generator(device="cpu").manual_seed(settings.seed)  # the same run on any device
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.epochs) if settings.cosine else None
-    history = []
+    history, cpus = [], Threads(settings.threads)
     for epoch in range(1, settings.epochs + 1):
-        model.train()
-        total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no host sync per step
-        for batch in _batches(len(x), lengths, settings.batch_size, generator):
-            optimizer.zero_grad()
-            inputs, labels = _rows(x, lengths, batch).to(device), y[batch].to(device)
-            loss = F.cross_entropy(model(inputs), labels) + roll_loss(
-                model, inputs, lam=settings.lam, C=settings.C, gamma=settings.gamma,
-                sample_dims=settings.sample_dims, generator=generator,
-            )
-            loss.backward()
-            if settings.clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip)
-            optimizer.step()
-            total += loss.detach().double() * len(batch)
-        record = {"epoch": epoch, "loss": float(total) / len(x), "accuracy": accuracy(model, *val)}
-        monitored = [None if a is None else a[:MONITOR_INPUTS] for a in (val[0], val[2])]
-        record["median_l2"] = float(np.median(certified_radii(model, monitored[0], ("l2",), lengths=monitored[1])["l2"]))
-        history.append(record)
-        on_epoch(record)
+        with cpus.use():
+            history.append(_epoch(model, optimizer, (x, y, lengths), val, settings, generator, epoch))
         if decay is not None:
             decay.step()
-    model.eval()
+        on_epoch(history[-1])
     return history
+
+
+def _epoch(model: nn.Module, optimizer, train: tuple, val: tuple, settings: Settings, generator, epoch: int) -> dict:
+    """One pass over the shuffled mini-batches, then its record (see :func:`fit`)."""
+    x, y, lengths = train
+    device = devices.of_module(model)
+    model.train()
+    total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no host sync per step
+    for batch in _batches(len(x), lengths, settings.batch_size, generator):
+        optimizer.zero_grad()
+        inputs, labels = _rows(x, lengths, batch).to(device), y[batch].to(device)
+        loss = F.cross_entropy(model(inputs), labels) + roll_loss(
+            model, inputs, lam=settings.lam, C=settings.C, gamma=settings.gamma,
+            sample_dims=settings.sample_dims, generator=generator,
+        )
+        loss.backward()
+        if settings.clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip)
+        optimizer.step()
+        total += loss.detach().double() * len(batch)
+    model.eval()
+    record = {"epoch": epoch, "loss": float(total) / len(x), "accuracy": accuracy(model, *val)}
+    monitored = [None if a is None else a[:MONITOR_INPUTS] for a in (val[0], val[2])]
+    record["median_l2"] = float(np.median(certified_radii(model, monitored[0], ("l2",), lengths=monitored[1])["l2"]))
+    return record
 
 
 def _samples(samples: tuple) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -323,7 +333,7 @@ def save_onnx(model: nn.Module, sample_shape: Sequence[int], path: Path) -> None
 
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise LrcertError(f"cannot write --out {str(path)!r}: folder {str(folder)!r} does not exist", fix="create it first")
+        raise LrcertError(f"cannot write --output {str(path)!r}: folder {str(folder)!r} does not exist", fix="create it first")
     model.eval()
     device = devices.of_module(model)
     axes = {0: "batch", 1: "steps"} if any(isinstance(m, nn.RNNBase) for m in model.modules()) else {0: "batch"}

@@ -6,6 +6,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+# One thread count for every test and the commands they run, whatever the machine's load: lrcert's
+# auto threads (lrcert.threads) would otherwise follow the load, and with it the last bits of
+# float64 sums that some tests compare exactly (test_threads tests auto itself, without it).
+if not os.environ.get("OMP_NUM_THREADS"):
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+
 #: Third-party models for tests; absent on machines without ../shared (tests then skip).
 SHARED_MODELS = Path(os.environ.get("LRCERT_SHARED_MODELS", Path(__file__).resolve().parents[2] / "shared" / "models"))
 PROJECT_MODELS = Path(__file__).resolve().parents[1] / "models"

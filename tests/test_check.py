@@ -195,7 +195,8 @@ def test_check_against_a_baseline_catches_a_retrained_models_drop(project):
 
 
 def test_lrcert_toml_and_defaults(project):
-    write_config(project, '[checks.small]\nmodel = "net.onnx"\ndata = "x.npy"\nnorms = "2"\n', name="lrcert.toml")
+    write_config(project, '[checks.small]\nmodel = "net.onnx"\ndata = "x.npy"\nnorms = "2"\nmin-radius = 1e-12\n',
+                 name="lrcert.toml")
     result = invoke("check", "-f", "json", cwd=project)
     assert result.exit_code == 0, result.stderr
     (entry,) = json.loads(result.stdout)
@@ -223,6 +224,16 @@ def test_config_errors_name_the_key_and_the_file(project, change, fragments):
     text = CONFIG.format(floor="1e-9", drop="10%").replace(*change)
     write_config(project, text)
     one_line_error(invoke("check", cwd=project), "pyproject.toml", *fragments)
+    from lrcert.config import KEYS
+
+    said = invoke("check", cwd=project).stderr  # (the config's keys, never certify's flags)
+    assert not [key for key in (*KEYS, "mean", "std", "p", "norm") if f"--{key}" in said], said
+
+
+def test_a_check_that_could_never_fail_is_refused(project):
+    write_config(project, '[checks.small]\nmodel = "net.onnx"\ndata = "x.npy"\n', name="lrcert.toml")
+    one_line_error(invoke("check", cwd=project), "lrcert.toml", "[checks.small]", "could never fail", "min-radius =",
+                   "max-drop =")
 
 
 def test_check_names_and_config_lookup(project, tmp_path_factory):
@@ -239,6 +250,7 @@ def test_check_names_and_config_lookup(project, tmp_path_factory):
 # ------------------------------------------------------------------------------------ pre-commit
 
 
+@pytest.mark.slow  # (about 10 s: pre-commit installs the hook's environment)
 @pytest.mark.skipif(shutil.which("pre-commit") is None or shutil.which("git") is None, reason="needs pre-commit and git")
 def test_pre_commit_runs_the_hook(project):
     """``pre-commit try-repo`` on a temporary repository: the hook passes, then fails on a floor."""

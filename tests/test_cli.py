@@ -412,3 +412,73 @@ def test_an_npz_with_one_array_per_input_is_joined(tmp_path):
     assert [r["radius"] for r in json.loads(joined.stdout)["results"]] == [r["radius"] for r in json.loads(flat.stdout)["results"]]
     np.savez(tmp_path / "short.npz", img=img, vec=vec[:2])
     assert_error(invoke("certify", tmp_path / "two.onnx", tmp_path / "short.npz"), 2, "array 'vec'", "holds 2 rows")
+
+
+# ------------------------------------------------------------------------------------ conventions
+
+
+def test_the_output_files_extension_chooses_the_format(mlp, tmp_path):
+    model, data = mlp
+    for name, read in (("r.json", lambda text: json.loads(text)["results"]),
+                       ("r.jsonl", lambda text: [json.loads(line) for line in text.splitlines()]),
+                       ("r.csv", lambda text: list(csv.DictReader(io.StringIO(text))))):
+        out = tmp_path / name
+        assert invoke("certify", model, data, "-o", out, "-p", "2").exit_code == 0
+        assert len(read(out.read_text())) == 6, name
+    table = tmp_path / "r.txt"
+    assert invoke("certify", model, data, "-o", table).exit_code == 0 and "summary over 6 inputs" in table.read_text()
+    assert_error(invoke("certify", model, data, "-f", "table", "-o", tmp_path / "x.json"), 2,
+                 "--format table does not write what x.json names (json)")
+    assert not (tmp_path / "x.json").exists()
+    assert invoke("report", tmp_path / "r.json", "-o", tmp_path / "r.html").exit_code == 0  # (a report reads it back)
+
+
+def test_short_options_and_help():
+    assert invoke("-h").exit_code == 0 and "Commands" in invoke("-h").stdout
+    model, data = MODELS / "moons_mlp.onnx", MODELS / "moons_mlp.inputs.npy"
+    short = json.loads(invoke("certify", model, data, "-p", "2", "-p", "inf", "-f", "json").stdout)
+    assert short["options"]["norms"] == ["l2", "linf"]
+    page = runner.invoke(app, ["certify", "-h"], env={"COLUMNS": "250"}).stdout
+    assert "Exit codes: 0 all good" in page and "2 usage or input" in page and "--norm" in page and "-p" in page
+    for command in ("plot", "report", "train"):
+        shown = runner.invoke(app, [command, "-h"], env={"COLUMNS": "250"}).stdout
+        assert "--output" in shown and "-o" in shown and "--out" in shown, command
+
+
+def test_the_command_summaries_are_one_line_each_on_80_columns():
+    page = runner.invoke(app, ["--help"], env={"COLUMNS": "80"}).stdout
+    commands = page[page.index("Commands"):].splitlines()[1:-1]
+    names = [line.split()[1] for line in commands if line.startswith("│ ") and line[2] != " "]
+    assert {"certify", "check", "compare", "report", "inspect", "ops", "train", "plot", "path"} <= set(names)
+    assert all(line[2] != " " for line in commands), page  # (no summary wraps onto a second line)
+
+
+def test_ops_lists_every_op_lrcert_reads_and_refuses():
+    from lrcert.load import ONNX_SMOOTH, READ_OPS
+
+    rows = json.loads(invoke("ops", "-f", "json").stdout)
+    how = {row["op"]: row["read_as"] for row in rows}
+    assert set(READ_OPS) <= set(how) and how["Relu"] == how["MaxPool"] == how["RNN"] == "nonlinearity"
+    assert how["MatMul"] == "linear" and how["Softmax"] == "dropped"
+    assert all(how[op] == "refused" for op in ONNX_SMOOTH - {"Softmax", "LogSoftmax"}) and how["LSTM"] == "refused"
+    assert "Conv" in invoke("ops").stdout
+
+
+def test_errors_of_commands_without_an_output_file_do_not_advise_one(monkeypatch):
+    import errno
+
+    from lrcert.cli.common import reports_errors
+
+    def full(model: str) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def full_with_output(model: str, output: str | None = None) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    said = []
+    monkeypatch.setattr("lrcert.cli.common.say", said.append)
+    monkeypatch.setattr("lrcert.cli.common._quiet_stdout", lambda: None)
+    for command in (full, full_with_output):
+        with pytest.raises(Exception):
+            reports_errors(command)("m")
+    assert "--output" not in said[0] and "--output FILE" in said[1]

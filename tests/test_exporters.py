@@ -140,7 +140,7 @@ def test_whole_calls_when_the_data_rows_have_the_full_input_shape(tmp_path):
     assert doc["model"]["input_shape"] == [2, 20] and len(doc["results"]) == 3
 
 
-@pytest.mark.slow  # about a minute for all three on 2 cores; `pytest -m "not slow"` leaves them out
+@pytest.mark.slow  # (about a minute for all three on 2 cores)
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "vgg11_bn"])  # VGG: its 7×7 adaptive pool of a 1×1 map is a GatherND
 def test_torchvision_classics_from_the_default_exporter(tmp_path, name):
     torchvision = pytest.importorskip("torchvision")

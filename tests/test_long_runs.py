@@ -49,6 +49,7 @@ def _peak_memory_while(process: subprocess.Popen) -> int:
     return peak
 
 
+@pytest.mark.slow  # (about 20 s on 2 cores: 110,000 inputs)
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to watch memory")
 def test_hundred_thousand_inputs_stream_in_bounded_memory(tmp_path):
     model = _mlp(tmp_path / "small.onnx", width=16, inputs=5)
@@ -67,6 +68,7 @@ def test_hundred_thousand_inputs_stream_in_bounded_memory(tmp_path):
     assert peaks[100_000] < peaks[10_000] + 150e6, peaks
 
 
+@pytest.mark.slow  # (about 20 s on 2 cores: a run stopped by SIGINT, then resumed)
 def test_interrupted_run_resumes_without_recomputing_or_duplicating(tmp_path):
     model = _mlp(tmp_path / "mlp.onnx", width=256)
     count = 6000  # seconds of work, so that the interruption surely lands mid-run

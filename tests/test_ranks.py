@@ -109,6 +109,7 @@ def _rank_pid(rank: int, marker: str) -> int | None:
     return None
 
 
+@pytest.mark.slow  # (about 25 s on 2 cores: torchrun, a rank killed, a resumed run)
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the rank's process in /proc")
 def test_a_killed_rank_loses_no_row_and_resume_finishes_with_other_ranks(tmp_path):
     model = _mlp(tmp_path / "mlp.onnx", width=256)

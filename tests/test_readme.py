@@ -122,6 +122,21 @@ def test_the_ci_snippets_are_yaml_and_name_real_hooks():
         assert isinstance(document, dict), line
         for repo in document.get("repos", []):
             assert {hook["id"] for hook in repo["hooks"]} <= hooks, line
+            assert re.fullmatch(r"[0-9a-f]{40}", str(repo["rev"])), "a rev a user can name: a full commit"
+        if "jobs" in document and any("junit-report" in str(step) for job in document["jobs"].values()
+                                      for step in job["steps"]):
+            assert document["permissions"]["checks"] == "write", line  # (the report action publishes a check run)
+
+
+def test_the_hooks_run_when_models_data_tables_images_or_configs_change():
+    import yaml
+
+    patterns = {hook["id"]: hook["files"] for hook in yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())}
+    changed = ["net.onnx", "net.pt2", "net.pt", "x.npy", "x.npz", "data/table.csv", "t.parquet", "imgs/cat/1.png",
+               "imgs/dog/2.JPG", "a.jpeg", "b.webp", "pyproject.toml", "baselines/net.json"]
+    for hook, pattern in patterns.items():
+        assert all(re.search(pattern, name) for name in changed), hook
+        assert not any(re.search(pattern, name) for name in ("README.md", "train.py", "notes.txt")), hook
 
 
 def test_the_shipped_models_are_the_ones_the_examples_show():

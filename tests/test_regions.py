@@ -69,6 +69,16 @@ def test_drawn_regions_and_balls_are_exact(model, shape, dirs):
                 if not np.allclose(colours[i], colours[j]):
                     assert patterns[i] != patterns[j]
         assert len(np.unique(view.colours, axis=0)) == len(view.colours)  # one colour per region
+    # a region keeps its label, so its colour, in the zoomed inset: labels equal exactly when patterns are
+    sampled = []
+    for view in (result, result.zoom):
+        flat, points = view.regions.reshape(-1), plane.points(view.grid.reshape(-1, 2))
+        for k in generator.choice(len(flat), 120, replace=False):
+            sampled.append((flat[k], pattern_of(model, points[k].reshape(1, *shape))))
+    for i, (label, pattern) in enumerate(sampled[:120]):
+        for other_label, other_pattern in sampled[120:]:
+            assert (label == other_label) == (pattern == other_pattern)
+            assert np.allclose(result.colours[label], result.zoom.colours[other_label]) or pattern != other_pattern
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -164,4 +174,4 @@ def test_plot_and_path_refuse_bad_input(tmp_path, arguments, message):
 def test_plot_without_matplotlib_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     result = runner.invoke(app, ["plot", str(PROJECT_MODELS / "toy2d_roll.onnx"), "--resolution", "20", "--out", str(tmp_path / "f.png")])
-    assert result.exit_code == 2 and "pip install 'lrcert[plot]'" in result.stderr
+    assert result.exit_code == 2 and "pip install -e '.[plot]'" in result.stderr

@@ -255,6 +255,7 @@ def test_train_options_for_recurrent_networks_clip_and_decay(tmp_path):
     assert bad.exit_code == 2 and "--clip-norm 0.0 is not positive" in bad.stderr
 
 
+@pytest.mark.slow  # (about 10 s: 370 utterances, two models)
 def test_the_shipped_japanese_vowels_models_certify_to_the_reported_table():
     """models/japanese_vowels (experiments/japanese_vowels.py): every model's ONNX file, certified
     by the command line on the 370 test utterances at their own lengths, gives the table's figures."""

@@ -156,7 +156,7 @@ def test_real_conv_nets_sketched_are_exact(shared_models, name):
     _same_answers(sketched, deterministic)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # (about 15 s on 2 cores)
 def test_resnet18_by_default_is_the_deterministic_float64_answer():
     """torchvision's ResNet-18 (random weights, batch-norm statistics set) at 3×32×32, the
     default options (auto, the prediction radius over 1,000 classes): sketched, and every radius,

@@ -5,7 +5,7 @@ error. Data goes to stdout (or ``--output``, written atomically); notes, progres
 to stderr. Set ``LRCERT_DEBUG=1`` to see tracebacks of internal errors.
 """
 
-from . import certify, check, compare, report, inspect, train, plot, path  # noqa: F401, I001  (each registers its command, in this order)
+from . import certify, check, compare, report, inspect, ops, train, plot, path  # noqa: F401, I001  (each registers its command, in this order)
 from .common import app, main
 
 __all__ = ["app", "main"]

@@ -16,7 +16,7 @@ import typer
 from .. import limits
 from ..errors import LrcertError
 from .common import (
-    EXIT_CHECK_FAILED, EXIT_OK, Device, DType, Format, app, check_output_path, parse_shape, reports_errors,
+    EXIT_CHECK_FAILED, EXIT_OK, Device, DType, Format, ThreadsOption, app, check_output_path, parse_shape, reports_errors,
     say, stop_if_interrupted,
 )
 from .outputs import (
@@ -25,13 +25,16 @@ from .outputs import (
 )
 
 
-@app.command()
+@app.command(short_help="Certify each input: its exact linear-region radius and face.",
+             epilog="Exit codes: 0 all good · 1 a --min-radius or --min-certified check failed · 2 usage or input "
+             "error (one line naming the problem and the fix) · 3 internal error (LRCERT_DEBUG=1 shows the traceback) · "
+             "130 interrupted.")
 @reports_errors
 def certify(
     model: Annotated[str, typer.Argument(help="ONNX model, torch.export .pt2 program, or (with --trust-pickle) a TorchScript file or pickled nn.Module.")],
     data: Annotated[str, typer.Argument(help="Inputs: .npy or .npz whose first axis indexes inputs, - for standard input, a folder of PNG/JPEG/WebP images (class folders give labels), or a .csv or .parquet table (a 'label' column gives labels).")],
-    p: Annotated[Optional[list[str]], typer.Option("--p", "--norm", metavar="NORM", help="Norm of the ball: 1, 2 or inf. Repeatable. Default: all three. (Under torchrun write --norm: its parser takes --p for one of its own options.)")] = None,
-    output_format: Annotated[Format, typer.Option("--format", "-f", help="table (for people), json, jsonl or csv (for pipelines).")] = Format.table,
+    p: Annotated[Optional[list[str]], typer.Option("--norm", "-p", "--p", metavar="NORM", help="Norm of the ball: 1, 2 or inf. Repeatable. Default: all three. (Under torchrun write --norm or -p: its parser takes --p for one of its own options.)")] = None,
+    output_format: Annotated[Optional[Format], typer.Option("--format", "-f", help="table (for people), json, jsonl or csv (for pipelines). Default: the --output file's extension (.json, .jsonl, .csv), else table.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the results to this file (atomically) instead of stdout.")] = None,
     min_radius: Annotated[Optional[list[str]], typer.Option("--min-radius", metavar="R", help="CI check: exit 1 if any radius is below R. 'R' applies to every selected norm, 'l2=R' to one. Repeatable.")] = None,
     direction: Annotated[Optional[str], typer.Option("--direction", metavar="FILE", help=".npy of directions d (one per input, or one for all): also report the largest t with x + t·d in the region.")] = None,
@@ -41,7 +44,9 @@ def certify(
     dtype: Annotated[DType, typer.Option("--dtype", help="auto: float64 radii at about float32 speed (the expensive passes in float32 with rigorous rounding bounds, the faces that can bind recomputed in float64); float32: raw speed; float64: everything in float64.")] = DType.auto,
     input_shape: Annotated[Optional[str], typer.Option("--input-shape", metavar="SHAPE", help="Shape of one input, e.g. 1,28,28 (only for models that do not record it).")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model or TorchScript file: this runs code stored in the file.")] = False,
-    columns: Annotated[Optional[str], typer.Option("--columns", metavar="A,B,…", help="For a table: the feature columns, in the model's order. Default: every column but 'label'.")] = None,
+    columns: Annotated[Optional[str], typer.Option("--columns", metavar="A,B,…", help="For a table: the feature columns, in the model's order. Default: every column but the label column.")] = None,
+    label_column: Annotated[Optional[str], typer.Option("--label-column", metavar="NAME", help="For a table: the column of labels (class indices, or names of --classes). Default: 'label', where there is one.")] = None,
+    classes: Annotated[Optional[str], typer.Option("--classes", metavar="NAMES|FILE", help="The model's class names in output order (airplane,automobile,…) or a file of one per line: class folders and label cells are matched to them, and summaries name them. Default: folders named 0, 1, … by number, others in sorted order (with a warning where they cannot be all of the model's classes).")] = None,
     resize: Annotated[Optional[str], typer.Option("--resize", metavar="N|H,W", help="For an image folder: resize as torchvision's Resize does (N: the shorter side to N; H,W: to that size).")] = None,
     center_crop: Annotated[Optional[str], typer.Option("--center-crop", metavar="N|H,W", help="For an image folder: then crop the center, as torchvision's CenterCrop.")] = None,
     mean: Annotated[Optional[str], typer.Option("--mean", metavar="M,…", help="The model expects (x − mean) / std (per channel): lrcert makes that its first layer, so every radius and adversarial point is in the data's own units (pixels). Needs --std.")] = None,
@@ -58,6 +63,7 @@ def certify(
     no_prediction_radius: Annotated[bool, typer.Option("--no-prediction-radius", help="Leave out each input's prediction and certified radius (their reverse passes): ε̂ alone, at full speed.")] = False,
     guarantee: Annotated[str, typer.Option("--guarantee", metavar="DELTA", help="How sure every answer must be. A probability δ (default 1e-12): inputs whose faces the deterministic bounds cannot rule out are sketched with random directions where that is much cheaper (large inputs, deep networks: minutes instead of hours at 224×224), and the whole run is exact except with probability at most δ (each input reports its share). deterministic: never sketch.")] = "1e-12",
     seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the sketch's random directions (recorded with the results: a run is reproducible).")] = 0,
+    threads: ThreadsOption = None,
 ) -> int:
     """Certify every input of DATA: the exact l1/l2/linf radius of its linear region and the face that binds."""
     import numpy as np
@@ -69,6 +75,7 @@ def certify(
     from ..load import opener
     from ..ranks import Ranks, deal
 
+    output_format = _format_for(output_format, output)
     norms = limits.norms(p)
     bound = limits.guarantee(guarantee)
     thresholds = limits.radii(min_radius, norms)
@@ -78,7 +85,7 @@ def certify(
         if path is not None:
             if path.suffix.lower() != suffix:
                 raise LrcertError(f"{what} {path} does not end in {suffix}", fix=f"name a {suffix} file")
-            check_output_path(path)
+            check_output_path(path, what)
     if no_prediction_radius and (certified_thresholds or adversarial_out):
         raise LrcertError("--min-certified and --adversarial-out need the prediction radius",
                           fix="drop --no-prediction-radius")
@@ -102,11 +109,12 @@ def certify(
 
     resize_to, crop_to = sources.sizes(resize), sources.sizes(center_crop, "--center-crop")
     normalization = sources.normalization(mean, std, normalize)
+    class_names = sources.class_names(classes)
     raw = sys.stdin.buffer.read() if data == "-" else None
     networks = opener(model, trust_pickle=trust_pickle, output_name=output_name)
     network, dataset = runner.prepare(
         data, networks, raw=raw, key=key, columns=columns, resize=resize_to, center_crop=crop_to, normalization=normalization, vary=vary,
-        shape_hint=shape_hint)
+        shape_hint=shape_hint, classes=class_names, label_column=label_column)
     rows, notes = dataset.rows, dataset.notes
     valid = runner.box_of(box, dataset)
     directions = None
@@ -123,12 +131,12 @@ def certify(
             raise LrcertError(f"{direction} moves the inputs --vary holds",
                               fix="set their coordinates of every direction to 0, or drop --vary")
     for note in (*network.notes, *notes) if lead else ():
-        say(f"note: {note}")
+        say(note if note.startswith("warning:") else f"note: {note}")
 
     progress = _Progress(network.dimensions, ranks.size, shown=lead)
     engine = runner.engine_for(network, dataset, networks, norms=norms, device=target, dtype=torch_dtype,
                                batch_size=batch_size, predictions=not no_prediction_radius, adversarial_norm=point_norm,
-                               progress=progress.pushed, guarantee=bound, seed=seed)
+                               progress=progress.pushed, guarantee=bound, seed=seed, threads=threads)
     plan = engine.plan(len(rows))
     model_info = report.model_record(model, network)
     options = {
@@ -142,6 +150,8 @@ def certify(
         "direction": direction,
         "vary": vary or None,
         "columns": columns,
+        "label_column": label_column,
+        "classes": class_names,
         "resize": list(resize_to) if resize_to else None,
         "center_crop": list(crop_to) if crop_to else None,
         "normalize": None if normalization is None else {"mean": list(normalization[0]), "std": list(normalization[1])},
@@ -153,6 +163,7 @@ def certify(
         "guarantee": bound,
         "sketch_directions": engine.sketch.k if engine.sketch is not None else None,
         "seed": seed,
+        "threads": threads,
     }
     tally = report.Tally(norms, thresholds, certified_thresholds)
     resumable = output_format == Format.jsonl and output is not None and not device_file(output)
@@ -235,6 +246,22 @@ def certify(
     if ranks.launched:
         ranks.leave(code)  # rank 0's verdict covers every rank's inputs; torchrun passes it on
     return code
+
+
+#: --output extensions and the format each names.
+EXTENSIONS = {".json": Format.json, ".jsonl": Format.jsonl, ".ndjson": Format.jsonl, ".csv": Format.csv}
+
+
+def _format_for(given: Format | None, output: Path | None) -> Format:
+    """--format, or the one --output's extension names (table for others); a format that
+    contradicts the extension is refused (a table in results.json is no JSON)."""
+    named = EXTENSIONS.get(output.suffix.lower()) if output is not None else None
+    if given is None:
+        return named or Format.table
+    if named is not None and given != named:
+        raise LrcertError(f"--format {given.value} does not write what {output.name} names ({named.value})",
+                          fix=f"drop --format (the extension chooses), or name the file for {given.value}")
+    return given
 
 
 def _share(batch: int, count: int, ranks: int, requested: int | None) -> int:

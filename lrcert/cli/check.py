@@ -11,10 +11,10 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import LrcertError
-from .common import EXIT_CHECK_FAILED, EXIT_INPUT, EXIT_OK, SummaryFormat, app, check_output_path, reports_errors, say
+from .common import EXIT_CHECK_FAILED, EXIT_INPUT, EXIT_OK, SummaryFormat, ThreadsOption, app, check_output_path, reports_errors, say
 
 
-@app.command()
+@app.command(short_help="Run the project's checks (floors, baselines) for CI.")
 @reports_errors
 def check(
     names: Annotated[Optional[list[str]], typer.Argument(metavar="NAME", help="The checks to run (default: all of them).")] = None,
@@ -22,6 +22,7 @@ def check(
     junit_xml: Annotated[Optional[Path], typer.Option("--junit-xml", metavar="FILE", help="Also write the results as JUnit XML (one test case per check), for a CI system's test tab.")] = None,
     update_baseline: Annotated[bool, typer.Option("--update-baseline", help="After a run where every check passed, write each check's results to its baseline file (atomically): the new accepted run.")] = False,
     output_format: Annotated[SummaryFormat, typer.Option("--format", "-f", help="The summary: table (for people), json (for machines) or markdown (for $GITHUB_STEP_SUMMARY).")] = SummaryFormat.table,
+    threads: ThreadsOption = None,
 ) -> int:
     """Run the checks of the project's config: each model certifies its data, and a check fails
     where a radius is below its floor (min-radius, min-certified) or a figure dropped from the
@@ -31,7 +32,7 @@ def check(
     from .. import config as settings
     from ..data import written_atomically
 
-    check_output_path(junit_xml)
+    check_output_path(junit_xml, "--junit-xml")
     path = config or settings.find(Path.cwd())
     chosen = settings.load(path)
     if names:
@@ -43,7 +44,8 @@ def check(
     outcomes = []
     for entry in chosen:
         say(f"checking {entry.name}: {entry.model} on {entry.data}")
-        outcome = checks.run(entry, use_baseline=not (update_baseline and entry.baseline and not entry.baseline.exists()))
+        outcome = checks.run(entry, use_baseline=not (update_baseline and entry.baseline and not entry.baseline.exists()),
+                             threads=threads)
         if outcome.error:
             say(f"lrcert: error: {outcome.error}")
         for failure in outcome.failures:

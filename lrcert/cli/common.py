@@ -85,6 +85,7 @@ class _App(typer.Typer):
 app = _App(
     cls=Group,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Exact linear-region radii for piecewise-linear (ReLU) networks: how far each input can move "
@@ -178,7 +179,12 @@ def stop_if_interrupted() -> None:
 
 
 def reports_errors(command):
-    """Wrap a command body so every failure becomes one line on stderr and a documented exit code."""
+    """Wrap a command body so every failure becomes one line on stderr and a documented exit code
+    (advice about ``--output`` only for commands that have it)."""
+    import inspect
+
+    writes = "output" in inspect.signature(command).parameters
+    elsewhere = "write elsewhere (--output FILE)" if writes else "write elsewhere"
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -190,7 +196,7 @@ def reports_errors(command):
             say(f"lrcert: {'internal error: ' if error.internal else 'error: '}{error}")
             raise typer.Exit(EXIT_INTERNAL if error.internal else EXIT_INPUT) from None
         except KeyboardInterrupt:
-            say("lrcert: interrupted; no partial --output file was left behind")
+            say("lrcert: interrupted" + ("; no partial --output file was left behind" if writes else ""))
             raise typer.Exit(130) from None
         except typer.Exit:
             raise
@@ -200,7 +206,7 @@ def reports_errors(command):
         except OSError as exc:  # a full disk, a failing device: the output could not be written (or a file read)
             where = f" ({exc.filename})" if exc.filename else ""
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                say(f"lrcert: error: cannot write the output{where}: {exc.strerror}. Fix: free space, or write elsewhere (--output FILE)")
+                say(f"lrcert: error: cannot write the output{where}: {exc.strerror}. Fix: free space, or {elsewhere}")
             else:
                 say(f"lrcert: error: input/output failed{where}: {exc.strerror or exc}. Fix: check the disk and the files named")
             _quiet_stdout()
@@ -245,17 +251,28 @@ def parse_shape(value: str | None) -> tuple[int, ...] | None:
     return shape
 
 
-def check_output_path(path: Path | None) -> None:
+def check_output_path(path: Path | None, option: str = "--output") -> None:
+    """Refuse, before any work, an ``option`` file that cannot be written."""
     if path is None:
         return
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise LrcertError(f"cannot write --output {str(path)!r}: folder {str(folder)!r} does not exist", fix="create it first")
+        raise LrcertError(f"cannot write {option} {str(path)!r}: folder {str(folder)!r} does not exist", fix="create it first")
     if path.is_dir():
-        raise LrcertError(f"--output {str(path)!r} is a folder", fix="give a file name")
+        raise LrcertError(f"{option} {str(path)!r} is a folder", fix="give a file name")
     if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise LrcertError(f"cannot write --output {str(path)!r}: permission denied", fix="choose a writable place")
+        raise LrcertError(f"cannot write {option} {str(path)!r}: permission denied", fix="choose a writable place")
+
+
+#: ``--threads``, on every command that computes.
+ThreadsOption = Annotated[Optional[int], typer.Option(
+    "--threads", metavar="N", min=1,
+    help="CPU threads to compute with. Default: auto, the CPUs this process may use (affinity, cgroup quota, "
+         "OMP_NUM_THREADS) less those other processes keep busy, looked at again before each batch.")]
 
 
 def main() -> None:
+    from ..threads import first_look
+
+    first_look()  # (the first look at the machine's load: the start-up is the first window)
     app(prog_name="lrcert")

@@ -20,7 +20,7 @@ class Figure(str, enum.Enum):
     median = "median"
 
 
-@app.command()
+@app.command(short_help="Compare two certify runs of the same data.")
 @reports_errors
 def compare(
     base: Annotated[Path, typer.Argument(metavar="BASE", help="The accepted run: lrcert certify's --format json or jsonl output.")],

@@ -12,7 +12,7 @@ from ..errors import LrcertError
 from .common import EXIT_INPUT, EXIT_OK, TableOrJson, app, parse_shape, reports_errors, say
 
 
-@app.command()
+@app.command(short_help="Show how lrcert reads a model: layers, faces, shapes.")
 @reports_errors
 def inspect(
     model: Annotated[str, typer.Argument(help="Model file (ONNX, TorchScript, .pt2, or pickled with --trust-pickle).")],

@@ -7,10 +7,10 @@ from typing import Annotated
 import typer
 
 from ..errors import LrcertError
-from .common import EXIT_OK, TableOrJson, app, reports_errors
+from .common import EXIT_OK, TableOrJson, ThreadsOption, app, reports_errors
 
 
-@app.command()
+@app.command(short_help="Count the linear regions between two inputs, exactly.")
 @reports_errors
 def path(
     model: Annotated[str, typer.Argument(help="Model file (ONNX, .pt2, or pickled/TorchScript with --trust-pickle).")],
@@ -18,6 +18,7 @@ def path(
     end: Annotated[str, typer.Argument(help=".npy holding the segment's end B (one input).")],
     output_format: Annotated[TableOrJson, typer.Option("--format", "-f", help="table (for people) or json.")] = TableOrJson.table,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model (runs code from the file).")] = False,
+    threads: ThreadsOption = None,
 ) -> int:
     """Count the linear regions the segment from A to B crosses, exactly, with each boundary.
 
@@ -30,6 +31,7 @@ def path(
     from .. import data as data_io
     from ..load import load
     from ..regions import STEP, walk
+    from ..threads import Threads
 
     network = load(model, trust_pickle=trust_pickle, sample_shape=data_io.peek_row_shape(start, single=True))
     ends = []
@@ -42,7 +44,8 @@ def path(
                 fix=f"save one input, of shape ({shape}) or (1, {shape})",
             )
         ends.append(torch.from_numpy(np.asarray(rows[0], dtype=np.float64)))
-    crossing = walk(network, *ends)
+    with Threads(threads).use():
+        crossing = walk(network, *ends)
     if output_format == TableOrJson.json:
         typer.echo(json.dumps({"model": model, "start": start, "end": end, "min_region_width_t": STEP, **crossing.as_dict()}, indent=2))
         return EXIT_OK

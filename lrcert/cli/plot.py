@@ -1,4 +1,4 @@
-"""``lrcert plot MODEL --out fig.png``: the linear regions in a plane, with certified balls."""
+"""``lrcert plot MODEL --output fig.png``: the linear regions in a plane, with certified balls."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import LrcertError
-from .common import EXIT_OK, app, check_output_path, integers, reports_errors, say
+from .common import EXIT_OK, ThreadsOption, app, check_output_path, integers, reports_errors, say
 
 
 def parse_indices(value: str | None) -> list[int]:
@@ -22,11 +22,11 @@ def parse_indices(value: str | None) -> list[int]:
     return list(indices)
 
 
-@app.command()
+@app.command(short_help="Draw the linear regions in a plane, with certified balls.")
 @reports_errors
 def plot(
     model: Annotated[str, typer.Argument(help="Model file (ONNX, .pt2, or pickled/TorchScript with --trust-pickle).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Picture to write: .png or .svg.")],
+    output: Annotated[Path, typer.Option("--output", "-o", "--out", help="Picture to write: .png or .svg.")],
     data: Annotated[Optional[str], typer.Option("--data", metavar="FILE", help=".npy/.npz of inputs: drawn (2-D models) and indexed by --points.")] = None,
     points: Annotated[Optional[str], typer.Option("--points", metavar="INDICES", help="Inputs (indices into --data) whose certified l1/l2/linf balls are drawn; the plane goes through the first.")] = None,
     dirs: Annotated[str, typer.Option("--dirs", help="Plane directions (inputs of more than 2 dimensions): random | toward:INDEX (towards another input) | gradient (of the predicted logit) | FILE.npy (two directions).")] = "random",
@@ -34,6 +34,7 @@ def plot(
     resolution: Annotated[int, typer.Option("--resolution", help="Pixels per side (each pixel's region is computed exactly).")] = 400,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the random plane directions.")] = 0,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model (runs code from the file).")] = False,
+    threads: ThreadsOption = None,
 ) -> int:
     """Draw the linear regions of MODEL in a plane, with the certified balls of chosen inputs."""
     import numpy as np
@@ -43,13 +44,13 @@ def plot(
     from .. import plot as plotting
     from ..load import load
 
-    if out.suffix.lower() not in (".png", ".svg"):
-        raise LrcertError(f"--out {str(out)!r} is neither .png nor .svg", fix="name the picture fig.png or fig.svg")
+    if output.suffix.lower() not in (".png", ".svg"):
+        raise LrcertError(f"--output {str(output)!r} is neither .png nor .svg", fix="name the picture fig.png or fig.svg")
     if not 16 <= resolution <= 2000:
         raise LrcertError(f"--resolution {resolution} is outside 16..2000", fix="e.g. --resolution 400")
     if extent is not None and not (0 < extent < math.inf):
         raise LrcertError(f"--extent {extent} is not a positive number", fix="e.g. --extent 0.5")
-    check_output_path(out)
+    check_output_path(output)
     indices = parse_indices(points)
     network = load(model, trust_pickle=trust_pickle, sample_shape=data_io.peek_row_shape(data))
     inputs = labels = None
@@ -65,6 +66,27 @@ def plot(
         labels = np.load(labels_file) if labels_file != Path(data) and labels_file.exists() else None
     elif indices:
         raise LrcertError("--points needs --data", fix="give the inputs with --data X.npy")
+    from ..threads import Threads
+
+    with Threads(threads).use():
+        picture = _picture(network, inputs, indices, dirs, extent, seed, resolution)
+    for index, distance in picture.off_plane.items():
+        say(f"note: input {index} is {distance:.3g} away from the plane (it passes through input {indices[0]}): "
+            "no ball drawn for it")
+    from ..report import radii_text
+
+    radii = [f"input {i}: {radii_text(picture.radii[i])}" for i in indices[:4]]
+    title = "\n".join([f"{Path(model).name}: linear regions", *radii])
+    plotting.draw(picture, inputs, labels, title, output)
+    say(f"wrote {output}: {int(picture.regions.max()) + 1} linear regions in view")
+    return EXIT_OK
+
+
+def _picture(network, inputs, indices: list[int], dirs: str, extent: float | None, seed: int, resolution: int):
+    """The plane's picture; where its regions are mostly narrower than a pixel and no --extent was
+    given, zoomed in to the first point's own neighbourhood (with a note saying so)."""
+    from .. import plot as plotting
+
     plane = plotting.make_plane(network, inputs, indices, dirs, extent, seed)
     picture = plotting.picture(network, plane, inputs, indices, resolution)
     fine = picture.boundary_share() > plotting.TOO_FINE
@@ -74,18 +96,8 @@ def plot(
             say(f"note: at ±{plane.extent:.3g} the {int(picture.regions.max()) + 1} regions in view are mostly narrower "
                 f"than a pixel; drawn at ±{closer:.3g} around input {indices[0]} instead (--extent {plane.extent:.3g} "
                 "draws the wider view)")
-            plane = replace(plane, extent=closer)
-            picture = plotting.picture(network, plane, inputs, indices, resolution)
+            picture = plotting.picture(network, replace(plane, extent=closer), inputs, indices, resolution)
     elif fine:
         say(f"note: most of the {int(picture.regions.max()) + 1} regions in view are narrower than a pixel: they show "
             "as boundary ink (a smaller --extent, or a larger --resolution, shows them)")
-    for index, distance in picture.off_plane.items():
-        say(f"note: input {index} is {distance:.3g} away from the plane (it passes through input {indices[0]}): "
-            "no ball drawn for it")
-    from ..report import radii_text
-
-    radii = [f"input {i}: {radii_text(picture.radii[i])}" for i in indices[:4]]
-    title = "\n".join([f"{Path(model).name}: linear regions", *radii])
-    plotting.draw(picture, inputs, labels, title, out)
-    say(f"wrote {out}: {int(picture.regions.max()) + 1} linear regions in view")
-    return EXIT_OK
+    return picture

@@ -1,4 +1,4 @@
-"""``lrcert report RESULTS --out report.html``: one self-contained HTML page from certify's
+"""``lrcert report RESULTS --output report.html``: one self-contained HTML page from certify's
 JSON or JSON-lines output."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from ..errors import LrcertError
 from .common import EXIT_OK, app, check_output_path, reports_errors, say
 
 
-@app.command()
+@app.command(short_help="Write a self-contained HTML report of a certify run.")
 @reports_errors
 def report(
     results: Annotated[Path, typer.Argument(metavar="RESULTS", help="lrcert certify's output: --format json or jsonl.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")],
+    output: Annotated[Path, typer.Option("--output", "-o", "--out", help="The HTML file to write.")],
     data: Annotated[Optional[str], typer.Option("--data", metavar="FILE", help="The inputs certified (default: the data named in a JSON document), for thumbnails of image-shaped inputs.")] = None,
     adversarial: Annotated[Optional[Path], typer.Option("--adversarial", help="certify's --adversarial-out file, to picture each input beside its adversarial point.")] = None,
     key: Annotated[Optional[str], typer.Option("--key", metavar="NAME", help="Array to read from an .npz data file with several.")] = None,
@@ -28,16 +28,16 @@ def report(
     from .. import html_report, runs
     from ..data import written_atomically
 
-    if out.suffix.lower() != ".html":
-        raise LrcertError(f"--out {out} does not end in .html", fix="name an .html file")
-    check_output_path(out)
+    if output.suffix.lower() != ".html":
+        raise LrcertError(f"--output {output} does not end in .html", fix="name an .html file")
+    check_output_path(output)
     run, records = runs.read(results)
     notes = list(run.get("notes") or [])
     pictures = _pictures(run, records, data, adversarial, key, notes)
     run["notes"] = notes
-    with written_atomically(out) as tmp:
+    with written_atomically(output) as tmp:
         Path(tmp).write_text(html_report.render(run, records, pictures), encoding="utf-8")
-    say(f"report: {out} ({len(records)} inputs)")
+    say(f"report: {output} ({len(records)} inputs)")
     return EXIT_OK
 
 

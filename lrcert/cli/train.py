@@ -1,4 +1,4 @@
-"""``lrcert train DATA --out MODEL``: a ReLU network trained with the ROLL regulariser, saved as ONNX."""
+"""``lrcert train DATA --output MODEL``: a ReLU network trained with the ROLL regulariser, saved as ONNX."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import LrcertError
-from .common import EXIT_OK, Device, TableOrJson, app, check_output_path, integers, reports_errors, say
+from .common import EXIT_OK, Device, TableOrJson, ThreadsOption, app, check_output_path, integers, reports_errors, say
 
 
 def parse_widths(value: str | None, option: str) -> tuple[int, ...]:
@@ -23,11 +23,11 @@ def parse_widths(value: str | None, option: str) -> tuple[int, ...]:
     return widths
 
 
-@app.command()
+@app.command(short_help="Train a ReLU network with ROLL (larger regions), as ONNX.")
 @reports_errors
 def train(
     data: Annotated[str, typer.Argument(help=".npz with 'x' (inputs, first axis indexes samples) and 'y' (integer class labels); sequences of different lengths: x (N, steps, features) zero-padded, and 'lengths' (N,).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to save the trained model (ONNX, readable by lrcert certify).")],
+    output: Annotated[Path, typer.Option("--output", "-o", "--out", help="Where to save the trained model (ONNX, readable by lrcert certify).")],
     hidden: Annotated[Optional[str], typer.Option("--hidden", metavar="WIDTHS", help="Widths of the dense ReLU layers, comma-separated. Default: 300,300,300,300; with --rnn, none (a linear layer on the last step).")] = None,
     rnn: Annotated[Optional[str], typer.Option("--rnn", metavar="WIDTHS", help="Train a ReLU RNN over sequences instead: the units of each recurrent layer, e.g. 64 or 64,64 (x: (N, steps, features)). The saved ONNX model reads every length.")] = None,
     conv: Annotated[Optional[str], typer.Option("--conv", metavar="CHANNELS", help="Channels of 3×3 stride-2 ReLU convolutions before the dense layers, e.g. 16,32 (inputs must be (N, C, H, W)).")] = None,
@@ -45,6 +45,7 @@ def train(
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of DATA held out when --val is not given.")] = 0.2,
     output_format: Annotated[TableOrJson, typer.Option("--format", "-f", help="table or json (the held-out statistics and the training history).")] = TableOrJson.table,
     device: Annotated[Device, typer.Option("--device", help="Where to train (the ROLL loss and the per-epoch certification too): auto takes the GPU when PyTorch sees one.")] = Device.auto,
+    threads: ThreadsOption = None,
 ) -> int:
     """Train a ReLU network with the ROLL regulariser (larger linear regions) and save it as ONNX.
 
@@ -56,14 +57,14 @@ def train(
 
     settings = training.Settings(
         lam=lam, C=C, gamma=gamma, sample_dims=sample_dims, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-        clip=clip_norm, cosine=cosine,
+        clip=clip_norm, cosine=cosine, threads=threads,
     )
     settings.check()
     recurrent = parse_widths(rnn, "--rnn")
     widths = parse_widths(hidden if hidden is not None else None if recurrent else "300,300,300,300", "--hidden")
     channels = parse_widths(conv, "--conv")
-    out = out if out.suffix else out.with_suffix(".onnx")
-    check_output_path(out)
+    output = output if output.suffix else output.with_suffix(".onnx")
+    check_output_path(output)
     x, y, lengths = training.read_labelled(data)
     _check_shape(x, lengths, recurrent, channels, data)
     if val is not None:
@@ -89,17 +90,17 @@ def train(
     )
     with _epoch_progress(epochs) as on_epoch:
         history = training.fit(model, train_set, val_set, settings, on_epoch)
-    training.save_onnx(model, tuple(x.shape[1:]), out)
+    training.save_onnx(model, tuple(x.shape[1:]), output)
     stats = training.region_statistics(model, *val_set)
-    say(f"saved {out}")
+    say(f"saved {output}")
     if output_format == TableOrJson.json:
-        doc = {"model": str(out), "settings": dataclasses.asdict(settings), "hidden": widths, "conv": channels,
+        doc = {"model": str(output), "settings": dataclasses.asdict(settings), "hidden": widths, "conv": channels,
                "rnn": recurrent, "history": history, "held_out": stats}
         typer.echo(json.dumps(doc, indent=2))
     else:
         from ..report import print_region_table
 
-        print_region_table(sys.stdout, f"{out.name} on {len(val_set[0])} held-out samples", [(out.name, stats)])
+        print_region_table(sys.stdout, f"{output.name} on {len(val_set[0])} held-out samples", [(output.name, stats)])
     return EXIT_OK
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .. import devices, ir
+from ..threads import Threads
 from ..errors import LrcertError
 from . import norms as face_norms
 from . import plan as planning
@@ -41,6 +42,10 @@ class Engine:
     (:mod:`.sketch`: ``sketch_directions`` random directions drawn from ``seed``) and report
     their δ; ``sketch=None`` does so only where it is much cheaper than the dense way (the rule
     in :mod:`.sketch`), True wherever, False never. ``guarantee="deterministic"`` never sketches.
+
+    ``threads`` is how many CPU threads its computations use: None (auto) takes the CPUs this
+    process may use less those other processes keep busy, looked at again before each batch
+    (:mod:`lrcert.threads`); PyTorch's own setting is restored after each batch.
     """
 
     def __init__(
@@ -61,6 +66,7 @@ class Engine:
         sketch_directions: int = sketch_module.DIRECTIONS,
         seed: int = 0,
         sketch: bool | None = None,
+        threads: int | None = None,
     ):
         unknown = [p for p in norms if p not in NORMS]
         if unknown or not norms:
@@ -78,6 +84,7 @@ class Engine:
         if sketch_directions < 1:
             raise LrcertError(f"{sketch_directions} sketch directions", fix="use 1 or more (the default is 64)")
         self.device = devices.resolve(device)
+        self.threads = Threads(threads)
         if dtype == "auto" and precision.float64_outright(network, self.device):
             dtype = torch.float64
         self.auto = dtype == "auto"
@@ -155,7 +162,7 @@ class Engine:
         """Only the directional radius of each input of ``x`` along its direction (one per input, or
         one for all) and the face that sets it: one tangent pass, no gradient norms."""
         plan = self.plan(len(x))
-        with torch.no_grad(), devices.exact_float32():
+        with torch.no_grad(), devices.exact_float32(), self.threads.use():
             region = Region(self, x.to(self.device, self.value_dtype))
             rates = face_norms.Rates(region.batch)
             push_directions(region, directions, rates, plan.group)
@@ -209,7 +216,7 @@ class Engine:
 
     def _launch(self, x: Tensor, directions: Tensor | None, plan: planning.Plan) -> Outcome:
         """Queue all of one batch's work on the device, and the copy of its results to the host."""
-        with torch.no_grad(), devices.exact_float32():
+        with torch.no_grad(), devices.exact_float32(), self.threads.use():
             region, tensors = self.compute(x, directions, plan)
             return Outcome(region, tensors)
 
@@ -353,7 +360,8 @@ class Engine:
         """The same engine in float64 (``dtype="auto"`` reruns the inputs it cannot settle cheaply with it)."""
         if self._exact is None:
             self._exact = Engine(self.network, norms=self.norms, device=self.device, dtype=torch.float64,
-                                 memory_bytes=self.memory_bytes, predictions=False, screen=False)
+                                 memory_bytes=self.memory_bytes, predictions=False, screen=False,
+                                 threads=self.threads.requested)
         return self._exact
 
     def identity(self, start: int, stop: int, dtype: torch.dtype | None = None) -> Tensor:
@@ -393,11 +401,12 @@ def certify(
     batch_size: int | None = None,
     predictions: bool = True,
     screen: bool = True,
+    threads: int | None = None,
 ) -> list[InputResult]:
     """Certify every row of ``x`` (shape ``(N, *network.sample_shape)``) on ``device`` (default:
     where ``x`` is; ``"auto"``: a GPU when there is one) in ``dtype`` (default ``"auto"``: float64
     results at float32 speed); see :class:`Engine`."""
     x = devices.as_tensor(x)
     engine = Engine(network, norms=norms, device=devices.resolve(device, like=x), dtype=dtype, batch_size=batch_size,
-                    predictions=predictions, screen=screen)
+                    predictions=predictions, screen=screen, threads=threads)
     return engine.certify(x, directions=directions)
