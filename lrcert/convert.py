@@ -567,6 +567,11 @@ def _reshape(call):
         call.result(ir.Reshape, [x])
 
 
+def _reshape_in_place(call):
+    """``squeeze_``/``unsqueeze_``: the tensor already has its new shape; its layer, the old one."""
+    call.result(ir.Reshape, [call["self"]])
+
+
 def _permute(call):
     x = call["self"]
     n = x.dim()
@@ -767,6 +772,8 @@ CONVERTERS: dict[Any, Callable[[_Call], None]] = {
     aten._reshape_alias: _reshape,
     aten.squeeze: _reshape,
     aten.unsqueeze: _reshape,
+    aten.squeeze_: _reshape_in_place,  # (torch.matmul of a vector squeezes its product so)
+    aten.unsqueeze_: _reshape_in_place,
     aten.flatten: _reshape,
     aten.expand: _reshape,
     aten.t: _permute,

@@ -29,6 +29,7 @@ import torch
 from . import ir, onnx_ops, recurrent
 from .convert import to_network
 from .errors import SUPPORTED_NETWORKS, LrcertError, first_line
+from .fold import complete_types, fold_constants
 
 #: ONNX ops that are linear in their input-dependent operands. The value lists the operand
 #: positions that must be constant (weights, shapes, indices).
@@ -161,6 +162,8 @@ class _OnnxFile:
         self.path = path
         model = _read_onnx(path)
         reordered = _sort_nodes(model.graph)
+        complete_types(model)
+        fold_constants(model)
         _check_onnx(model, path)
         self.joined = _join_inputs(model, path.name)
         problems, self.dims = _inspect_onnx_graph(model)
@@ -204,6 +207,8 @@ JOINT_INPUT = "lrcert_joint_input"
 def _join_inputs(model, file: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """Rewrite a graph of several inputs into one of a single flat input whose rows join every
     input's flattened row, in the graph's order (a Slice and a Reshape give each input back).
+    Inputs that all have a batch axis (dynamic or 1; where they differ, 1) join along it; inputs
+    that all have fixed sizes and no batch axis join as one row, each row of DATA one joint sample.
     Returns the inputs' names and row shapes; () for a graph of one input."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -211,41 +216,49 @@ def _join_inputs(model, file: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
     inputs = _graph_inputs(graph)
     if len(inputs) < 2:
         return ()
-    joined, batches = [], set()
+    joined, batched, batches = [], [], set()
     for entry in inputs:
         tensor = entry.type.tensor_type
         dims = _dims(tensor)
         if tensor.elem_type not in FLOAT_TYPES:
             raise LrcertError(f"{file}: input {entry.name!r} is not a floating-point tensor",
                               fix="certify a model whose inputs are all float tensors")
-        if not dims or None in dims[1:] or dims[0] not in (None, 1):
+        if None in dims[1:]:
             shown = ", ".join(str(d.dim_value) if d.HasField("dim_value") else d.dim_param or "?" for d in tensor.shape.dim)
-            raise LrcertError(f"{file}: input {entry.name!r} has shape ({shown}); "
-                              "joining several inputs needs a batch axis (dynamic or 1) and fixed other sizes",
-                              fix="re-export the model with static input shapes")
-        batches.add(dims[0])
-        joined.append((entry.name, tuple(dims[1:]), tensor.elem_type))
-    if len(batches) != 1:
-        raise LrcertError(f"{file}: the inputs' batch axes differ (dynamic and 1)", fix="re-export with one batch layout")
+            raise LrcertError(f"{file}: input {entry.name!r} has shape ({shown}); joining several inputs needs fixed "
+                              "sizes besides a batch axis", fix="re-export the model with static input shapes")
+        batched.append(bool(dims) and dims[0] in (None, 1))
+        batches.add(dims[0] if dims else None)
+        joined.append((entry.name, tuple(dims), tensor.elem_type))
+    if all(batched):
+        axis, batch = 1, 1 if 1 in batches else None  # (dynamic and 1 together: rows go one at a time, as batch 1)
+        joined = [(name, dims[1:], elem_type) for name, dims, elem_type in joined]
+    elif any(d is None for _, dims, _ in joined for d in dims):
+        names = ", ".join(name for (name, _, _), b in zip(joined, batched) if not b)
+        raise LrcertError(f"{file}: some inputs have a batch axis and {names} has none",
+                          fix="re-export the model with every input batched (dynamic or 1), or every input of fixed size")
+    else:
+        axis, batch = 0, None  # no batch axis: each row of DATA is one joint sample
     opset = _opset(model)
     nodes, start = [], 0
     for k, (name, shape, elem_type) in enumerate(joined):
         size = math.prod(shape)
         piece, flat = f"{JOINT_INPUT}_{k}", f"{JOINT_INPUT}_{k}_flat"
         if opset >= 10:
-            bounds = {f"{piece}_starts": [start], f"{piece}_ends": [start + size], f"{piece}_axes": [1]}
+            bounds = {f"{piece}_starts": [start], f"{piece}_ends": [start + size], f"{piece}_axes": [axis]}
             graph.initializer.extend(numpy_helper.from_array(np.array(v, dtype=np.int64), n) for n, v in bounds.items())
             nodes.append(helper.make_node("Slice", [JOINT_INPUT, *bounds], [flat], name=flat))
         else:
-            nodes.append(helper.make_node("Slice", [JOINT_INPUT], [flat], name=flat, starts=[start], ends=[start + size], axes=[1]))
-        graph.initializer.append(numpy_helper.from_array(np.array([-1, *shape], dtype=np.int64), f"{piece}_shape"))
+            nodes.append(helper.make_node("Slice", [JOINT_INPUT], [flat], name=flat, starts=[start], ends=[start + size], axes=[axis]))
+        target = [-1, *shape] if axis else list(shape)
+        graph.initializer.append(numpy_helper.from_array(np.array(target, dtype=np.int64), f"{piece}_shape"))
         reshaped = name if elem_type == TensorProto.FLOAT else piece
         nodes.append(helper.make_node("Reshape", [flat, f"{piece}_shape"], [reshaped], name=piece))
         if elem_type != TensorProto.FLOAT:
             nodes.append(helper.make_node("Cast", [piece], [name], name=f"{piece}_cast", to=elem_type))
         start += size
-    batch = batches.pop()
-    joint = helper.make_tensor_value_info(JOINT_INPUT, TensorProto.FLOAT, ["N" if batch is None else 1, start])
+    layout = [start] if axis == 0 else ["N" if batch is None else 1, start]
+    joint = helper.make_tensor_value_info(JOINT_INPUT, TensorProto.FLOAT, layout)
     weights = [i for i in graph.input if i.name not in {entry.name for entry in inputs}]
     del graph.input[:]
     graph.input.extend([joint, *weights])

@@ -217,7 +217,6 @@ def fit(
     settings.check()
     x, y, lengths = _samples(train)
     val = _samples(val)
-    device = devices.of_module(model)
     generator = torch.Generator(device="cpu").manual_seed(settings.seed)  # the same run on any device
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.epochs) if settings.cosine else None

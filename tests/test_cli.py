@@ -482,3 +482,34 @@ def test_errors_of_commands_without_an_output_file_do_not_advise_one(monkeypatch
         with pytest.raises(Exception):
             reports_errors(command)("m")
     assert "--output" not in said[0] and "--output FILE" in said[1]
+
+
+def test_every_options_help_says_its_default():
+    import typer
+
+    group = typer.main.get_command(app)
+    silent = []
+    for name, command in group.commands.items():
+        for param in command.params:
+            if type(param).__name__ != "TyperOption" or param.name == "help":
+                continue
+            shown = param.required or param.show_default and param.default is not None and not (
+                param.is_flag and param.default is False)  # (the help prints [default: …] or [required])
+            if "default" not in (param.help or "").lower() and not shown:
+                silent.append(f"{name} {param.opts[0]}")
+    assert not silent, silent
+
+
+def test_certify_and_train_help_is_grouped_in_panels():
+    panels = {"certify": ["Radii", "Data", "Model", "Output", "Checks", "Prediction and adversarial points", "Engine"],
+              "train": ["Output", "Network", "ROLL", "Optimisation", "Data", "Engine"]}
+    for command, names in panels.items():
+        page = runner.invoke(app, [command, "-h"], env={"COLUMNS": "80"}).stdout
+        found = [line.split("─ ", 1)[1].split(" ─")[0] for line in page.splitlines() if line.startswith("╭─ ")]
+        assert [n for n in found if n not in ("Arguments", "Options")] == names, found
+        from rich.cells import cell_len
+
+        assert all(cell_len(line) <= 80 for line in page.splitlines())  # (as a terminal counts: ε̂ is one cell)
+    certify = runner.invoke(app, ["certify", "-h"], env={"COLUMNS": "250"}).stdout
+    data = certify[certify.index("╭─ Data"):certify.index("╭─ Model")]
+    assert all(f"--{o}" in data for o in ("columns", "label-column", "classes", "resize", "normalize", "vary"))

@@ -96,7 +96,7 @@ def _graph(nodes, initializers, inputs=None, opset=13):
                 helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4]),
                 helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, ["N", "M"]),
             ]),
-            r"input 'z' has shape \(N, M\); joining several inputs needs a batch axis",
+            r"input 'z' has shape \(N, M\); joining several inputs needs fixed sizes besides a batch axis",
         ),
         (
             "integer_input",

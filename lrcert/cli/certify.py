@@ -9,6 +9,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Optional
 
 import typer
@@ -16,7 +17,7 @@ import typer
 from .. import limits
 from ..errors import LrcertError
 from .common import (
-    EXIT_CHECK_FAILED, EXIT_OK, Device, DType, Format, ThreadsOption, app, check_output_path, parse_shape, reports_errors,
+    EXIT_CHECK_FAILED, EXIT_OK, Device, DType, Format, app, check_output_path, parse_shape, reports_errors, threads_option,
     say, stop_if_interrupted,
 )
 from .outputs import (
@@ -33,219 +34,271 @@ from .outputs import (
 def certify(
     model: Annotated[str, typer.Argument(help="ONNX model, torch.export .pt2 program, or (with --trust-pickle) a TorchScript file or pickled nn.Module.")],
     data: Annotated[str, typer.Argument(help="Inputs: .npy or .npz whose first axis indexes inputs, - for standard input, a folder of PNG/JPEG/WebP images (class folders give labels), or a .csv or .parquet table (a 'label' column gives labels).")],
-    p: Annotated[Optional[list[str]], typer.Option("--norm", "-p", "--p", metavar="NORM", help="Norm of the ball: 1, 2 or inf. Repeatable. Default: all three. (Under torchrun write --norm or -p: its parser takes --p for one of its own options.)")] = None,
-    output_format: Annotated[Optional[Format], typer.Option("--format", "-f", help="table (for people), json, jsonl or csv (for pipelines). Default: the --output file's extension (.json, .jsonl, .csv), else table.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the results to this file (atomically) instead of stdout.")] = None,
-    min_radius: Annotated[Optional[list[str]], typer.Option("--min-radius", metavar="R", help="CI check: exit 1 if any radius is below R. 'R' applies to every selected norm, 'l2=R' to one. Repeatable.")] = None,
-    direction: Annotated[Optional[str], typer.Option("--direction", metavar="FILE", help=".npy of directions d (one per input, or one for all): also report the largest t with x + t·d in the region.")] = None,
-    key: Annotated[Optional[str], typer.Option("--key", metavar="NAME", help="Array to read from an .npz file with several.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Inputs per batch. Default: as many as fit the memory bound.")] = None,
-    device: Annotated[Device, typer.Option("--device", help="Where to compute: auto takes the GPU when PyTorch sees one (batches then sized from its free memory).")] = Device.auto,
-    dtype: Annotated[DType, typer.Option("--dtype", help="auto: float64 radii at about float32 speed (the expensive passes in float32 with rigorous rounding bounds, the faces that can bind recomputed in float64); float32: raw speed; float64: everything in float64.")] = DType.auto,
-    input_shape: Annotated[Optional[str], typer.Option("--input-shape", metavar="SHAPE", help="Shape of one input, e.g. 1,28,28 (only for models that do not record it).")] = None,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model or TorchScript file: this runs code stored in the file.")] = False,
-    columns: Annotated[Optional[str], typer.Option("--columns", metavar="A,B,…", help="For a table: the feature columns, in the model's order. Default: every column but the label column.")] = None,
-    label_column: Annotated[Optional[str], typer.Option("--label-column", metavar="NAME", help="For a table: the column of labels (class indices, or names of --classes). Default: 'label', where there is one.")] = None,
-    classes: Annotated[Optional[str], typer.Option("--classes", metavar="NAMES|FILE", help="The model's class names in output order (airplane,automobile,…) or a file of one per line: class folders and label cells are matched to them, and summaries name them. Default: folders named 0, 1, … by number, others in sorted order (with a warning where they cannot be all of the model's classes).")] = None,
-    resize: Annotated[Optional[str], typer.Option("--resize", metavar="N|H,W", help="For an image folder: resize as torchvision's Resize does (N: the shorter side to N; H,W: to that size).")] = None,
-    center_crop: Annotated[Optional[str], typer.Option("--center-crop", metavar="N|H,W", help="For an image folder: then crop the center, as torchvision's CenterCrop.")] = None,
-    mean: Annotated[Optional[str], typer.Option("--mean", metavar="M,…", help="The model expects (x − mean) / std (per channel): lrcert makes that its first layer, so every radius and adversarial point is in the data's own units (pixels). Needs --std.")] = None,
-    std: Annotated[Optional[str], typer.Option("--std", metavar="S,…", help="The std of --mean's normalisation: one value, or one per channel.")] = None,
-    normalize: Annotated[Optional[str], typer.Option("--normalize", metavar="PRESET", help="A known --mean/--std: imagenet (0.485,0.456,0.406 / 0.229,0.224,0.225).")] = None,
-    box: Annotated[Optional[str], typer.Option("--box", metavar="LO,HI", help="Valid inputs lie in [LO, HI] (pixels: 0,1, the default for image folders; none: no box): prediction radii at most ε̂ and adversarial points are then the closest inputs inside the box with another prediction.")] = None,
-    vary: Annotated[Optional[list[str]], typer.Option("--vary", metavar="NAME", help="For an ONNX model with several inputs: certify along this input only, the others held at each row's values (radii, faces and adversarial points then move only its coordinates). Repeatable. Default: every input (their joint space).")] = None,
-    output_name: Annotated[Optional[str], typer.Option("--output-name", metavar="NAME", help="For an ONNX model with several outputs: the one predictions and prediction radii read (default: the first). The regions are the whole graph's either way.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="With --format jsonl --output FILE: continue an interrupted run, keeping the rows already written.")] = False,
-    min_certified: Annotated[Optional[list[str]], typer.Option("--min-certified", metavar="R", help="CI check on predictions: exit 1 if any certified radius, min(ε̂, prediction radius), is below R. Same forms as --min-radius.")] = None,
-    adversarial_out: Annotated[Optional[Path], typer.Option("--adversarial-out", help="Write an .npy shaped like the inputs (float64): row i is the closest input with another prediction where the prediction radius is at most ε̂ (exact), NaN elsewhere.")] = None,
-    adversarial_norm: Annotated[Optional[str], typer.Option("--adversarial-norm", metavar="NORM", help="Norm of the adversarial points: 1, 2 or inf. Default: l2, or the one norm --p selects.")] = None,
-    report_page: Annotated[Optional[Path], typer.Option("--report", help="Also write a self-contained HTML report of the run (see lrcert report).")] = None,
-    no_prediction_radius: Annotated[bool, typer.Option("--no-prediction-radius", help="Leave out each input's prediction and certified radius (their reverse passes): ε̂ alone, at full speed.")] = False,
-    guarantee: Annotated[str, typer.Option("--guarantee", metavar="DELTA", help="How sure every answer must be. A probability δ (default 1e-12): inputs whose faces the deterministic bounds cannot rule out are sketched with random directions where that is much cheaper (large inputs, deep networks: minutes instead of hours at 224×224), and the whole run is exact except with probability at most δ (each input reports its share). deterministic: never sketch.")] = "1e-12",
-    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the sketch's random directions (recorded with the results: a run is reproducible).")] = 0,
-    threads: ThreadsOption = None,
+    p: Annotated[Optional[list[str]], typer.Option("--norm", "-p", "--p", metavar="NORM", help="Norm of the ball: 1, 2 or inf. Repeatable. Default: all three. (Under torchrun write --norm or -p: its parser takes --p for one of its own options.)", rich_help_panel="Radii")] = None,
+    direction: Annotated[Optional[str], typer.Option("--direction", metavar="FILE", help=".npy of directions d (one per input, or one for all): also report the largest t with x + t·d in the region. Default: none.", rich_help_panel="Radii")] = None,
+    dtype: Annotated[DType, typer.Option("--dtype", help="auto: float64 radii at about float32 speed (the expensive passes in float32 with rigorous rounding bounds, the faces that can bind recomputed in float64); float32: raw speed; float64: everything in float64.", rich_help_panel="Radii")] = DType.auto,
+    guarantee: Annotated[str, typer.Option("--guarantee", metavar="DELTA", help="How sure every answer must be. A probability δ (default 1e-12): inputs whose faces the deterministic bounds cannot rule out are sketched with random directions where that is much cheaper (large inputs, deep networks: minutes instead of hours at 224×224), and the whole run is exact except with probability at most δ (each input reports its share). deterministic: never sketch.", rich_help_panel="Radii")] = "1e-12",
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the sketch's random directions (recorded with the results: a run is reproducible).", rich_help_panel="Radii")] = 0,
+    key: Annotated[Optional[str], typer.Option("--key", metavar="NAME", help="Array to read from an .npz file with several. Default: the file's only array.", rich_help_panel="Data")] = None,
+    columns: Annotated[Optional[str], typer.Option("--columns", metavar="A,B,…", help="For a table: the feature columns, in the model's order. Default: every column but the label column.", rich_help_panel="Data")] = None,
+    label_column: Annotated[Optional[str], typer.Option("--label-column", metavar="NAME", help="For a table: the column of labels (class indices, or names of --classes). Default: 'label', where there is one.", rich_help_panel="Data")] = None,
+    classes: Annotated[Optional[str], typer.Option("--classes", metavar="NAMES|FILE", help="The model's class names in output order (airplane,automobile,…) or a file of one per line: class folders and label cells are matched to them, and summaries name them. Default: folders named 0, 1, … by number, others in sorted order (with a warning where they cannot be all of the model's classes).", rich_help_panel="Data")] = None,
+    resize: Annotated[Optional[str], typer.Option("--resize", metavar="N|H,W", help="For an image folder: resize as torchvision's Resize does (N: the shorter side to N; H,W: to that size). Default: none (every image of one size).", rich_help_panel="Data")] = None,
+    center_crop: Annotated[Optional[str], typer.Option("--center-crop", metavar="N|H,W", help="For an image folder: then crop the center, as torchvision's CenterCrop. Default: none.", rich_help_panel="Data")] = None,
+    mean: Annotated[Optional[str], typer.Option("--mean", metavar="M,…", help="The model expects (x − mean) / std (per channel): lrcert makes that its first layer, so every radius and adversarial point is in the data's own units (pixels). Needs --std. Default: none.", rich_help_panel="Data")] = None,
+    std: Annotated[Optional[str], typer.Option("--std", metavar="S,…", help="The std of --mean's normalisation: one value, or one per channel. Default: none.", rich_help_panel="Data")] = None,
+    normalize: Annotated[Optional[str], typer.Option("--normalize", metavar="PRESET", help="A known --mean/--std: imagenet (0.485,0.456,0.406 / 0.229,0.224,0.225). Default: none.", rich_help_panel="Data")] = None,
+    vary: Annotated[Optional[list[str]], typer.Option("--vary", metavar="NAME", help="For an ONNX model with several inputs: certify along this input only, the others held at each row's values (radii, faces and adversarial points then move only its coordinates). Repeatable. Default: every input (their joint space).", rich_help_panel="Data")] = None,
+    input_shape: Annotated[Optional[str], typer.Option("--input-shape", metavar="SHAPE", help="Shape of one input, e.g. 1,28,28 (only for models that do not record it). Default: the data's row shape.", rich_help_panel="Model")] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model or TorchScript file: this runs code stored in the file. Default: off.", rich_help_panel="Model")] = False,
+    output_name: Annotated[Optional[str], typer.Option("--output-name", metavar="NAME", help="For an ONNX model with several outputs: the one predictions and prediction radii read (default: the first). The regions are the whole graph's either way.", rich_help_panel="Model")] = None,
+    output_format: Annotated[Optional[Format], typer.Option("--format", "-f", help="table (for people), json, jsonl or csv (for pipelines). Default: the --output file's extension (.json, .jsonl, .csv), else table.", rich_help_panel="Output")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the results to this file (atomically) instead of stdout. Default: standard output.", rich_help_panel="Output")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="With --format jsonl --output FILE: continue an interrupted run, keeping the rows already written. Default: off (an interrupted run's left-over is refused).", rich_help_panel="Output")] = False,
+    report_page: Annotated[Optional[Path], typer.Option("--report", help="Also write a self-contained HTML report of the run (see lrcert report). Default: none.", rich_help_panel="Output")] = None,
+    min_radius: Annotated[Optional[list[str]], typer.Option("--min-radius", metavar="R", help="CI check: exit 1 if any radius is below R. 'R' applies to every selected norm, 'l2=R' to one. Repeatable. Default: no check.", rich_help_panel="Checks")] = None,
+    min_certified: Annotated[Optional[list[str]], typer.Option("--min-certified", metavar="R", help="CI check on predictions: exit 1 if any certified radius, min(ε̂, prediction radius), is below R. Same forms as --min-radius. Default: no check.", rich_help_panel="Checks")] = None,
+    box: Annotated[Optional[str], typer.Option("--box", metavar="LO,HI", help="Valid inputs lie in [LO, HI] (pixels: 0,1, the default for image folders; none: no box): prediction radii at most ε̂ and adversarial points are then the closest inputs inside the box with another prediction.", rich_help_panel="Prediction and adversarial points")] = None,
+    adversarial_out: Annotated[Optional[Path], typer.Option("--adversarial-out", help="Write an .npy shaped like the inputs (float64): row i is the closest input with another prediction where the prediction radius is at most ε̂ (exact), NaN elsewhere. Default: none.", rich_help_panel="Prediction and adversarial points")] = None,
+    adversarial_norm: Annotated[Optional[str], typer.Option("--adversarial-norm", metavar="NORM", help="Norm of the adversarial points: 1, 2 or inf. Default: l2, or the one norm --p selects.", rich_help_panel="Prediction and adversarial points")] = None,
+    no_prediction_radius: Annotated[bool, typer.Option("--no-prediction-radius", help="Leave out each input's prediction and certified radius (their reverse passes): ε̂ alone, at full speed. Default: off (the prediction radius is computed).", rich_help_panel="Prediction and adversarial points")] = False,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Inputs per batch. Default: as many as fit the memory bound.", rich_help_panel="Engine")] = None,
+    device: Annotated[Device, typer.Option("--device", help="Where to compute: auto takes the GPU when PyTorch sees one (batches then sized from its free memory).", rich_help_panel="Engine")] = Device.auto,
+    threads: threads_option("Engine") = None,
 ) -> int:
     """Certify every input of DATA: the exact l1/l2/linf radius of its linear region and the face that binds."""
-    import numpy as np
+    asked = SimpleNamespace(**locals())  # (the options as given; the steps below add what they derive)
+    _parse(asked)
+    ranks = _ranks(asked)
+    run = _prepare(asked, ranks)
+    _stream(asked, run, ranks)
+    code = _finish(asked, run, ranks) if ranks.rank == 0 else EXIT_OK
+    ranks.close()
+    if ranks.launched:
+        ranks.leave(code)  # rank 0's verdict covers every rank's inputs; torchrun passes it on
+    return code
+
+
+def _parse(asked: SimpleNamespace) -> None:
+    """Check the options against each other and read their values (norms, floors, sizes, …), before any work."""
     import torch
 
-    from .. import data as data_io
-    from .. import devices, report
-    from ..html_report import today
-    from ..load import opener
-    from ..ranks import Ranks, deal
+    from .. import sources
 
-    output_format = _format_for(output_format, output)
-    norms = limits.norms(p)
-    bound = limits.guarantee(guarantee)
-    thresholds = limits.radii(min_radius, norms)
-    certified_thresholds = limits.radii(min_certified, norms, "--min-certified")
-    point_norm = _adversarial_norm(adversarial_norm, norms) if adversarial_out or report_page else None
-    for path, suffix, what in ((adversarial_out, ".npy", "--adversarial-out"), (report_page, ".html", "--report")):
+    asked.output_format = _format_for(asked.output_format, asked.output)
+    asked.norms = limits.norms(asked.p)
+    asked.bound = limits.guarantee(asked.guarantee)
+    asked.thresholds = limits.radii(asked.min_radius, asked.norms)
+    asked.certified_thresholds = limits.radii(asked.min_certified, asked.norms, "--min-certified")
+    pictured = asked.adversarial_out or asked.report_page
+    asked.point_norm = _adversarial_norm(asked.adversarial_norm, asked.norms) if pictured else None
+    for path, suffix, what in ((asked.adversarial_out, ".npy", "--adversarial-out"), (asked.report_page, ".html", "--report")):
         if path is not None:
             if path.suffix.lower() != suffix:
                 raise LrcertError(f"{what} {path} does not end in {suffix}", fix=f"name a {suffix} file")
             check_output_path(path, what)
-    if no_prediction_radius and (certified_thresholds or adversarial_out):
+    if asked.no_prediction_radius and (asked.certified_thresholds or asked.adversarial_out):
         raise LrcertError("--min-certified and --adversarial-out need the prediction radius",
                           fix="drop --no-prediction-radius")
-    if adversarial_out is not None and resume:
+    if asked.adversarial_out is not None and asked.resume:
         raise LrcertError("--adversarial-out cannot continue an interrupted run (--resume)",
                           fix="rerun without --resume, or drop --adversarial-out")
-    if batch_size is not None and batch_size < 1:
-        raise LrcertError(f"--batch-size {batch_size} is not positive", fix="use 1 or more, or leave it out (automatic)")
-    shape_hint = parse_shape(input_shape)
-    check_output_path(output)
-    if resume and (output_format != Format.jsonl or output is None):
+    if asked.batch_size is not None and asked.batch_size < 1:
+        raise LrcertError(f"--batch-size {asked.batch_size} is not positive", fix="use 1 or more, or leave it out (automatic)")
+    asked.shape_hint = parse_shape(asked.input_shape)
+    check_output_path(asked.output)
+    if asked.resume and (asked.output_format != Format.jsonl or asked.output is None):
         raise LrcertError("--resume needs --format jsonl and --output FILE", fix="add them, or drop --resume")
-    ranks = Ranks.from_environment()  # torchrun's ranks, or this one process
-    lead = ranks.rank == 0  # writes the output and every note
-    if ranks.launched and data == "-":
+    asked.torch_dtype = {DType.auto: "auto", DType.float32: torch.float32, DType.float64: torch.float64}[asked.dtype]
+    asked.resize_to, asked.crop_to = sources.sizes(asked.resize), sources.sizes(asked.center_crop, "--center-crop")
+    asked.normalization = sources.normalization(asked.mean, asked.std, asked.normalize)
+    asked.class_names = sources.class_names(asked.classes)
+
+
+def _ranks(asked: SimpleNamespace):
+    """torchrun's ranks, or this one process; each rank's device (``asked.target``)."""
+    from .. import devices
+    from ..ranks import Ranks
+
+    ranks = Ranks.from_environment()
+    if ranks.launched and asked.data == "-":
         raise LrcertError("under torchrun every rank reads the data itself, so it cannot come from stdin", fix="give a file")
-    target = ranks.start(devices.resolve(device.value))
-    torch_dtype = {DType.auto: "auto", DType.float32: torch.float32, DType.float64: torch.float64}[dtype]
+    asked.target = ranks.start(devices.resolve(asked.device.value))
+    return ranks
 
-    from .. import runner, sources
 
-    resize_to, crop_to = sources.sizes(resize), sources.sizes(center_crop, "--center-crop")
-    normalization = sources.normalization(mean, std, normalize)
-    class_names = sources.class_names(classes)
-    raw = sys.stdin.buffer.read() if data == "-" else None
-    networks = opener(model, trust_pickle=trust_pickle, output_name=output_name)
-    network, dataset = runner.prepare(
-        data, networks, raw=raw, key=key, columns=columns, resize=resize_to, center_crop=crop_to, normalization=normalization, vary=vary,
-        shape_hint=shape_hint, classes=class_names, label_column=label_column)
-    rows, notes = dataset.rows, dataset.notes
-    valid = runner.box_of(box, dataset)
-    directions = None
-    if direction is not None:
-        directions, more = data_io.read_rows(direction, network.sample_shape, name=direction, what="directions")
-        notes += more
-        if len(directions) not in (1, len(rows)):
-            raise LrcertError(
-                f"{direction} holds {len(directions)} directions for {len(rows)} inputs",
-                fix="give one direction per input, or a single direction for all",
-            )
-        directions = torch.from_numpy(np.array(directions, dtype=np.float64))  # (a copy: torch wants writable memory)
-        if network.varied is not None and directions.reshape(len(directions), -1).index_fill(1, network.varied, 0).any():
-            raise LrcertError(f"{direction} moves the inputs --vary holds",
-                              fix="set their coordinates of every direction to 0, or drop --vary")
-    for note in (*network.notes, *notes) if lead else ():
+def _prepare(asked: SimpleNamespace, ranks) -> SimpleNamespace:
+    """The network, the data and the engine of the run, and the record of its options."""
+    from .. import report, runner
+    from ..load import opener
+
+    lead = ranks.rank == 0  # writes the output and every note
+    run = SimpleNamespace(raw=sys.stdin.buffer.read() if asked.data == "-" else None)
+    networks = opener(asked.model, trust_pickle=asked.trust_pickle, output_name=asked.output_name)
+    run.network, run.dataset = runner.prepare(
+        asked.data, networks, raw=run.raw, key=asked.key, columns=asked.columns, resize=asked.resize_to,
+        center_crop=asked.crop_to, normalization=asked.normalization, vary=asked.vary, shape_hint=asked.shape_hint,
+        classes=asked.class_names, label_column=asked.label_column)
+    run.valid = runner.box_of(asked.box, run.dataset)
+    run.directions = _directions(asked.direction, run.network, run.dataset)
+    for note in (*run.network.notes, *run.dataset.notes) if lead else ():
         say(note if note.startswith("warning:") else f"note: {note}")
+    run.progress = _Progress(run.network.dimensions, ranks.size, shown=lead)
+    run.engine = runner.engine_for(
+        run.network, run.dataset, networks, norms=asked.norms, device=asked.target, dtype=asked.torch_dtype,
+        batch_size=asked.batch_size, predictions=not asked.no_prediction_radius, adversarial_norm=asked.point_norm,
+        progress=run.progress.pushed, guarantee=asked.bound, seed=asked.seed, threads=asked.threads)
+    run.plan = run.engine.plan(len(run.dataset.rows))
+    run.model_info = report.model_record(asked.model, run.network)
+    run.options = _options_record(asked, run)
+    return run
 
-    progress = _Progress(network.dimensions, ranks.size, shown=lead)
-    engine = runner.engine_for(network, dataset, networks, norms=norms, device=target, dtype=torch_dtype,
-                               batch_size=batch_size, predictions=not no_prediction_radius, adversarial_norm=point_norm,
-                               progress=progress.pushed, guarantee=bound, seed=seed, threads=threads)
-    plan = engine.plan(len(rows))
-    model_info = report.model_record(model, network)
-    options = {
-        "data": "-" if data == "-" else data,
-        "data_sha256": hashlib.sha256(raw).hexdigest() if raw is not None else data_io.sha256(data),
-        "key": key,
-        "norms": list(norms),
-        "dtype": dtype.value,
-        "device": devices.describe(target),
-        "batch_size": plan.batch_size,
-        "direction": direction,
-        "vary": vary or None,
-        "columns": columns,
-        "label_column": label_column,
-        "classes": class_names,
-        "resize": list(resize_to) if resize_to else None,
-        "center_crop": list(crop_to) if crop_to else None,
+
+def _directions(direction: str | None, network, dataset):
+    """--direction's rows as a float64 tensor (one per input, or one for all), or None."""
+    import numpy as np
+    import torch
+
+    from .. import data as data_io
+
+    if direction is None:
+        return None
+    directions, more = data_io.read_rows(direction, network.sample_shape, name=direction, what="directions")
+    dataset.notes += more
+    if len(directions) not in (1, len(dataset.rows)):
+        raise LrcertError(f"{direction} holds {len(directions)} directions for {len(dataset.rows)} inputs",
+                          fix="give one direction per input, or a single direction for all")
+    directions = torch.from_numpy(np.array(directions, dtype=np.float64))  # (a copy: torch wants writable memory)
+    if network.varied is not None and directions.reshape(len(directions), -1).index_fill(1, network.varied, 0).any():
+        raise LrcertError(f"{direction} moves the inputs --vary holds",
+                          fix="set their coordinates of every direction to 0, or drop --vary")
+    return directions
+
+
+def _options_record(asked: SimpleNamespace, run: SimpleNamespace) -> dict:
+    """The run's options as the JSON document records them."""
+    from .. import data as data_io
+    from .. import devices
+
+    normalization = asked.normalization
+    return {
+        "data": asked.data,
+        "data_sha256": hashlib.sha256(run.raw).hexdigest() if run.raw is not None else data_io.sha256(asked.data),
+        "key": asked.key, "norms": list(asked.norms), "dtype": asked.dtype.value, "device": devices.describe(asked.target),
+        "batch_size": run.plan.batch_size, "direction": asked.direction, "vary": asked.vary or None,
+        "columns": asked.columns, "label_column": asked.label_column, "classes": asked.class_names,
+        "resize": list(asked.resize_to) if asked.resize_to else None,
+        "center_crop": list(asked.crop_to) if asked.crop_to else None,
         "normalize": None if normalization is None else {"mean": list(normalization[0]), "std": list(normalization[1])},
-        "box": None if valid is None else list(valid),
-        "min_radius": thresholds,
-        "min_certified": certified_thresholds,
-        "adversarial_out": None if adversarial_out is None else str(adversarial_out),
-        "adversarial_norm": point_norm,
-        "guarantee": bound,
-        "sketch_directions": engine.sketch.k if engine.sketch is not None else None,
-        "seed": seed,
-        "threads": threads,
+        "box": None if run.valid is None else list(run.valid),
+        "min_radius": asked.thresholds, "min_certified": asked.certified_thresholds,
+        "adversarial_out": None if asked.adversarial_out is None else str(asked.adversarial_out),
+        "adversarial_norm": asked.point_norm, "guarantee": asked.bound,
+        "sketch_directions": run.engine.sketch.k if run.engine.sketch is not None else None,
+        "seed": asked.seed, "threads": asked.threads,
     }
-    tally = report.Tally(norms, thresholds, certified_thresholds)
-    resumable = output_format == Format.jsonl and output is not None and not device_file(output)
-    resumed = resumed_rows(output, tally, resume, lead) if resumable else Resumed()
-    remaining = ranks.share(resumed.remaining(len(rows)) if lead else None)
-    rounds = deal(remaining, _share(plan.batch_size, len(remaining), ranks.size, batch_size), ranks.size)
+
+
+def _stream(asked: SimpleNamespace, run: SimpleNamespace, ranks) -> None:
+    """Certify this rank's share, rank 0 writing every result in input order as the rounds finish
+    (a resumed run skips the rows it has); an interruption keeps the completed rows resumable."""
+    from .. import report
+    from ..ranks import deal
+
+    lead, output = ranks.rank == 0, asked.output
+    run.tally = report.Tally(asked.norms, asked.thresholds, asked.certified_thresholds)
+    run.resumable = asked.output_format == Format.jsonl and output is not None and not device_file(output)
+    resumed = resumed_rows(output, run.tally, asked.resume, lead) if run.resumable else Resumed()
+    rows = len(run.dataset.rows)
+    run.remaining = ranks.share(resumed.remaining(rows) if lead else None)
+    rounds = deal(run.remaining, _share(run.plan.batch_size, len(run.remaining), ranks.size, asked.batch_size), ranks.size)
     if lead and resumed.prefix:
         say(f"note: resuming after the {resumed.prefix + len(resumed.scattered)} results already in {partial_path(output)}")
-    started = time.perf_counter()
-    writer = open_resumable(output) if resumable else open_output(output)
-    ordered = _InOrder(output_format, norms, directions is not None, tally, resumed, dataset) if lead else None
-    own_rows = open(rank_path(output, ranks), "a", encoding="utf-8") if resumable and ranks.size > 1 else None
-    points = adversarial_file(adversarial_out, (len(rows), *network.sample_shape)) if adversarial_out and lead else nowhere()
-    page = _ReportRows(norms, point_norm) if report_page and lead else None
+    run.started = time.perf_counter()
+    ordered = _InOrder(asked.output_format, asked.norms, run.directions is not None, run.tally, resumed, run.dataset)
+    own_rows = open(rank_path(output, ranks), "a", encoding="utf-8") if run.resumable and ranks.size > 1 else None
+    run.page = _ReportRows(asked.norms, asked.point_norm) if asked.report_page and lead else None
     try:
-        with (writer if lead else nowhere()) as out, points as adversarial, progress.counting(len(remaining)):
-            if lead:
-                ordered.begin(out)
-            for mine in _my_rounds(engine, dataset, directions, rounds, ranks, norms, own_rows, valid, point_norm):
-                everyone = ranks.gather(mine)
-                if lead:
-                    fresh = [result for rank_rows in everyone for result in rank_rows]
-                    ordered.add(out, fresh)
-                    for result in fresh:
-                        if adversarial is not None:
-                            put_point(adversarial, result)
-                        if page is not None:
-                            page.add(result)
-                    progress.finished(len(fresh))
-                stop_if_interrupted()
-            if lead:
-                run = {"seconds": time.perf_counter() - started, "date": today()}
-                sketch = f" ({engine.sketch.k} random directions, seed {seed})" if tally.deltas else ""
-                certainty = f"guarantee: {report.guarantee_text(tally.count, tally.deltas)}{sketch}"
-                labels = report.label_summary(tally.labelled, norms, dataset.classes)
-                ordered.end(out, model_info, options, run, Path(model).name, out.isatty() and output is None, certainty,
-                            labels)
+        _write(asked, run, ranks, rounds, ordered if lead else None, own_rows)
     except KeyboardInterrupt:
-        if resumable:
+        if run.resumable:
             who = f"{ranks.name}: " if ranks.launched else ""
             kept = f"{partial_path(output)}" + (" and the ranks' own .partial files" if ranks.size > 1 else "")
-            say(
-                f"lrcert: {who}interrupted after {tally.count} results; {output} was not written, the completed rows "
-                f"are in {kept if lead else rank_path(output, ranks)}. Fix: rerun the same command with --resume to continue."
-            )
+            say(f"lrcert: {who}interrupted after {run.tally.count} results; {output} was not written, the completed rows "
+                f"are in {kept if lead else rank_path(output, ranks)}. Fix: rerun the same command with --resume to continue.")
             raise typer.Exit(130) from None
         raise
     finally:
         if own_rows is not None:
             own_rows.close()
-    code = EXIT_OK
-    if lead:
-        if resumable:
-            forget_rank_rows(output)
-        elapsed = time.perf_counter() - started
-        fresh = len(remaining)
-        how = dtype.value
-        if dtype == DType.auto:
-            exact64 = tally.dtypes.get("float64", 0)
-            how = ("auto: all exact in float64" if exact64 == tally.count else "auto: all exact in float32" if exact64 == 0
-                   else f"auto: {exact64} of {tally.count} exact in float64, the rest in float32")
-        where = devices.describe(target) + (f", {ranks.size} rank{'s' if ranks.size > 1 else ''}" if ranks.launched else "")
-        counted = f"{fresh} input{'' if fresh == 1 else 's'}"
-        say(f"certified {counted} in {elapsed:.2f} s ({fresh / max(elapsed, 1e-9):.1f} inputs/s) on {where}, {how}")
-        if output_format != Format.table or output is not None:  # (the table's own footer says it)
-            say(certainty)
-        if labels is not None and output_format != Format.table:  # (the table prints them itself)
-            for line in report.label_lines(labels, norms):
-                say(line)
-        _explain(tally, dtype)
-        if adversarial_out is not None and not tally.exact_adversarial:
-            say(f"note: no input has an exact adversarial point (the prediction radius exceeds ε̂ everywhere: the region "
-                f"ends first), so {adversarial_out} holds only NaN")
-        if page is not None:
-            run = {"model": model_info, "options": options, "seconds": elapsed, "date": today(), "notes": [*network.notes, *notes]}
-            page.write(report_page, run, rows, network.sample_shape)
-            say(f"report: {report_page}")
-        code = _check_thresholds(tally)
-    ranks.close()
-    if ranks.launched:
-        ranks.leave(code)  # rank 0's verdict covers every rank's inputs; torchrun passes it on
-    return code
+
+
+def _write(asked: SimpleNamespace, run: SimpleNamespace, ranks, rounds, ordered, own_rows) -> None:
+    """The rounds through the engine and out: the output (rank 0), adversarial points, the report's rows."""
+    from .. import report
+    from ..html_report import today
+
+    lead, output = ordered is not None, asked.output
+    writer = (open_resumable(output) if run.resumable else open_output(output)) if lead else nowhere()
+    shape = (len(run.dataset.rows), *run.network.sample_shape)
+    points = adversarial_file(asked.adversarial_out, shape) if asked.adversarial_out and lead else nowhere()
+    with writer as out, points as adversarial, run.progress.counting(len(run.remaining)):
+        if lead:
+            ordered.begin(out)
+        for mine in _my_rounds(run.engine, run.dataset, run.directions, rounds, ranks, asked.norms, own_rows, run.valid,
+                               asked.point_norm):
+            everyone = ranks.gather(mine)
+            if lead:
+                fresh = [result for rank_rows in everyone for result in rank_rows]
+                ordered.add(out, fresh)
+                for result in fresh:
+                    if adversarial is not None:
+                        put_point(adversarial, result)
+                    if run.page is not None:
+                        run.page.add(result)
+                run.progress.finished(len(fresh))
+            stop_if_interrupted()
+        if lead:
+            facts = {"seconds": time.perf_counter() - run.started, "date": today()}
+            sketch = f" ({run.engine.sketch.k} random directions, seed {asked.seed})" if run.tally.deltas else ""
+            run.certainty = f"guarantee: {report.guarantee_text(run.tally.count, run.tally.deltas)}{sketch}"
+            run.labels = report.label_summary(run.tally.labelled, asked.norms, run.dataset.classes)
+            ordered.end(out, run.model_info, run.options, facts, Path(asked.model).name, out.isatty() and output is None,
+                        run.certainty, run.labels)
+
+
+def _finish(asked: SimpleNamespace, run: SimpleNamespace, ranks) -> int:
+    """Rank 0's closing lines on stderr, the report, and the checks' verdict (the exit code)."""
+    from .. import devices, report
+    from ..html_report import today
+
+    if run.resumable:
+        forget_rank_rows(asked.output)
+    elapsed, fresh, tally = time.perf_counter() - run.started, len(run.remaining), run.tally
+    how = asked.dtype.value
+    if asked.dtype == DType.auto:
+        exact64 = tally.dtypes.get("float64", 0)
+        how = ("auto: all exact in float64" if exact64 == tally.count else "auto: all exact in float32" if exact64 == 0
+               else f"auto: {exact64} of {tally.count} exact in float64, the rest in float32")
+    several = f", {ranks.size} rank{'s' if ranks.size > 1 else ''}" if ranks.launched else ""
+    where = devices.describe(asked.target) + several
+    counted = f"{fresh} input{'' if fresh == 1 else 's'}"
+    say(f"certified {counted} in {elapsed:.2f} s ({fresh / max(elapsed, 1e-9):.1f} inputs/s) on {where}, {how}")
+    if asked.output_format != Format.table or asked.output is not None:  # (the table's own footer says it)
+        say(run.certainty)
+    if run.labels is not None and asked.output_format != Format.table:  # (the table prints them itself)
+        for line in report.label_lines(run.labels, asked.norms):
+            say(line)
+    _explain(tally, asked.dtype)
+    if asked.adversarial_out is not None and not tally.exact_adversarial:
+        say(f"note: no input has an exact adversarial point (the prediction radius exceeds ε̂ everywhere: the region "
+            f"ends first), so {asked.adversarial_out} holds only NaN")
+    if run.page is not None:
+        notes = [*run.network.notes, *run.dataset.notes]
+        page = {"model": run.model_info, "options": run.options, "seconds": elapsed, "date": today(), "notes": notes}
+        run.page.write(asked.report_page, page, run.dataset.rows, run.network.sample_shape)
+        say(f"report: {asked.report_page}")
+    return _check_thresholds(tally)
 
 
 #: --output extensions and the format each names.

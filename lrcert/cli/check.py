@@ -19,8 +19,8 @@ from .common import EXIT_CHECK_FAILED, EXIT_INPUT, EXIT_OK, SummaryFormat, Threa
 def check(
     names: Annotated[Optional[list[str]], typer.Argument(metavar="NAME", help="The checks to run (default: all of them).")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="The config file: an lrcert.toml, or a pyproject.toml with \\[tool.lrcert]. Default: the nearest one here or above.")] = None,
-    junit_xml: Annotated[Optional[Path], typer.Option("--junit-xml", metavar="FILE", help="Also write the results as JUnit XML (one test case per check), for a CI system's test tab.")] = None,
-    update_baseline: Annotated[bool, typer.Option("--update-baseline", help="After a run where every check passed, write each check's results to its baseline file (atomically): the new accepted run.")] = False,
+    junit_xml: Annotated[Optional[Path], typer.Option("--junit-xml", metavar="FILE", help="Also write the results as JUnit XML (one test case per check), for a CI system's test tab. Default: none.")] = None,
+    update_baseline: Annotated[bool, typer.Option("--update-baseline", help="After a run where every check passed, write each check's results to its baseline file (atomically): the new accepted run. Default: off.")] = False,
     output_format: Annotated[SummaryFormat, typer.Option("--format", "-f", help="The summary: table (for people), json (for machines) or markdown (for $GITHUB_STEP_SUMMARY).")] = SummaryFormat.table,
     threads: ThreadsOption = None,
 ) -> int:

@@ -264,11 +264,15 @@ def check_output_path(path: Path | None, option: str = "--output") -> None:
         raise LrcertError(f"cannot write {option} {str(path)!r}: permission denied", fix="choose a writable place")
 
 
-#: ``--threads``, on every command that computes.
-ThreadsOption = Annotated[Optional[int], typer.Option(
-    "--threads", metavar="N", min=1,
-    help="CPU threads to compute with. Default: auto, the CPUs this process may use (affinity, cgroup quota, "
-         "OMP_NUM_THREADS) less those other processes keep busy, looked at again before each batch.")]
+def threads_option(panel: str | None = None):
+    """``--threads``, on every command that computes (in help panel ``panel``)."""
+    return Annotated[Optional[int], typer.Option(
+        "--threads", metavar="N", min=1, rich_help_panel=panel,
+        help="CPU threads to compute with. Default: auto, the CPUs this process may use (affinity, cgroup quota, "
+             "OMP_NUM_THREADS) less those other processes keep busy, looked at again before each batch.")]
+
+
+ThreadsOption = threads_option()
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ class Figure(str, enum.Enum):
 def compare(
     base: Annotated[Path, typer.Argument(metavar="BASE", help="The accepted run: lrcert certify's --format json or jsonl output.")],
     candidate: Annotated[Path, typer.Argument(metavar="CANDIDATE", help="The new run, over the same data.")],
-    max_drop: Annotated[Optional[list[str]], typer.Option("--max-drop", metavar="DROP", help="Exit 1 when a figure of ε̂ or of the certified radius fell by more than this: 10% for every norm, l2=10% for one. Repeatable.")] = None,
+    max_drop: Annotated[Optional[list[str]], typer.Option("--max-drop", metavar="DROP", help="Exit 1 when a figure of ε̂ or of the certified radius fell by more than this: 10% for every norm, l2=10% for one. Repeatable. Default: no limit (report only).")] = None,
     on: Annotated[Figure, typer.Option("--on", help="The figure --max-drop limits: the minimum, the 25th percentile or the median over the inputs.")] = Figure.median,
     output_format: Annotated[SummaryFormat, typer.Option("--format", "-f", help="table (for people), json (for machines) or markdown (for $GITHUB_STEP_SUMMARY or a merge-request comment).")] = SummaryFormat.table,
 ) -> int:

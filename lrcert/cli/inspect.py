@@ -16,9 +16,9 @@ from .common import EXIT_INPUT, EXIT_OK, TableOrJson, app, parse_shape, reports_
 @reports_errors
 def inspect(
     model: Annotated[str, typer.Argument(help="Model file (ONNX, TorchScript, .pt2, or pickled with --trust-pickle).")],
-    input_shape: Annotated[Optional[str], typer.Option("--input-shape", metavar="SHAPE", help="Shape of one input, for models that do not record it, e.g. 1,28,28.")] = None,
+    input_shape: Annotated[Optional[str], typer.Option("--input-shape", metavar="SHAPE", help="Shape of one input, for models that do not record it, e.g. 1,28,28. Default: the model's own.")] = None,
     output_format: Annotated[TableOrJson, typer.Option("--format", "-f", help="table (for people) or json.")] = TableOrJson.table,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model (runs code from the file).")] = False,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model (runs code from the file). Default: off.")] = False,
     output_name: Annotated[Optional[str], typer.Option("--output-name", metavar="NAME", help="For an ONNX model with several outputs: the one to show as the output (default: the first).")] = None,
 ) -> int:
     """Show the layer list lrcert built from MODEL, its input shape, and anything unsupported."""

@@ -17,7 +17,7 @@ def path(
     start: Annotated[str, typer.Argument(help=".npy holding the segment's start A (one input).")],
     end: Annotated[str, typer.Argument(help=".npy holding the segment's end B (one input).")],
     output_format: Annotated[TableOrJson, typer.Option("--format", "-f", help="table (for people) or json.")] = TableOrJson.table,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model (runs code from the file).")] = False,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model (runs code from the file). Default: off.")] = False,
     threads: ThreadsOption = None,
 ) -> int:
     """Count the linear regions the segment from A to B crosses, exactly, with each boundary.

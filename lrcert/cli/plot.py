@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import LrcertError
-from .common import EXIT_OK, ThreadsOption, app, check_output_path, integers, reports_errors, say
+from .common import EXIT_OK, app, check_output_path, integers, reports_errors, say, threads_option
 
 
 def parse_indices(value: str | None) -> list[int]:
@@ -26,15 +26,15 @@ def parse_indices(value: str | None) -> list[int]:
 @reports_errors
 def plot(
     model: Annotated[str, typer.Argument(help="Model file (ONNX, .pt2, or pickled/TorchScript with --trust-pickle).")],
-    output: Annotated[Path, typer.Option("--output", "-o", "--out", help="Picture to write: .png or .svg.")],
-    data: Annotated[Optional[str], typer.Option("--data", metavar="FILE", help=".npy/.npz of inputs: drawn (2-D models) and indexed by --points.")] = None,
-    points: Annotated[Optional[str], typer.Option("--points", metavar="INDICES", help="Inputs (indices into --data) whose certified l1/l2/linf balls are drawn; the plane goes through the first.")] = None,
-    dirs: Annotated[str, typer.Option("--dirs", help="Plane directions (inputs of more than 2 dimensions): random | toward:INDEX (towards another input) | gradient (of the predicted logit) | FILE.npy (two directions).")] = "random",
-    extent: Annotated[Optional[float], typer.Option("--extent", help="Half-width of the view in plane units. Default: the data's span (2-D), 1.3× the distance (toward:), else 3× how far the point's region reaches in the plane.")] = None,
-    resolution: Annotated[int, typer.Option("--resolution", help="Pixels per side (each pixel's region is computed exactly).")] = 400,
-    seed: Annotated[int, typer.Option("--seed", help="Seeds the random plane directions.")] = 0,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model (runs code from the file).")] = False,
-    threads: ThreadsOption = None,
+    output: Annotated[Path, typer.Option("--output", "-o", "--out", help="Picture to write: .png or .svg.", rich_help_panel="Output")],
+    data: Annotated[Optional[str], typer.Option("--data", metavar="FILE", help=".npy/.npz of inputs: drawn (2-D models) and indexed by --points. Default: none.", rich_help_panel="Data")] = None,
+    points: Annotated[Optional[str], typer.Option("--points", metavar="INDICES", help="Inputs (indices into --data) whose certified l1/l2/linf balls are drawn; the plane goes through the first. Default: none.", rich_help_panel="Data")] = None,
+    dirs: Annotated[str, typer.Option("--dirs", help="Plane directions (inputs of more than 2 dimensions): random | toward:INDEX (towards another input) | gradient (of the predicted logit) | FILE.npy (two directions).", rich_help_panel="View")] = "random",
+    extent: Annotated[Optional[float], typer.Option("--extent", help="Half-width of the view in plane units. Default: the data's span (2-D), 1.3× the distance (toward:), else 3× how far the point's region reaches in the plane.", rich_help_panel="View")] = None,
+    resolution: Annotated[int, typer.Option("--resolution", help="Pixels per side (each pixel's region is computed exactly).", rich_help_panel="View")] = 400,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the random plane directions.", rich_help_panel="View")] = 0,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model (runs code from the file). Default: off.", rich_help_panel="Model")] = False,
+    threads: threads_option("Engine") = None,
 ) -> int:
     """Draw the linear regions of MODEL in a plane, with the certified balls of chosen inputs."""
     import numpy as np

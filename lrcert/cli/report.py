@@ -18,8 +18,8 @@ def report(
     results: Annotated[Path, typer.Argument(metavar="RESULTS", help="lrcert certify's output: --format json or jsonl.")],
     output: Annotated[Path, typer.Option("--output", "-o", "--out", help="The HTML file to write.")],
     data: Annotated[Optional[str], typer.Option("--data", metavar="FILE", help="The inputs certified (default: the data named in a JSON document), for thumbnails of image-shaped inputs.")] = None,
-    adversarial: Annotated[Optional[Path], typer.Option("--adversarial", help="certify's --adversarial-out file, to picture each input beside its adversarial point.")] = None,
-    key: Annotated[Optional[str], typer.Option("--key", metavar="NAME", help="Array to read from an .npz data file with several.")] = None,
+    adversarial: Annotated[Optional[Path], typer.Option("--adversarial", help="certify's --adversarial-out file, to picture each input beside its adversarial point. Default: none.")] = None,
+    key: Annotated[Optional[str], typer.Option("--key", metavar="NAME", help="Array to read from an .npz data file with several. Default: the file's only array.")] = None,
 ) -> int:
     """Write an HTML report: the run, histograms of ε̂ and of the certified radius, per-class medians,
     where the binding faces sit, and the inputs closest to another prediction (with thumbnails).

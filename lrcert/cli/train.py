@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import LrcertError
-from .common import EXIT_OK, Device, TableOrJson, ThreadsOption, app, check_output_path, integers, reports_errors, say
+from .common import EXIT_OK, Device, TableOrJson, app, check_output_path, integers, reports_errors, say, threads_option
 
 
 def parse_widths(value: str | None, option: str) -> tuple[int, ...]:
@@ -27,25 +27,25 @@ def parse_widths(value: str | None, option: str) -> tuple[int, ...]:
 @reports_errors
 def train(
     data: Annotated[str, typer.Argument(help=".npz with 'x' (inputs, first axis indexes samples) and 'y' (integer class labels); sequences of different lengths: x (N, steps, features) zero-padded, and 'lengths' (N,).")],
-    output: Annotated[Path, typer.Option("--output", "-o", "--out", help="Where to save the trained model (ONNX, readable by lrcert certify).")],
-    hidden: Annotated[Optional[str], typer.Option("--hidden", metavar="WIDTHS", help="Widths of the dense ReLU layers, comma-separated. Default: 300,300,300,300; with --rnn, none (a linear layer on the last step).")] = None,
-    rnn: Annotated[Optional[str], typer.Option("--rnn", metavar="WIDTHS", help="Train a ReLU RNN over sequences instead: the units of each recurrent layer, e.g. 64 or 64,64 (x: (N, steps, features)). The saved ONNX model reads every length.")] = None,
-    conv: Annotated[Optional[str], typer.Option("--conv", metavar="CHANNELS", help="Channels of 3×3 stride-2 ReLU convolutions before the dense layers, e.g. 16,32 (inputs must be (N, C, H, W)).")] = None,
-    lam: Annotated[float, typer.Option("--lam", help="ROLL weight λ: larger gives larger regions and, past a point, lower accuracy; 0 trains a vanilla network.")] = 0.5,
-    C: Annotated[float, typer.Option("--C", help="ROLL hinge weight C on max(0, 1 − |z|).")] = 1.0,
-    gamma: Annotated[float, typer.Option("--gamma", help="Percent of faces per input in the ROLL term (those with the largest terms).")] = 100.0,
-    sample_dims: Annotated[Optional[int], typer.Option("--sample-dims", help="Estimate gradient norms from this many random input coordinates (faster on large inputs; needs --gamma 100).")] = None,
-    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training data.")] = 20,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per optimisation step.")] = 64,
-    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
-    clip_norm: Annotated[Optional[float], typer.Option("--clip-norm", metavar="N", help="Clip each step's gradient norm to N (recurrent networks' usual guard against exploding gradients). Default: no clipping.")] = None,
-    cosine: Annotated[bool, typer.Option("--cosine", help="Decay the learning rate from --lr to 0 along a half cosine over the epochs.")] = False,
-    seed: Annotated[int, typer.Option("--seed", help="Seeds the split, the initial weights, the shuffling and the sampled coordinates.")] = 0,
-    val: Annotated[Optional[str], typer.Option("--val", metavar="FILE", help="Held-out .npz (x, y). Default: a --val-fraction split of DATA.")] = None,
-    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of DATA held out when --val is not given.")] = 0.2,
-    output_format: Annotated[TableOrJson, typer.Option("--format", "-f", help="table or json (the held-out statistics and the training history).")] = TableOrJson.table,
-    device: Annotated[Device, typer.Option("--device", help="Where to train (the ROLL loss and the per-epoch certification too): auto takes the GPU when PyTorch sees one.")] = Device.auto,
-    threads: ThreadsOption = None,
+    output: Annotated[Path, typer.Option("--output", "-o", "--out", help="Where to save the trained model (ONNX, readable by lrcert certify).", rich_help_panel="Output")],
+    hidden: Annotated[Optional[str], typer.Option("--hidden", metavar="WIDTHS", help="Widths of the dense ReLU layers, comma-separated. Default: 300,300,300,300; with --rnn, none (a linear layer on the last step).", rich_help_panel="Network")] = None,
+    rnn: Annotated[Optional[str], typer.Option("--rnn", metavar="WIDTHS", help="Train a ReLU RNN over sequences instead: the units of each recurrent layer, e.g. 64 or 64,64 (x: (N, steps, features)). The saved ONNX model reads every length. Default: none (a dense or --conv network).", rich_help_panel="Network")] = None,
+    conv: Annotated[Optional[str], typer.Option("--conv", metavar="CHANNELS", help="Channels of 3×3 stride-2 ReLU convolutions before the dense layers, e.g. 16,32 (inputs must be (N, C, H, W)). Default: none.", rich_help_panel="Network")] = None,
+    lam: Annotated[float, typer.Option("--lam", help="ROLL weight λ: larger gives larger regions and, past a point, lower accuracy; 0 trains a vanilla network.", rich_help_panel="ROLL")] = 0.5,
+    C: Annotated[float, typer.Option("--C", help="ROLL hinge weight C on max(0, 1 − |z|).", rich_help_panel="ROLL")] = 1.0,
+    gamma: Annotated[float, typer.Option("--gamma", help="Percent of faces per input in the ROLL term (those with the largest terms).", rich_help_panel="ROLL")] = 100.0,
+    sample_dims: Annotated[Optional[int], typer.Option("--sample-dims", help="Estimate gradient norms from this many random input coordinates (faster on large inputs; needs --gamma 100). Default: every coordinate (exact).", rich_help_panel="ROLL")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training data.", rich_help_panel="Optimisation")] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per optimisation step.", rich_help_panel="Optimisation")] = 64,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.", rich_help_panel="Optimisation")] = 1e-3,
+    clip_norm: Annotated[Optional[float], typer.Option("--clip-norm", metavar="N", help="Clip each step's gradient norm to N (recurrent networks' usual guard against exploding gradients). Default: no clipping.", rich_help_panel="Optimisation")] = None,
+    cosine: Annotated[bool, typer.Option("--cosine", help="Decay the learning rate from --lr to 0 along a half cosine over the epochs. Default: off (a constant rate).", rich_help_panel="Optimisation")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the split, the initial weights, the shuffling and the sampled coordinates.", rich_help_panel="Optimisation")] = 0,
+    val: Annotated[Optional[str], typer.Option("--val", metavar="FILE", help="Held-out .npz (x, y). Default: a --val-fraction split of DATA.", rich_help_panel="Data")] = None,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of DATA held out when --val is not given.", rich_help_panel="Data")] = 0.2,
+    output_format: Annotated[TableOrJson, typer.Option("--format", "-f", help="table or json (the held-out statistics and the training history).", rich_help_panel="Output")] = TableOrJson.table,
+    device: Annotated[Device, typer.Option("--device", help="Where to train (the ROLL loss and the per-epoch certification too): auto takes the GPU when PyTorch sees one.", rich_help_panel="Engine")] = Device.auto,
+    threads: threads_option("Engine") = None,
 ) -> int:
     """Train a ReLU network with the ROLL regulariser (larger linear regions) and save it as ONNX.
 
