@@ -27,7 +27,7 @@ import torch
 
 import bench
 from lrcert.engine import precision
-from lrcert.devices import exact_float32
+from lrcert.runtime.devices import exact_float32
 from lrcert.engine import Engine
 
 DTYPES = {"float32": torch.float32, "auto": "auto", "float64": torch.float64}

@@ -42,8 +42,8 @@ import torch
 import torch.nn as nn
 
 import lrcert
-from lrcert import devices
-from lrcert.devices import exact_float32
+from lrcert.runtime import devices
+from lrcert.runtime.devices import exact_float32
 from lrcert.engine import Engine
 
 SHARED = Path(os.environ.get("LRCERT_SHARED_MODELS", Path(__file__).resolve().parents[2] / "shared" / "models"))

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 import lrcert
-from lrcert import devices
+from lrcert.runtime import devices
 
 SHARED = Path(os.environ.get("LRCERT_SHARED_MODELS", Path(__file__).resolve().parents[2] / "shared" / "models"))
 NORMS = ("l1", "l2", "linf")

@@ -86,7 +86,7 @@ def main() -> None:
             folder = tmp / f"images{count}"
             array = write_images(folder, count)
             np.save(tmp / f"x{count}.npy", array)
-            from lrcert import sources
+            from lrcert.data import sources
 
             opened = sources.open_source(str(folder), (3, 32, 32))
             started = time.perf_counter()

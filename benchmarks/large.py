@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 import lrcert
-from lrcert.devices import exact_float32
+from lrcert.runtime.devices import exact_float32
 
 
 class _Budget(Exception):

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from lrcert.train import Settings, build_network, fit
+from lrcert.training.train import Settings, build_network, fit
 
 SHAPE, CLASSES = (3, 32, 32), 10
 

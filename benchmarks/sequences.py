@@ -32,8 +32,8 @@ def phases(model: Path, data: Path) -> dict:
     (trace and engine), certify every row; seconds each."""
     import torch
 
-    from lrcert import runner
-    from lrcert.load import opener
+    from lrcert.run import runner
+    from lrcert.models.load import opener
 
     started = time.perf_counter()
     networks = opener(str(model))

@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     parser.add_argument("--inputs", type=int, default=1024)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    from lrcert.threads import allowed_cpus
+    from lrcert.runtime.threads import allowed_cpus
 
     cpus = allowed_cpus()
     configurations = {"default (auto)": None, "--threads 1": "1", f"--threads {cpus} (all CPUs)": str(cpus)}

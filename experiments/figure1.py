@@ -3,7 +3,7 @@
     python experiments/figure1.py        # writes docs/figure1.png (about 10 s)
 
 The models are models/toy2d_vanilla.onnx and models/toy2d_roll.onnx (made by
-models/make_models.py with lrcert.train); the points are models/toy2d.inputs.npy, coloured by
+models/make_models.py with lrcert.training.train); the points are models/toy2d.inputs.npy, coloured by
 their labels; the certified l1/l2/linf balls of held-out point 0 are drawn in the zoomed insets.
 """
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lrcert.load import load
-from lrcert.plot import draw_on, make_plane, picture, pyplot, save
-from lrcert.report import radii_text
+from lrcert.models.load import load
+from lrcert.results.plot import draw_on, make_plane, picture, pyplot, save
+from lrcert.results.report import radii_text
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"

@@ -41,8 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lrcert.report import print_region_table
-from lrcert.train import Settings, build_recurrent, fit, region_statistics, save_onnx
+from lrcert.results.report import print_region_table
+from lrcert.training.train import Settings, build_recurrent, fit, region_statistics, save_onnx
 
 OUT = Path(__file__).resolve().parent.parent / "models" / "japanese_vowels"
 HIDDEN = (64, 64)

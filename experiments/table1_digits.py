@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lrcert.report import print_region_table
-from lrcert.train import Settings, build_network, fit, region_statistics, save_onnx, split
+from lrcert.results.report import print_region_table
+from lrcert.training.train import Settings, build_network, fit, region_statistics, save_onnx, split
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 HIDDEN = (300, 300, 300, 300)

@@ -15,8 +15,6 @@ around x inside that region, and names the face that binds (Lee, Alvarez-Melis &
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Sequence
 
 __version__ = "0.1.0"
@@ -26,7 +24,7 @@ from .errors import LrcertError  # noqa: E402
 #: The public names and the modules they live in, imported when first used: ``lrcert --version``
 #: and ``--help`` (and any command that needs no model) never wait for torch, onnx or onnx2torch.
 _LAZY = {"Engine": "engine", "InputResult": "engine", "Constraint": "engine", "NORMS": "engine",
-         "Network": "ir", "from_module": "load", "roll_loss": "roll"}
+         "Network": "network.ir", "load": "models.load", "from_module": "models.load", "roll_loss": "training.roll"}
 
 
 def __getattr__(name: str):
@@ -35,25 +33,6 @@ def __getattr__(name: str):
         globals()[name] = value
         return value
     raise AttributeError(f"module 'lrcert' has no attribute {name!r}")
-
-
-class _Package(types.ModuleType):
-    """``lrcert`` itself. ``lrcert.load`` is the function :func:`lrcert.load.load`, imported on first
-    use, and stays the function when the submodule of the same name is imported (the import system
-    then sets the attribute to the submodule: that is ignored; the submodule is in sys.modules)."""
-
-    @property
-    def load(self):
-        from .load import load
-
-        return load
-
-    @load.setter
-    def load(self, submodule) -> None:
-        pass
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def certify(model, x, *, norms: Sequence[str] = ("l1", "l2", "linf"), directions=None, device=None, dtype=None,
@@ -67,14 +46,15 @@ def certify(model, x, *, norms: Sequence[str] = ("l1", "l2", "linf"), directions
     first (the same radii; see :mod:`lrcert.engine.screen`). ``x`` may also be a list of
     sequences of different lengths, arrays (T_i, *features), for a recurrent model (an
     ``nn.Module`` or a file): each is certified with the model unrolled to its own length.
-    ``threads``: CPU threads (default: auto, the CPUs not busy elsewhere; :mod:`lrcert.threads`).
+    ``threads``: CPU threads (default: auto, the CPUs not busy elsewhere; :mod:`lrcert.runtime.threads`).
     """
     import numpy as np
     import torch
 
-    from . import devices, engine
-    from .ir import Network
-    from .load import from_module, load
+    from . import engine
+    from .models.load import from_module, load
+    from .network.ir import Network
+    from .runtime import devices
 
     if isinstance(x, (list, tuple)) and len({np.shape(r) for r in x}) > 1:
         return _certify_sequences(model, x, norms=norms, directions=directions, device=device, dtype=dtype,
@@ -94,10 +74,10 @@ def _certify_sequences(model, rows, *, directions, device, dtype, **options):
     """:func:`certify` of sequences of different lengths (:class:`lrcert.engine.ByLength`)."""
     import torch
 
-    from . import devices
     from .engine import ByLength
-    from .ir import Network
-    from .load import from_module, open_model
+    from .models.load import from_module, open_model
+    from .network.ir import Network
+    from .runtime import devices
 
     first = devices.as_tensor(rows[0])
     features = tuple(first.shape[1:])

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-
 #: The fix for a model that is not (supported) piecewise linear.
 SUPPORTED_NETWORKS = (
     "lrcert certifies networks of affine layers (dense, conv, pooling, batch-norm, residual adds, reshapes, "

@@ -15,7 +15,7 @@ why the files are committed and checked rather than rebuilt.
   that tells horizontal from vertical bars in noisy 12x12 images (generated here), with 8
   held-out images in bars_cnn.inputs.npy.
 - toy2d_vanilla.onnx, toy2d_roll.onnx: the paper's toy experiment: 2-100-100-100-100-2 ReLU nets
-  trained on the half-moons without and with the ROLL regulariser (lrcert.train), with 200
+  trained on the half-moons without and with the ROLL regulariser (lrcert.training.train), with 200
   held-out points in toy2d.inputs.npy and their labels in toy2d.labels.npy.
 
 - bars_images/ (horizontal/, vertical/: an ImageFolder tree of 8 PNG images, pixels clipped to
@@ -92,7 +92,7 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, steps: int, lr: float 
 
 
 def export(model: nn.Module, example: torch.Tensor, name: str) -> None:
-    from lrcert.train import save_onnx
+    from lrcert.training.train import save_onnx
 
     save_onnx(model, tuple(example.shape[1:]), HERE / f"{name}.onnx")
 
@@ -163,7 +163,7 @@ def examples() -> None:
 
 def toy2d(rng: np.random.Generator) -> None:
     """Vanilla and ROLL 4×100 nets on the half-moons (the paper's Figure 1 setting)."""
-    from lrcert.train import Settings, build_network, fit, region_statistics, save_onnx
+    from lrcert.training.train import Settings, build_network, fit, region_statistics, save_onnx
 
     train_set = tuple(torch.from_numpy(a) for a in moons(1000, rng))
     held_out = tuple(torch.from_numpy(a) for a in moons(200, rng))

@@ -7,7 +7,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 # One thread count for every test and the commands they run, whatever the machine's load: lrcert's
-# auto threads (lrcert.threads) would otherwise follow the load, and with it the last bits of
+# auto threads (lrcert.runtime.threads) would otherwise follow the load, and with it the last bits of
 # float64 sums that some tests compare exactly (test_threads tests auto itself, without it).
 if not os.environ.get("OMP_NUM_THREADS"):
     import torch

@@ -1,4 +1,4 @@
-"""--box (lrcert.box): the closest point with another prediction inside lo ≤ x ≤ hi. Each norm's
+"""--box (lrcert.run.box): the closest point with another prediction inside lo ≤ x ≤ hi. Each norm's
 program against an independent solver (HiGHS's linear programs for ℓ1 and ℓ∞, SciPy's SLSQP and
 the KKT conditions for ℓ2); the command line's adversarial points lie in the box, on the boundary
 to the rival class, at the reported prediction radius, never nearer than the free one."""
@@ -14,7 +14,7 @@ import torch
 from scipy.optimize import linprog, minimize
 
 import lrcert
-from lrcert.box import nearest_in_box, parse
+from lrcert.run.box import nearest_in_box, parse
 from lrcert.errors import LrcertError
 from test_cli import assert_error, invoke
 from test_sources import SmallConvNet, _export, _image_folder

@@ -224,7 +224,7 @@ def test_config_errors_name_the_key_and_the_file(project, change, fragments):
     text = CONFIG.format(floor="1e-9", drop="10%").replace(*change)
     write_config(project, text)
     one_line_error(invoke("check", cwd=project), "pyproject.toml", *fragments)
-    from lrcert.config import KEYS
+    from lrcert.ci.config import KEYS
 
     said = invoke("check", cwd=project).stderr  # (the config's keys, never certify's flags)
     assert not [key for key in (*KEYS, "mean", "std", "p", "norm") if f"--{key}" in said], said
@@ -289,11 +289,11 @@ def test_compare_imports_no_torch(project):
 
 
 def test_the_package_api_stays_after_lazy_imports():
-    """``lrcert.load`` is the function, even once the submodule of the same name is imported."""
-    code = ("import lrcert\nfrom lrcert.load import from_module\nimport lrcert.load\n"
+    """``lrcert.load`` is the function, also once the module it lives in is imported."""
+    code = ("import lrcert\nfrom lrcert.models.load import from_module\nimport lrcert.models.load\n"
             "print(callable(lrcert.load), lrcert.load.__module__, lrcert.from_module is from_module, lrcert.Engine.__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert out.stdout.split() == ["True", "lrcert.load", "True", "Engine"], out.stdout + out.stderr
+    assert out.stdout.split() == ["True", "lrcert.models.load", "True", "Engine"], out.stdout + out.stderr
 
 
 def test_a_check_reads_an_image_folder_with_its_normalisation_and_box(project):

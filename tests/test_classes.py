@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import lrcert
-from lrcert import sources
+from lrcert.data import sources
 from test_cli import assert_error, invoke
 from test_sources import SmallConvNet, _export
 

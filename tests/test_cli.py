@@ -454,7 +454,7 @@ def test_the_command_summaries_are_one_line_each_on_80_columns():
 
 
 def test_ops_lists_every_op_lrcert_reads_and_refuses():
-    from lrcert.load import ONNX_SMOOTH, READ_OPS
+    from lrcert.models.load import ONNX_SMOOTH, READ_OPS
 
     rows = json.loads(invoke("ops", "-f", "json").stdout)
     how = {row["op"]: row["read_as"] for row in rows}

@@ -17,13 +17,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from typer.testing import CliRunner
 
 import lrcert
-from lrcert import devices, regions
+from lrcert.runtime import devices
+from lrcert.results import regions
 from lrcert.engine import plan as planning
 from lrcert.engine import screen
 from lrcert.cli import app
 from lrcert.engine import Engine, pattern_bytes
-from lrcert.plot import make_plane, picture
-from lrcert.train import Settings, build_network, fit
+from lrcert.results.plot import make_plane, picture
+from lrcert.training.train import Settings, build_network, fit
 
 runner = CliRunner()
 

@@ -340,7 +340,7 @@ def test_cpu_batches_hold_no_more_input_state_than_the_memory_budget(monkeypatch
     x = torch.randn(25, *shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     engine = Engine(network, dtype=torch.float64)
     assert engine.plan(1000).batch_size == 256  # the default where memory is plentiful
-    monkeypatch.setattr(lrcert.devices, "cpu_state_budget", lambda: 10 * planning.bytes_per_input(engine) + 1)
+    monkeypatch.setattr(lrcert.runtime.devices, "cpu_state_budget", lambda: 10 * planning.bytes_per_input(engine) + 1)
     assert engine.plan(1000).batch_size == 10
     assert Engine(network, dtype=torch.float64, batch_size=64).plan(1000).batch_size == 64  # asked for: as asked
     small = [r for batch in engine.stream([x], n_inputs=len(x)) for r in batch]

@@ -14,7 +14,7 @@ import torch.nn as nn
 from onnx import TensorProto, helper, numpy_helper
 
 import lrcert
-from lrcert.fold import complete_types, fold_constants
+from lrcert.models.fold import complete_types, fold_constants
 from reference import reference_radii, relative_error
 
 RNG = np.random.default_rng(11)

@@ -15,7 +15,7 @@ from onnx2torch import convert
 
 import lrcert
 from lrcert.errors import LrcertError
-from lrcert.load import _explicit_padding
+from lrcert.models.load import _explicit_padding
 from onnx_models import REFUSED, SUPPORTED
 from reference import reference_radii, relative_error
 
@@ -280,7 +280,7 @@ def _onnxruntime_inputs(model, feeds: dict) -> np.ndarray:
 
 
 def test_refusals_in_the_trace_name_the_onnx_op_type_not_the_pytorch_op():
-    from lrcert.convert import to_network
+    from lrcert.models.convert import to_network
 
     class Squash(torch.nn.Module):
         def forward(self, x):

@@ -215,9 +215,9 @@ def test_auto_is_float64_outright_for_dense_nets_where_float64_runs_at_the_float
     dense = lrcert.from_module(nn.Sequential(nn.Flatten(), nn.Linear(48, 16), nn.ReLU(), nn.Linear(16, 3)), (3, 4, 4))
     conv = lrcert.from_module(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 3)), (3, 4, 4))
     assert Engine(dense).auto and Engine(conv).auto  # on this CPU: float32 passes with bounds
-    monkeypatch.setattr(lrcert.devices, "full_rate_float64", lambda device: True)
+    monkeypatch.setattr(lrcert.runtime.devices, "full_rate_float64", lambda device: True)
     engine = Engine(dense)
     assert not engine.auto and engine.dtype == engine.value_dtype == torch.float64
     assert {r.dtype for r in engine.run(torch.rand(4, 3, 4, 4))} == {"float64"}
     assert Engine(conv).auto
-    assert not lrcert.devices.FULL_RATE_FLOAT64 & {(8, 6), (8, 9), (12, 0)}  # consumer cards: float64 is 1/64 rate
+    assert not lrcert.runtime.devices.FULL_RATE_FLOAT64 & {(8, 6), (8, 9), (12, 0)}  # consumer cards: float64 is 1/64 rate

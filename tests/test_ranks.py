@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lrcert.ranks import Ranks, deal
+from lrcert.runtime.ranks import Ranks, deal
 from test_long_runs import _mlp
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -100,7 +100,7 @@ def test_the_json_example_is_the_run_it_abridges():
 
 
 def test_the_config_example_reads():
-    from lrcert import config
+    from lrcert.ci import config
 
     ((line, block),) = blocks("toml")
     if sys.version_info >= (3, 11):
@@ -145,8 +145,8 @@ def test_the_shipped_models_are_the_ones_the_examples_show():
 
 
 def test_the_onnx_op_table_is_what_the_loader_reads():
-    from lrcert import onnx_ops
-    from lrcert.load import READ_OPS
+    from lrcert.models import onnx_ops
+    from lrcert.models.load import READ_OPS
 
     rows = re.findall(r"^\| (\w+) \| [^|]+ \| ([^|]+) \|$", README.split("**Every ONNX op lrcert reads**")[1].split("\n## ")[0], re.M)
     shown = {op: cell.strip() for op, cell in rows if op != "ONNX"}

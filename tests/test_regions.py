@@ -15,9 +15,9 @@ from reference import pattern_of
 from typer.testing import CliRunner
 
 from lrcert.cli import app
-from lrcert.load import from_module
-from lrcert.plot import make_plane, picture
-from lrcert.regions import region_ids, walk
+from lrcert.models.load import from_module
+from lrcert.results.plot import make_plane, picture
+from lrcert.results.regions import region_ids, walk
 
 runner = CliRunner()
 
@@ -130,8 +130,8 @@ def test_plot_zooms_to_where_regions_can_be_seen_and_says_so(tmp_path):
     """bars_cnn toward input 1: at the distance's scale nearly every pixel is boundary ink, so the
     view zooms to input 0's neighbourhood (a note says how to get the wide one back); the target is
     marked; a point off the plane gets a note instead of silently no ball."""
-    from lrcert import plot as plotting
-    from lrcert.load import load
+    from lrcert.results import plot as plotting
+    from lrcert.models.load import load
 
     network, data = load(PROJECT_MODELS / "bars_cnn.onnx"), np.load(PROJECT_MODELS / "bars_cnn.inputs.npy")
     inputs = torch.from_numpy(data.astype(np.float64))

@@ -18,7 +18,7 @@ import torch.nn as nn
 from typer.testing import CliRunner
 
 from lrcert.cli import app
-from lrcert.html_report import png
+from lrcert.results.html_report import png
 from test_prediction import _near_boundary
 
 SECTIONS = ("The run", "Summary", "Radii (log scale)", "Per predicted class", "Where the binding faces sit",

@@ -10,7 +10,7 @@ import torch.nn as nn
 from reference import faces_of, reference_radii
 
 from lrcert import LrcertError
-from lrcert.roll import face_gradients, roll_loss
+from lrcert.training.roll import face_gradients, roll_loss
 
 
 class Residual(nn.Module):

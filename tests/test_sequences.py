@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import lrcert
 from lrcert.cli import app
 from lrcert.errors import LrcertError
-from lrcert.roll import face_gradients, roll_loss
+from lrcert.training.roll import face_gradients, roll_loss
 from recurrent_reference import reference_radii
 from test_recurrent import FEATURES, Classifier, export
 

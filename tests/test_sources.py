@@ -1,4 +1,4 @@
-"""Data where users keep it (lrcert.sources): image folders and CSV/Parquet tables read as the
+"""Data where users keep it (lrcert.data.sources): image folders and CSV/Parquet tables read as the
 model's rows, checked against an independent reading (torchvision's ImageFolder and transforms,
 NumPy), certified like the same data saved as .npy by hand; --mean/--std folded into the network
 (radii in pixel units); labels and accuracy; one-line errors for bad data and unwritable output."""
@@ -15,7 +15,7 @@ import torch.nn as nn
 from PIL import Image
 
 import lrcert
-from lrcert import sources
+from lrcert.data import sources
 from reference import reference_radii, relative_error
 from test_cli import assert_error, invoke
 

@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from typer.testing import CliRunner
 
 import lrcert
-from lrcert import threads as cpu
+from lrcert.runtime import threads as cpu
 from lrcert.cli import app
 from lrcert.errors import LrcertError
 
@@ -23,7 +23,7 @@ MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
 class _Clock:
-    """A fake ``time`` for :mod:`lrcert.threads`: wall and own CPU seconds set by the test."""
+    """A fake ``time`` for :mod:`lrcert.runtime.threads`: wall and own CPU seconds set by the test."""
 
     def __init__(self):
         self.wall, self.own, self.slept = 100.0, 10.0, 0.0

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from conftest import PROJECT_MODELS
 
 from lrcert.cli import app
-from lrcert.train import Settings, build_network, certified_radii, fit, split
+from lrcert.training.train import Settings, build_network, certified_radii, fit, split
 
 runner = CliRunner()
 

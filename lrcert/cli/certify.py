@@ -14,15 +14,34 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import limits
+from ..ci import limits
 from ..errors import LrcertError
 from .common import (
-    EXIT_CHECK_FAILED, EXIT_OK, Device, DType, Format, app, check_output_path, parse_shape, reports_errors, threads_option,
-    say, stop_if_interrupted,
+    EXIT_CHECK_FAILED,
+    EXIT_OK,
+    Device,
+    DType,
+    Format,
+    app,
+    check_output_path,
+    parse_shape,
+    reports_errors,
+    say,
+    stop_if_interrupted,
+    threads_option,
 )
 from .outputs import (
-    Resumed, adversarial_file, device_file, forget_rank_rows, nowhere, open_output, open_resumable, partial_path, put_point,
-    rank_path, resumed_rows,
+    Resumed,
+    adversarial_file,
+    device_file,
+    forget_rank_rows,
+    nowhere,
+    open_output,
+    open_resumable,
+    partial_path,
+    put_point,
+    rank_path,
+    resumed_rows,
 )
 
 
@@ -83,7 +102,7 @@ def _parse(asked: SimpleNamespace) -> None:
     """Check the options against each other and read their values (norms, floors, sizes, …), before any work."""
     import torch
 
-    from .. import sources
+    from ..data import sources
 
     asked.output_format = _format_for(asked.output_format, asked.output)
     asked.norms = limits.norms(asked.p)
@@ -117,8 +136,8 @@ def _parse(asked: SimpleNamespace) -> None:
 
 def _ranks(asked: SimpleNamespace):
     """torchrun's ranks, or this one process; each rank's device (``asked.target``)."""
-    from .. import devices
-    from ..ranks import Ranks
+    from ..runtime import devices
+    from ..runtime.ranks import Ranks
 
     ranks = Ranks.from_environment()
     if ranks.launched and asked.data == "-":
@@ -129,8 +148,9 @@ def _ranks(asked: SimpleNamespace):
 
 def _prepare(asked: SimpleNamespace, ranks) -> SimpleNamespace:
     """The network, the data and the engine of the run, and the record of its options."""
-    from .. import report, runner
-    from ..load import opener
+    from ..models.load import opener
+    from ..results import report
+    from ..run import runner
 
     lead = ranks.rank == 0  # writes the output and every note
     run = SimpleNamespace(raw=sys.stdin.buffer.read() if asked.data == "-" else None)
@@ -159,7 +179,7 @@ def _directions(direction: str | None, network, dataset):
     import numpy as np
     import torch
 
-    from .. import data as data_io
+    from ..data import arrays as data_io
 
     if direction is None:
         return None
@@ -177,8 +197,8 @@ def _directions(direction: str | None, network, dataset):
 
 def _options_record(asked: SimpleNamespace, run: SimpleNamespace) -> dict:
     """The run's options as the JSON document records them."""
-    from .. import data as data_io
-    from .. import devices
+    from ..data import arrays as data_io
+    from ..runtime import devices
 
     normalization = asked.normalization
     return {
@@ -202,8 +222,8 @@ def _options_record(asked: SimpleNamespace, run: SimpleNamespace) -> dict:
 def _stream(asked: SimpleNamespace, run: SimpleNamespace, ranks) -> None:
     """Certify this rank's share, rank 0 writing every result in input order as the rounds finish
     (a resumed run skips the rows it has); an interruption keeps the completed rows resumable."""
-    from .. import report
-    from ..ranks import deal
+    from ..results import report
+    from ..runtime.ranks import deal
 
     lead, output = ranks.rank == 0, asked.output
     run.tally = report.Tally(asked.norms, asked.thresholds, asked.certified_thresholds)
@@ -235,8 +255,8 @@ def _stream(asked: SimpleNamespace, run: SimpleNamespace, ranks) -> None:
 
 def _write(asked: SimpleNamespace, run: SimpleNamespace, ranks, rounds, ordered, own_rows) -> None:
     """The rounds through the engine and out: the output (rank 0), adversarial points, the report's rows."""
-    from .. import report
-    from ..html_report import today
+    from ..results import report
+    from ..results.html_report import today
 
     lead, output = ordered is not None, asked.output
     writer = (open_resumable(output) if run.resumable else open_output(output)) if lead else nowhere()
@@ -269,8 +289,9 @@ def _write(asked: SimpleNamespace, run: SimpleNamespace, ranks, rounds, ordered,
 
 def _finish(asked: SimpleNamespace, run: SimpleNamespace, ranks) -> int:
     """Rank 0's closing lines on stderr, the report, and the checks' verdict (the exit code)."""
-    from .. import devices, report
-    from ..html_report import today
+    from ..results import report
+    from ..results.html_report import today
+    from ..runtime import devices
 
     if run.resumable:
         forget_rank_rows(asked.output)
@@ -327,11 +348,12 @@ def _share(batch: int, count: int, ranks: int, requested: int | None) -> int:
 
 def _my_rounds(engine, dataset, directions, rounds, ranks, norms, own_rows, valid, point_norm):
     """This rank's results, one list per round (empty where it has no batch), numbered by input,
-    its own batches streamed through the engine (:func:`lrcert.runner.results_of`)."""
+    its own batches streamed through the engine (:func:`lrcert.run.runner.results_of`)."""
     import numpy as np
     import torch
 
-    from .. import report, runner
+    from ..results import report
+    from ..run import runner
 
     mine = [batch[ranks.rank] for batch in rounds if len(batch) > ranks.rank]
     order = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
@@ -362,13 +384,13 @@ class _InOrder:
         self.kept = []  # every result, for the formats written at the end
 
     def begin(self, out) -> None:
-        from .. import report
+        from ..results import report
 
         if self.format == Format.csv:
             out.write(report.csv_header(self.norms, self.directional, self.sourced, self.labelled, self.sequences))
 
     def add(self, out, results) -> None:
-        from .. import report
+        from ..results import report
 
         self.waiting.update((r.index, r) for r in results)
         while self.next in self.waiting:
@@ -389,7 +411,7 @@ class _InOrder:
         out.flush()
 
     def end(self, out, model_info, options, run, model_name: str, color: bool, guarantee: str, labels: dict | None) -> None:
-        from .. import report
+        from ..results import report
 
         if self.waiting:
             raise LrcertError(f"internal: results {sorted(self.waiting)[:5]} were never written", internal=True)
@@ -469,7 +491,7 @@ def _explain(tally, dtype: DType) -> None:
 
 def _check_thresholds(tally) -> int:
     """--min-radius and --min-certified: one line per check; exit 1 if any input falls short."""
-    from .. import report
+    from ..results import report
 
     for what, thresholds, below_by_norm in (
         ("radius", tally.thresholds, tally.below), ("certified radius", tally.certified_thresholds, tally.below_certified)
@@ -501,7 +523,7 @@ class _ReportRows:
     adversarial pixels) and the adversarial points of the inputs it will picture."""
 
     def __init__(self, norms, point_norm: str):
-        from .. import html_report
+        from ..results import html_report
 
         self.norms, self.norm = norms, point_norm  # (the page lists the smallest radii in this norm)
         self.records: list[dict] = []
@@ -511,7 +533,7 @@ class _ReportRows:
     def add(self, result) -> None:
         import heapq
 
-        from .. import html_report, report
+        from ..results import html_report, report
 
         record = report.result_record(result, self.norms)
         self.records.append(record)
@@ -529,8 +551,8 @@ class _ReportRows:
                     self.points.pop(evicted, None)
 
     def write(self, path: Path, run: dict, rows, sample_shape) -> None:
-        from .. import html_report
-        from ..data import written_atomically
+        from ..data.arrays import written_atomically
+        from ..results import html_report
 
         pictures = {}
         if html_report.image_shaped(sample_shape):

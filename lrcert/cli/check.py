@@ -11,7 +11,17 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import LrcertError
-from .common import EXIT_CHECK_FAILED, EXIT_INPUT, EXIT_OK, SummaryFormat, ThreadsOption, app, check_output_path, reports_errors, say
+from .common import (
+    EXIT_CHECK_FAILED,
+    EXIT_INPUT,
+    EXIT_OK,
+    SummaryFormat,
+    ThreadsOption,
+    app,
+    check_output_path,
+    reports_errors,
+    say,
+)
 
 
 @app.command(short_help="Run the project's checks (floors, baselines) for CI.")
@@ -28,9 +38,9 @@ def check(
     where a radius is below its floor (min-radius, min-certified) or a figure dropped from the
     baseline run by more than max-drop. Exit 0: all passed; 1: a check failed; 2: a config or
     input error."""
-    from .. import checks, junit
-    from .. import config as settings
-    from ..data import written_atomically
+    from ..ci import checks, junit
+    from ..ci import config as settings
+    from ..data.arrays import written_atomically
 
     check_output_path(junit_xml, "--junit-xml")
     path = config or settings.find(Path.cwd())
@@ -64,7 +74,7 @@ def check(
 
 def _update(outcomes, code: int) -> None:
     """Write the baselines of a run where every check passed; say why not otherwise."""
-    from ..data import written_atomically
+    from ..data.arrays import written_atomically
 
     if code != EXIT_OK:
         say("baselines not updated: not every check passed")

@@ -276,7 +276,7 @@ ThreadsOption = threads_option()
 
 
 def main() -> None:
-    from ..threads import first_look
+    from ..runtime.threads import first_look
 
     first_look()  # (the first look at the machine's load: the start-up is the first window)
     app(prog_name="lrcert")

@@ -32,8 +32,9 @@ def compare(
     """Compare two runs of lrcert certify over the same data: per norm the change in min, P25 and
     median of ε̂ and of the certified radius, the inputs whose radius dropped most, how many inputs
     changed region or prediction, and the exact adversarial counts."""
-    from .. import compare as comparing
-    from .. import limits, runs
+    from ..ci import limits
+    from ..results import compare as comparing
+    from ..results import runs
 
     names = (str(base), str(candidate))
     first, second = runs.read(base), runs.read(candidate)

@@ -24,8 +24,8 @@ def inspect(
     """Show the layer list lrcert built from MODEL, its input shape, and anything unsupported."""
     import json
 
-    from ..load import load
-    from ..recurrent import describe
+    from ..models.load import load
+    from ..models.recurrent import describe
 
     try:
         network = load(model, trust_pickle=trust_pickle, sample_shape=parse_shape(input_shape), output_name=output_name)

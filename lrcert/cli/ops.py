@@ -18,7 +18,7 @@ FACES = {"Relu": "z = 0", "LeakyRelu": "z = 0", "PRelu": "z = 0", "Abs": "z = 0"
 
 def table() -> list[dict]:
     """Every ONNX op lrcert reads or refuses by name: (op, how, condition), grouped."""
-    from ..load import ONNX_FINAL_ONLY, ONNX_LINEAR, ONNX_PRODUCTS, ONNX_SHAPE_ONLY, ONNX_SMOOTH
+    from ..models.load import ONNX_FINAL_ONLY, ONNX_LINEAR, ONNX_PRODUCTS, ONNX_SHAPE_ONLY, ONNX_SMOOTH
 
     rows = [{"op": op, "read_as": "nonlinearity", "faces": faces} for op, faces in sorted(FACES.items())]
     for op, constant in sorted(ONNX_LINEAR.items()):

@@ -26,7 +26,7 @@ def open_output(path: Path | None) -> Iterator[TextIO]:
         with open(path, "w", encoding="utf-8", newline="") as handle:
             yield handle
         return
-    from ..data import written_atomically
+    from ..data.arrays import written_atomically
 
     with written_atomically(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
         yield handle
@@ -149,7 +149,7 @@ def adversarial_file(path: Path, shape: tuple[int, ...]):
     over it only when the run completes (an interrupted run leaves nothing half-written)."""
     import numpy as np
 
-    from ..data import written_atomically
+    from ..data.arrays import written_atomically
 
     with written_atomically(path) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float64, shape=shape)

@@ -28,10 +28,10 @@ def path(
     import numpy as np
     import torch
 
-    from .. import data as data_io
-    from ..load import load
-    from ..regions import STEP, walk
-    from ..threads import Threads
+    from ..data import arrays as data_io
+    from ..models.load import load
+    from ..results.regions import STEP, walk
+    from ..runtime.threads import Threads
 
     network = load(model, trust_pickle=trust_pickle, sample_shape=data_io.peek_row_shape(start, single=True))
     ends = []

@@ -40,9 +40,9 @@ def plot(
     import numpy as np
     import torch
 
-    from .. import data as data_io
-    from .. import plot as plotting
-    from ..load import load
+    from ..data import arrays as data_io
+    from ..models.load import load
+    from ..results import plot as plotting
 
     if output.suffix.lower() not in (".png", ".svg"):
         raise LrcertError(f"--output {str(output)!r} is neither .png nor .svg", fix="name the picture fig.png or fig.svg")
@@ -66,14 +66,14 @@ def plot(
         labels = np.load(labels_file) if labels_file != Path(data) and labels_file.exists() else None
     elif indices:
         raise LrcertError("--points needs --data", fix="give the inputs with --data X.npy")
-    from ..threads import Threads
+    from ..runtime.threads import Threads
 
     with Threads(threads).use():
         picture = _picture(network, inputs, indices, dirs, extent, seed, resolution)
     for index, distance in picture.off_plane.items():
         say(f"note: input {index} is {distance:.3g} away from the plane (it passes through input {indices[0]}): "
             "no ball drawn for it")
-    from ..report import radii_text
+    from ..results.report import radii_text
 
     radii = [f"input {i}: {radii_text(picture.radii[i])}" for i in indices[:4]]
     title = "\n".join([f"{Path(model).name}: linear regions", *radii])
@@ -85,7 +85,7 @@ def plot(
 def _picture(network, inputs, indices: list[int], dirs: str, extent: float | None, seed: int, resolution: int):
     """The plane's picture; where its regions are mostly narrower than a pixel and no --extent was
     given, zoomed in to the first point's own neighbourhood (with a note saying so)."""
-    from .. import plot as plotting
+    from ..results import plot as plotting
 
     plane = plotting.make_plane(network, inputs, indices, dirs, extent, seed)
     picture = plotting.picture(network, plane, inputs, indices, resolution)

@@ -25,8 +25,8 @@ def report(
     where the binding faces sit, and the inputs closest to another prediction (with thumbnails).
 
     One file, no network access, no scripts: open it in any browser, attach it to a CI run."""
-    from .. import html_report, runs
-    from ..data import written_atomically
+    from ..data.arrays import written_atomically
+    from ..results import html_report, runs
 
     if output.suffix.lower() != ".html":
         raise LrcertError(f"--output {output} does not end in .html", fix="name an .html file")
@@ -44,7 +44,7 @@ def report(
 def _same_data(data: str, key: str | None, run: dict, records: list[dict]) -> None:
     """Refuse ``--data`` that is not the data of the run: another file (the SHA-256 the run
     recorded), another count of inputs, or rows of another shape than the model's."""
-    from .. import data as data_io
+    from ..data import arrays as data_io
 
     if Path(data).is_dir():  # (an image folder has no single digest: its images are read as the run named them)
         return
@@ -65,8 +65,8 @@ def _pictures(run: dict, records: list[dict], data: str | None, adversarial: Pat
     """Input (and adversarial point) pixels of the inputs the page lists, when they are images."""
     import numpy as np
 
-    from .. import data as data_io
-    from .. import html_report
+    from ..data import arrays as data_io
+    from ..results import html_report
 
     options = run.get("options") or {}
     if data is not None:  # named by the user: it must be the run's data, or the thumbnails would be someone else's
@@ -82,7 +82,7 @@ def _pictures(run: dict, records: list[dict], data: str | None, adversarial: Pat
         return {}
     try:
         if Path(data).is_dir():  # an image folder, read as the run read it
-            from .. import sources
+            from ..data import sources
 
             resize, crop = (tuple(options[k]) if options.get(k) else None for k in ("resize", "center_crop"))
             rows = sources.open_source(data, shape, resize=resize, center_crop=crop).rows

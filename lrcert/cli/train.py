@@ -52,8 +52,8 @@ def train(
     Reports held-out accuracy, distinct activation patterns and certified radii."""
     import json
 
-    from .. import devices
-    from .. import train as training
+    from ..runtime import devices
+    from ..training import train as training
 
     settings = training.Settings(
         lam=lam, C=C, gamma=gamma, sample_dims=sample_dims, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
@@ -98,7 +98,7 @@ def train(
                "rnn": recurrent, "history": history, "held_out": stats}
         typer.echo(json.dumps(doc, indent=2))
     else:
-        from ..report import print_region_table
+        from ..results.report import print_region_table
 
         print_region_table(sys.stdout, f"{output.name} on {len(val_set[0])} held-out samples", [(output.name, stats)])
     return EXIT_OK

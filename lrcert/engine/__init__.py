@@ -23,10 +23,10 @@ network unrolled to its own length, one engine per length (:mod:`.lengths`).
 
 Rules (DESIGN.md): g = 0 is not a face (it never changes in the region); z = 0 with g ≠ 0 gives
 ε̂ = 0 (the input sits on a boundary); no face at all gives ε̂ = +∞. Float32 is true float32
-(:func:`lrcert.devices.exact_float32`: no TF32 while the engine computes).
+(:func:`lrcert.runtime.devices.exact_float32`: no TF32 while the engine computes).
 
 >>> import torch
->>> from lrcert.load import from_module
+>>> from lrcert.models.load import from_module
 >>> net = from_module(torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.ReLU()), (2,))
 >>> layer = net.layers[1]
 >>> layer.weight.copy_(torch.tensor([[3.0, 4.0]])); layer.bias.fill_(-5.0)  # doctest: +ELLIPSIS

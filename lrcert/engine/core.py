@@ -9,9 +9,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import devices, ir
-from ..threads import Threads
 from ..errors import LrcertError
+from ..network import ir
+from ..runtime import devices
+from ..runtime.threads import Threads
 from . import norms as face_norms
 from . import plan as planning
 from . import precision, prediction, screen
@@ -45,7 +46,7 @@ class Engine:
 
     ``threads`` is how many CPU threads its computations use: None (auto) takes the CPUs this
     process may use less those other processes keep busy, looked at again before each batch
-    (:mod:`lrcert.threads`); PyTorch's own setting is restored after each batch.
+    (:mod:`lrcert.runtime.threads`); PyTorch's own setting is restored after each batch.
     """
 
     def __init__(
@@ -181,7 +182,7 @@ class Engine:
         >>> [sorted(r.radius) for r in engine.certify(torch.ones(2, 3))]
         [['l2'], ['l2']]
         """
-        from ..data import tensor_rows
+        from ..data.arrays import tensor_rows
 
         x = tensor_rows(x, self.network.sample_shape)
         d = None if directions is None else tensor_rows(directions, self.network.sample_shape, "directions")

@@ -9,7 +9,7 @@ order, each carrying its length. A model that fixes its sequence length refuses 
 one line before any work is done.
 
 >>> import torch
->>> from lrcert.load import from_module
+>>> from lrcert.models.load import from_module
 >>> rnn = torch.nn.Sequential(torch.nn.RNN(2, 3, nonlinearity="relu", batch_first=True))
 >>> class Last(torch.nn.Module):
 ...     def forward(self, x):
@@ -27,11 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import ir
 from ..errors import LrcertError
+from ..network import ir
 from .core import Engine
 from .results import InputResult
-
 
 #: What to do with a model that runs one sequence length only.
 LENGTH_FIX = ("export it for every length: nn.RNN with a dynamic sequence axis (torch.onnx.export(..., dynamo=False, "

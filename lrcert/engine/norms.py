@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .. import ir
+from ..network import ir
 
 
 class DualNorms:

@@ -10,7 +10,8 @@ from typing import Sequence
 
 import torch
 
-from .. import devices, ir
+from ..network import ir
+from ..runtime import devices
 
 #: Inputs per batch when the caller does not say. On the CPU, 256 bounds the value pass and the
 #: results; on a GPU, batches are as large as memory allows up to GPU_BATCH, and small enough

@@ -47,7 +47,8 @@ import math
 import torch
 from torch import Tensor
 
-from .. import devices, ir
+from ..network import ir
+from ..runtime import devices
 from . import reverse
 
 U32 = 2.0**-24

@@ -34,7 +34,7 @@ with the sketch's probability (counted in its δ). The margins whose ratio inter
 smallest upper end get exact gradients in the value dtype: usually one per norm.
 
 >>> import torch
->>> from lrcert.load import from_module
+>>> from lrcert.models.load import from_module
 >>> net = from_module(torch.nn.Linear(2, 2).double().requires_grad_(False), (2,))
 >>> with torch.no_grad():
 ...     _ = net.layers[1].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
@@ -52,8 +52,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .. import ir
+from ..network import ir
 from . import reverse, sketch
+
 
 def margins(
     network: ir.Network, x: Tensor, norms: Sequence[str], adversarial_norm: str | None, memory_bytes: int

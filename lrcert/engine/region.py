@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .. import ir
+from ..network import ir
 from .results import pattern_bytes
 
 #: Faces within PRECISION_MARGIN · u · (their terms' magnitude) of 0 get a precision warning.

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import devices, ir
 from ..errors import LrcertError
+from ..network import ir
+from ..runtime import devices
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor
 
-from .. import ir
+from ..network import ir
 
 #: Rows reverse-passed together on a CPU: at most this many, in at most this much memory (a GPU
 #: takes as many as the engine's memory budget holds: each pass costs kernel launches).

@@ -37,7 +37,7 @@ import math
 import torch
 from torch import Tensor
 
-from .. import ir
+from ..network import ir
 from . import precision
 
 #: An input goes the dense way before its exact gradients would pass this share of D. A face's

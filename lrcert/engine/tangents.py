@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .. import ir
+from ..network import ir
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """A run's model and data, and its inputs through an engine: what ``lrcert certify`` and ``lrcert
 check`` share. :func:`prepare` loads the network (with ``--vary`` and the normalisation folded in)
-and the rows of DATA for it (an array, stdin, an image folder or a table: :mod:`lrcert.sources`);
+and the rows of DATA for it (an array, stdin, an image folder or a table: :mod:`lrcert.data.sources`);
 :func:`results_of` streams chosen rows through an engine and gives each result its number, its
 file name and label where the data have them, and, with a box, its prediction radius and
-adversarial point inside it (:mod:`lrcert.box`)."""
+adversarial point inside it (:mod:`lrcert.run.box`)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ..data import arrays as data_io
+from ..data import sources
+from ..errors import LrcertError
 from . import box as boxes
-from . import data as data_io
-from . import sources
-from .errors import LrcertError
 
 
 def prepare(data: str, load_model: Callable, *, raw: bytes | None = None, key: str | None = None,
@@ -81,7 +81,7 @@ def engine_for(network, source: "sources.Source", load_model: Callable, **option
     """The run's engine: an :class:`~lrcert.engine.Engine` of ``network``, or for sequences of
     different lengths a :class:`~lrcert.engine.ByLength` of the model unrolled to each
     (``load_model(row shape)``)."""
-    from .engine import ByLength, Engine
+    from ..engine import ByLength, Engine
 
     if source.lengths is None:
         return Engine(network, **options)
@@ -129,9 +129,9 @@ def results_of(engine, source: "sources.Source", batches: Iterable[np.ndarray], 
 
 
 def _constrain(engine, x: np.ndarray, results: list, box, adversarial_norm: str | None, lengths) -> None:
-    """The box's prediction radii and adversarial points (:func:`lrcert.box.constrain`), each
+    """The box's prediction radii and adversarial points (:func:`lrcert.run.box.constrain`), each
     length's rows with its own engine."""
-    from .engine.lengths import groups
+    from ..engine.lengths import groups
 
     if lengths is None:
         boxes.constrain(engine, x, results, box, adversarial_norm)

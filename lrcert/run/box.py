@@ -41,7 +41,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import LrcertError
+from ..errors import LrcertError
 
 DUAL = {"l1": math.inf, "l2": 2, "linf": 1}  # (the dual norm q of each p, for the free distances)
 ORDER = {"l1": 1, "l2": 2, "linf": math.inf}
@@ -130,7 +130,7 @@ def constrain(engine, x, results: Sequence, box: tuple[float, float], adversaria
     batched, in its value dtype) of the inputs that need them; the programs run on the host."""
     import torch
 
-    from .engine import reverse
+    from ..engine import reverse
 
     lo, hi = box
     flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)

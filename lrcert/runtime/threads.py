@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import LrcertError
+from ..errors import LrcertError
 
 #: Seconds between two looks at the machine's load: shorter windows count too few clock ticks
 #: and follow a moment's noise.

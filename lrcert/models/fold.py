@@ -9,7 +9,7 @@ or relabels entries (Constant, Transpose, Reshape, Slice, Gather, Concat, Cast, 
 that other nodes read become initializers, with the values ONNX's reference implementation
 (``onnx.reference``) computes at the graph's own opset. Arithmetic on constants (a kernel times
 a scale) is not folded here: the converters compute it, and lrcert's trace recomputes it in
-float64 (:mod:`lrcert.convert`), which rounding once in the graph's dtype would lose.
+float64 (:mod:`lrcert.models.convert`), which rounding once in the graph's dtype would lose.
 """
 
 from __future__ import annotations

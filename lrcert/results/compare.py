@@ -4,7 +4,7 @@ Per norm, the min, P25 and median of ε̂ and of the certified radius min(ε̂, 
 the base run and the candidate, and their relative change (candidate / base − 1); the inputs whose
 ε̂ dropped most (their ratio); how many inputs changed linear region (activation-pattern digest)
 and prediction; how many had an exact adversarial point. A *drop limit* per norm
-(:func:`lrcert.limits.drops`: ``10%``, or ``l2=10%``) on one figure (the median by default) fails
+(:func:`lrcert.ci.limits.drops`: ``10%``, or ``l2=10%``) on one figure (the median by default) fails
 the comparison where that figure fell by more.
 
 >>> relative_change(2.0, 1.5), relative_change(0.0, 0.0), relative_change(math.inf, 1.0)
@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .errors import LrcertError
+from ..errors import LrcertError
 from .report import CERTIFIED_LABELS, NORM_LABELS, radii_of, summarize
 
 FIGURES = ("min", "p25", "p50")

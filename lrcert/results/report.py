@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence, TextIO
 import numpy as np
 
 if TYPE_CHECKING:  # (rendering needs no torch: lrcert compare and report read results without it)
-    from .engine import InputResult
+    from ..engine import InputResult
 
 NORM_LABELS = {"l1": "ε̂₁", "l2": "ε̂₂", "linf": "ε̂∞"}
 #: min(ε̂, prediction radius): the radius within which the prediction provably stays the same
@@ -136,7 +136,7 @@ def guarantee_text(count: int, deltas: Sequence[float]) -> str:
 
 def model_record(path, network) -> dict:
     """What a run's JSON says of its model: the file, its SHA-256, and the layer list's sizes."""
-    from .data import sha256
+    from ..data.arrays import sha256
 
     return {
         "path": str(path),

@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .errors import LrcertError
+from ..errors import LrcertError
 
 #: Rows scanned at once when looking for NaN/Inf (keeps memory flat on memory-mapped files).
 SCAN_ROWS = 4096

@@ -1,6 +1,6 @@
-"""Running ``lrcert check``'s checks (:mod:`lrcert.config`): each model is loaded once and
+"""Running ``lrcert check``'s checks (:mod:`lrcert.ci.config`): each model is loaded once and
 certifies its data; the check fails where an input's radius (or certified radius) is below its
-floor, or where a figure dropped from the baseline run by more than allowed (:mod:`lrcert.compare`).
+floor, or where a figure dropped from the baseline run by more than allowed (:mod:`lrcert.results.compare`).
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from . import compare, report, runs
+from ..errors import LrcertError
+from ..results import compare, report, runs
 from .config import Check
-from .errors import LrcertError
 
 #: Failing inputs named in a failure message, at most.
 LISTED = 20
@@ -38,8 +38,8 @@ class Outcome:
 def run(check: Check, use_baseline: bool = True, threads: int | None = None) -> Outcome:
     """Certify ``check``'s data with its model and judge it; an input error ends it as an error.
     ``use_baseline`` False leaves out the comparison (its baseline is about to be written);
-    ``threads``: the engine's CPU threads (None: auto, :mod:`lrcert.threads`)."""
-    from .data import sha256
+    ``threads``: the engine's CPU threads (None: auto, :mod:`lrcert.runtime.threads`)."""
+    from ..data.arrays import sha256
 
     outcome = Outcome(check)
     started = time.perf_counter()
@@ -60,13 +60,12 @@ def run(check: Check, use_baseline: bool = True, threads: int | None = None) -> 
 def _certify(check: Check, data_hash: str | None, started: float, outcome: Outcome,
              threads: int | None) -> tuple[list[dict], str]:
     """The check's results as certify's records, and as its JSON document."""
+    import numpy as np
     import torch
 
-    import numpy as np
-
-    from . import runner
-    from .html_report import today
-    from .load import opener
+    from ..models.load import opener
+    from ..results.html_report import today
+    from ..run import runner
 
     networks = opener(str(check.model))
     network, source = runner.prepare(str(check.data), networks, key=check.key,

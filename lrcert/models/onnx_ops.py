@@ -63,7 +63,7 @@ def register() -> None:
     for op, versions in (("DepthToSpace", (1, 11, 13)), ("SpaceToDepth", (1, 13))):  # onnx2torch: CRD only, or none
         for version in versions:
             _CONVERTER_REGISTRY[OperationDescription(defs.ONNX_DOMAIN, op, version)] = _block_rearrange
-    for version in RNN_VERSIONS:  # onnx2torch has none: lrcert's unrolled RNN (lrcert.recurrent)
+    for version in RNN_VERSIONS:  # onnx2torch has none: lrcert's unrolled RNN (lrcert.models.recurrent)
         _CONVERTER_REGISTRY[OperationDescription(defs.ONNX_DOMAIN, "RNN", version)] = recurrent.onnx_rnn_converter
     for op in ("ReduceMax", "ReduceMin"):  # onnx2torch: one axis after another, and none from opset 18
         for version in (1, 11, 12, 13, 18, 20):

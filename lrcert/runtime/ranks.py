@@ -26,7 +26,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from .errors import LrcertError, first_line
+from ..errors import LrcertError, first_line
 
 
 @dataclass

@@ -27,8 +27,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import LrcertError
 from . import limits
-from .errors import LrcertError
 
 #: What a check (or ``[tool.lrcert]`` for every check) may set; model, data and baseline only a check.
 KEYS = {"model", "data", "key", "norms", "min-radius", "min-certified", "baseline", "max-drop", "max-drop-on",
@@ -191,7 +191,8 @@ def _data_options(check: Check, settings: dict, rewrap, problem, check_files: bo
     """columns, resize, center-crop, normalize, box and vary, as certify's options take them:
     ``columns = ["a", "b"]``, ``resize = 256`` or ``[224, 160]``, ``normalize = "imagenet"`` or
     ``{mean = […], std = […]}``, ``box = [0, 1]`` or ``"none"``, ``vary = ["latent"]``."""
-    from . import box, sources
+    from ..data import sources
+    from ..run import box
 
     joined = lambda value: ",".join(map(str, value)) if isinstance(value, list) else str(value)  # noqa: E731
     if "columns" in settings:

@@ -1,5 +1,5 @@
 """Data where users keep it: folders of images and CSV or Parquet tables, read as rows of the
-model's input (``.npy``/``.npz`` arrays are :mod:`lrcert.data`'s).
+model's input (``.npy``/``.npz`` arrays are :mod:`lrcert.data.arrays`'s).
 
 - **Image folders** (PNG, JPEG, WebP): every image file below the folder, in sorted order; in
   torchvision's ``ImageFolder`` layout (one subfolder per class) the folder gives each row its
@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import LrcertError
+from ..errors import LrcertError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")

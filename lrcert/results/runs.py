@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import LrcertError
+from ..errors import LrcertError
 
 
 def read(path: Path) -> tuple[dict, list[dict]]:

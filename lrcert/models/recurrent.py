@@ -4,7 +4,7 @@ Over a sequence of T frames of F features a recurrence is a piecewise-linear net
 inputs once unrolled: a chain of dense layers sharing their weights, with one nonlinearity per
 step whose units are faces (z = the pre-activation). This module runs recurrences as explicit
 loops of torch operations, which the loader's trace reads as layers like any other code and
-:mod:`lrcert.roll` records as faces:
+:mod:`lrcert.training.roll` records as faces:
 
 - :func:`run_rnn` computes what ``nn.RNN`` computes (torch's ``_VF.rnn_relu``): stacked layers,
   both directions, ``batch_first``, a given ``h0``;
@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .errors import LrcertError
+from ..errors import LrcertError
+from ..network.ir import Recurrence, Step
 
 
 @dataclass(frozen=True)
@@ -70,27 +71,17 @@ SMOOTH_KERNELS = {
 }
 
 
-@dataclass(frozen=True)
-class Step:
-    """Where one step's nonlinearity sits: recurrence ``name``, stacked layer, direction, time step."""
-
-    recurrence: str
-    layer: int
-    direction: str
-    t: int
-
-
 class Namer:
     """Names the steps of the recurrences a trace runs through (a no-op outside a trace).
 
     ``scope`` is the trace's stack of running names; ``steps`` maps each step's name to its
-    :class:`Step`; ``shapes`` records each recurrence as :class:`Shape` for ``lrcert inspect``;
+    :class:`Step`; ``shapes`` records each recurrence as :class:`Recurrence` for ``lrcert inspect``;
     ``replaced`` counts the torch kernels :class:`Unrolled` ran as lrcert's own steps."""
 
     def __init__(self, scope: list[str] | None = None):
         self.scope = scope
         self.steps: dict[str, Step] = {}
-        self.shapes: list[Shape] = []
+        self.shapes: list[Recurrence] = []
         self.replaced = 0
 
     def here(self, default: str) -> str:
@@ -111,20 +102,6 @@ def _pushed(scope: list[str], name: str) -> Iterator[None]:
         yield
     finally:
         scope.pop()
-
-
-@dataclass(frozen=True)
-class Shape:
-    """A recurrence as ``lrcert inspect`` shows it: ``layers`` stacked layers of ``hidden`` units,
-    run in ``directions`` over ``steps`` frames of ``features`` numbers, with ``activation``."""
-
-    name: str
-    layers: int
-    hidden: int
-    directions: tuple[str, ...]
-    steps: int
-    features: int
-    activation: str
 
 
 def stem(name: str, layer: int | None, direction: str, bidirectional: bool) -> str:
@@ -188,7 +165,7 @@ def run_rnn(x: Tensor, hx: Tensor | None, weights: Sequence[Tensor], has_biases:
             seq = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
             if dropout and train and k < num_layers - 1:
                 seq = F.dropout(seq, dropout, True)
-    namer.shapes.append(Shape(name, num_layers, w_hh.shape[0], directions, x.shape[1 if batch_first else 0], features, "relu"))
+    namer.shapes.append(Recurrence(name, num_layers, w_hh.shape[0], directions, x.shape[1 if batch_first else 0], features, "relu"))
     with namer.named(f"{name} output"):
         return (seq.transpose(0, 1) if batch_first else seq), torch.stack(finals)
 
@@ -313,7 +290,7 @@ class OnnxRNN(nn.Module):
                                       name=stem(name, None, direction, len(directions) == 2))
             outputs.append(out)
             finals.append(last)
-        namer.shapes.append(Shape(name, 1, self.hidden, directions, len(seq), seq.shape[-1],
+        namer.shapes.append(Recurrence(name, 1, self.hidden, directions, len(seq), seq.shape[-1],
                                   "/".join(dict.fromkeys(self.names[: len(directions)]))))
         with namer.named(f"{name} output"):
             y, y_h = torch.stack(outputs, dim=1), torch.stack(finals)  # (T, D, B, H), (D, B, H)
@@ -345,7 +322,7 @@ def onnx_rnn_converter(node, graph):
     return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
 
 
-# the namer of the trace running now (set by lrcert.convert while it traces): OnnxRNN modules,
+# the namer of the trace running now (set by lrcert.models.convert while it traces): OnnxRNN modules,
 # called by onnx2torch's graph rather than through a torch function, name their steps with it
 _current: list[Namer] = []
 
@@ -364,7 +341,7 @@ def _namer() -> Namer:
     return _current[-1] if _current else Namer()
 
 
-def describe(shape: Shape, faces: int) -> str:
+def describe(shape: Recurrence, faces: int) -> str:
     """One line for ``lrcert inspect``: the recurrence's layers, units, steps and faces."""
     both = ", bidirectional" if len(shape.directions) == 2 else ", reverse" if shape.directions == ("reverse",) else ""
     layers = f"{shape.layers} layer{'s' if shape.layers > 1 else ''} of {shape.hidden} units{both}"

@@ -7,7 +7,7 @@ boundary; stepping ``STEP`` past it enters the next region. Regions thinner than
 can be missed; nothing else is approximated.
 
 >>> import torch
->>> from lrcert.load import from_module
+>>> from lrcert.models.load import from_module
 >>> net = from_module(torch.nn.Sequential(torch.nn.Linear(1, 2), torch.nn.ReLU()), (1,))
 >>> crossing = walk(net, torch.tensor([-9.0]), torch.tensor([9.0]))
 >>> len(crossing.breakpoints) + 1 == crossing.regions
@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import devices, ir
-from .engine import Constraint, Engine, pattern_bytes
+from ..engine import Constraint, Engine, pattern_bytes
+from ..network import ir
+from ..runtime import devices
 
 STEP = 1e-9  # how far past a boundary (in t) the walk resumes: regions thinner than this are missed
 

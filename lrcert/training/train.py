@@ -30,10 +30,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import devices
-from .errors import LrcertError
+from ..errors import LrcertError
+from ..runtime import devices
+from ..runtime.threads import Threads
 from .roll import roll_loss
-from .threads import Threads
 
 MONITOR_INPUTS = 256  # held-out inputs certified after each epoch for the progress line
 
@@ -52,7 +52,7 @@ class Settings:
     seed: int = 0
     clip: float | None = None  # the largest gradient norm a step takes (recurrent networks' usual guard), or none
     cosine: bool = False  # the learning rate decays from lr to 0 over the epochs along a half cosine
-    threads: int | None = None  # CPU threads (None: auto, chosen again each epoch: lrcert.threads)
+    threads: int | None = None  # CPU threads (None: auto, chosen again each epoch: lrcert.runtime.threads)
 
     def check(self) -> None:
         if self.lam < 0 or self.C < 0 or not math.isfinite(self.lam + self.C):
@@ -299,8 +299,8 @@ def certified_radii(model: nn.Module, x: Tensor, norms: Sequence[str] = ("l1", "
                     lengths: Tensor | None = None) -> dict:
     """The engine's exact radii (float64, on the model's device) of every row of ``x`` (each at
     its own length, for sequences), per norm, plus the pattern digests."""
-    from .engine import ByLength, certify
-    from .load import from_module
+    from ..engine import ByLength, certify
+    from ..models.load import from_module
 
     device = devices.of_module(model)
     if lengths is None:
@@ -328,7 +328,7 @@ def region_statistics(model: nn.Module, x: Tensor, y: Tensor, lengths: Tensor | 
 def save_onnx(model: nn.Module, sample_shape: Sequence[int], path: Path) -> None:
     """Write ``model`` as ONNX (dynamic batch axis; a model holding an RNN also a dynamic sequence
     axis, its RNN an ONNX ``RNN`` node, so that every length certifies), atomically."""
-    from .data import written_atomically
+    from ..data.arrays import written_atomically
 
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():

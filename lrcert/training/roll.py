@@ -32,9 +32,9 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 
-from . import recurrent
-from .errors import LrcertError
-from .load import from_module
+from ..errors import LrcertError
+from ..models import recurrent
+from ..models.load import from_module
 
 RELU_FUNCTIONS = {F.relu, F.relu_, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_, F.leaky_relu, F.leaky_relu_}
 MAX_POOL_NAMES = {"max_pool2d", "_max_pool2d", "max_pool2d_with_indices"}

@@ -26,9 +26,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from . import ir, onnx_ops, recurrent
+from ..errors import SUPPORTED_NETWORKS, LrcertError, first_line
+from ..network import ir
+from . import onnx_ops, recurrent
 from .convert import to_network
-from .errors import SUPPORTED_NETWORKS, LrcertError, first_line
 from .fold import complete_types, fold_constants
 
 #: ONNX ops that are linear in their input-dependent operands. The value lists the operand

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
-from .errors import LrcertError
+from ..errors import LrcertError
 
 NORMS = ("l1", "l2", "linf")
 NORM_NAMES = {"1": "l1", "l1": "l1", "2": "l2", "l2": "l2", "inf": "linf", "linf": "linf", "∞": "linf"}

@@ -24,8 +24,10 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
 
-from . import devices, ir, recurrent
-from .errors import SUPPORTED_NETWORKS, LrcertError, first_line
+from ..errors import SUPPORTED_NETWORKS, LrcertError, first_line
+from ..network import ir
+from ..runtime import devices
+from . import recurrent
 
 aten = torch.ops.aten
 
@@ -931,7 +933,7 @@ def _single_output(output: Any) -> Tensor:
     return next(t for t in tree_leaves(output) if isinstance(t, Tensor))
 
 
-def _steps(layers: tuple[ir.Layer, ...], namer: recurrent.Namer) -> dict[str, recurrent.Step]:
+def _steps(layers: tuple[ir.Layer, ...], namer: recurrent.Namer) -> dict[str, ir.Step]:
     """The step (recurrence, layer, direction, t) of each nonlinear layer a recurrence made."""
     steps = {}
     for layer in layers:

@@ -7,7 +7,7 @@ direction w(θ) = cos θ·u + sin θ·v the ball reaches r(θ) = ε̂ₚ / ‖w(
 (``pip install -e ".[plot]"`` in lrcert's clone, or matplotlib itself); draws headless (Agg).
 
 >>> import torch
->>> from lrcert.load import from_module
+>>> from lrcert.models.load import from_module
 >>> net = from_module(torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)), (2,))
 >>> view = picture(net, make_plane(net, None, [], "random", 1.0), None, [], resolution=32)
 >>> view.regions.shape, int(view.regions.max()) + 1 <= 2 ** 8
@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import devices, ir
-from .engine import NORMS, certify
-from .errors import LrcertError
+from ..engine import NORMS, certify
+from ..errors import LrcertError
+from ..network import ir
+from ..runtime import devices
 from .regions import evaluate
 
 BALL_STYLE = {"l1": ("-", "tab:red"), "l2": ("-", "tab:purple"), "linf": ("--", "tab:orange")}
@@ -262,7 +263,7 @@ def draw(result: Picture, data: Tensor | None, labels: np.ndarray | None, title:
 
 def save(figure, out: Path) -> None:
     """Write ``figure`` atomically, in the format ``out``'s suffix names."""
-    from .data import written_atomically
+    from ..data.arrays import written_atomically
 
     figure.tight_layout()
     with written_atomically(out) as tmp:

@@ -4,8 +4,8 @@ check carries ``<failure>`` (the inputs or figures that failed), one that could 
 the figures go to ``<system-out>``.
 
 >>> from pathlib import Path
->>> from lrcert.checks import Outcome
->>> from lrcert.config import Check
+>>> from lrcert.ci.checks import Outcome
+>>> from lrcert.ci.config import Check
 >>> text = document([Outcome(Check("mnist", Path("lrcert.toml"), Path("m.onnx"), Path("d.npy")), inputs=3,
 ...                          failures=["1 of 3 inputs has ε̂₂ below 0.1: inputs 2"])])
 >>> '<testcase classname="lrcert.check" name="mnist"' in text and '<failure message="1 of 3 inputs' in text

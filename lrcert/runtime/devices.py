@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import LrcertError
+from ..errors import LrcertError
 
 #: On the CPU, one tangent pass uses about this much memory: large enough for efficient products
 #: (32 MiB against 16: conv nets 6-20 % faster, MLPs unchanged, measured on a 2-core Xeon with 2 MiB

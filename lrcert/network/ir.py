@@ -22,17 +22,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Callable, ClassVar, Mapping, Sequence
+from typing import Callable, ClassVar, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .devices import exact_float32
-from .errors import LrcertError
-
-if TYPE_CHECKING:
-    from . import recurrent
+from ..errors import LrcertError
+from ..runtime.devices import exact_float32
 
 #: The dual norm each p needs, as the order of ``torch.linalg.vector_norm`` (1/p + 1/q = 1): a
 #: ball of radius r in norm p reaches the face z + g·δ = 0 at r = |z| / ‖g‖_q. p = 1 → ‖g‖∞,
@@ -40,6 +37,30 @@ if TYPE_CHECKING:
 DUAL_ORDER = {"l1": math.inf, "l2": 2, "linf": 1}
 
 Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Step:
+    """Where one step's nonlinearity sits: recurrence ``name``, stacked layer, direction, time step."""
+
+    recurrence: str
+    layer: int
+    direction: str
+    t: int
+
+
+@dataclass(frozen=True)
+class Recurrence:
+    """A recurrence as ``lrcert inspect`` shows it: ``layers`` stacked layers of ``hidden`` units,
+    run in ``directions`` over ``steps`` frames of ``features`` numbers, with ``activation``."""
+
+    name: str
+    layers: int
+    hidden: int
+    directions: tuple[str, ...]
+    steps: int
+    features: int
+    activation: str
 
 
 @dataclass(frozen=True, eq=False)
@@ -671,7 +692,7 @@ class Network:
     their row shapes in the order their flattened rows are joined into one row (the joint space
     lrcert certifies in); empty for one input. ``recurrences`` are the recurrent layers the list
     holds unrolled, and ``steps`` names the step (recurrence, layer, direction, t) of each of their
-    nonlinear layers, by layer name (:mod:`lrcert.recurrent`).
+    nonlinear layers, by layer name (:mod:`lrcert.models.recurrent`).
     """
 
     layers: tuple[Layer, ...]
@@ -681,8 +702,8 @@ class Network:
     source: str = ""
     rows_per_call: int = 1
     inputs: tuple[tuple[str, Shape], ...] = ()
-    recurrences: tuple["recurrent.Shape", ...] = ()
-    steps: Mapping[str, "recurrent.Step"] = field(default_factory=dict)
+    recurrences: tuple[Recurrence, ...] = ()
+    steps: Mapping[str, Step] = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.layers or not isinstance(self.layers[0], Input):
