@@ -259,7 +259,8 @@ def test_pre_commit_runs_the_hook(project):
     subprocess.run([*git, "init", "-q"], cwd=project, check=True)
     subprocess.run([*git, "add", "-A"], cwd=project, check=True)
     subprocess.run([*git, "commit", "-qm", "models"], cwd=project, check=True)
-    env = {"PRE_COMMIT_HOME": str(project / ".pre-commit-cache"), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
+    where = dict.fromkeys([str(Path(sys.executable).parent), str(Path(shutil.which("pre-commit")).parent)])  # lrcert's first
+    env = {"PRE_COMMIT_HOME": str(project / ".pre-commit-cache"), "PATH": ":".join(where) + ":/usr/bin:/bin"}
     command = ["pre-commit", "try-repo", str(ROOT), "lrcert-check-system", "--all-files"]
     passed = subprocess.run(command, cwd=project, capture_output=True, text=True, env=env)
     assert passed.returncode == 0 and "Passed" in passed.stdout, passed.stdout + passed.stderr
