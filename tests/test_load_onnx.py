@@ -293,3 +293,24 @@ def test_refusals_in_the_trace_name_the_onnx_op_type_not_the_pytorch_op():
         to_network(model, (3,), op_types={"1": "Sigmoid"})
     assert plain.value.details == ["'1' (sigmoid) is not piecewise linear"]
     assert named.value.details == ["'1' (Sigmoid) is not piecewise linear"]
+
+
+def test_reading_onnx_imports_neither_torchvision_nor_dynamo_and_torchvision_stays_real():
+    """Start-up: onnx2torch's NMS/RoIAlign converters would import torchvision (and torch._dynamo),
+    and so would a dispatch mode's torch.compile wrapper; lrcert needs neither, and a later
+    ``import torchvision`` still gets the real package, which those converters then use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lrcert\n"
+        "network = lrcert.load('models/moons_mlp.onnx')\n"
+        "print('torchvision' in sys.modules, 'torch._dynamo' in sys.modules)\n"
+        "import torchvision, torchvision.ops\n"
+        "from onnx2torch.node_converters import nms, roialign\n"
+        "print(torchvision.__file__.endswith('__init__.py'), nms.torchvision.ops.nms is torchvision.ops.nms,\n"
+        "      callable(roialign.roi_align), hasattr(torchvision, 'models'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False", "True", "True", "True", "True"], done.stdout

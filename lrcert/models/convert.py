@@ -94,6 +94,12 @@ class _Call:
 
 
 class _Trace(TorchDispatchMode):
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """No torch.compile wrapper: it would import torch._dynamo (about 1 s) at the trace's first
+        op, and the trace never runs under torch.compile."""
+        return False
+
     def __init__(self, names: dict[int, str], op_types: dict[str, str]):
         super().__init__()
         self.op_types = op_types

@@ -642,9 +642,9 @@ def _onnx_to_torch(model, path: Path) -> tuple[torch.fx.GraphModule, object]:
     lrcert converts). Nodes no converter can take are named, each with its op version. Returns
     the module and the model it was converted from (after the version converter)."""
     from onnx import version_converter
-    from onnx2torch import convert
 
-    onnx_ops.register()
+    onnx_ops.register()  # (first: it imports onnx2torch without torchvision)
+    from onnx2torch import convert
     opset = _opset(model)
     target = None
     if opset < 19 and any(n.op_type == "Reshape" and _attribute(n, "allowzero", 0) == 1 for n in model.graph.node):

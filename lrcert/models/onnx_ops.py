@@ -21,7 +21,10 @@ True
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import sys
+import types
 
 import numpy as np
 import onnx
@@ -53,11 +56,45 @@ RNN_VERSIONS = (7, 14, 22)
 _registered = False
 
 
+class _TorchvisionLater(types.ModuleType):
+    """A stand-in for ``torchvision`` (or ``torchvision.ops``) while onnx2torch imports: its NMS and
+    RoIAlign converters import torchvision, and with it torchvision.models and torch._dynamo (about
+    1 s on 2 cores), for ops lrcert never reads. Once onnx2torch is imported the stand-ins leave
+    ``sys.modules``, so any later ``import torchvision`` gets the real package, and the stand-ins
+    the converters kept hand every attribute on to it."""
+
+    def __getattr__(self, name: str):
+        if sys.modules.get(self.__name__) is self:  # (still standing in: nothing to hand on yet)
+            raise AttributeError(name)
+        return getattr(importlib.import_module(self.__name__), name)
+
+
+def _roi_align(*args, **kwargs):
+    """torchvision.ops.roi_align, imported when first called."""
+    return importlib.import_module("torchvision.ops").roi_align(*args, **kwargs)
+
+
+def import_onnx2torch() -> None:
+    """Import onnx2torch without importing torchvision (see :class:`_TorchvisionLater`)."""
+    if "onnx2torch" in sys.modules or "torchvision" in sys.modules:
+        return
+    stand_ins = {"torchvision": _TorchvisionLater("torchvision"), "torchvision.ops": _TorchvisionLater("torchvision.ops")}
+    stand_ins["torchvision.ops"].roi_align = _roi_align
+    sys.modules.update(stand_ins)
+    try:
+        importlib.import_module("onnx2torch")
+    finally:
+        for name, stand_in in stand_ins.items():
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
+
+
 def register() -> None:
     """Add the missing converters to onnx2torch's registry (once per process)."""
     global _registered
     if _registered:
         return
+    import_onnx2torch()
     from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription, add_converter
 
     for op, versions in (("DepthToSpace", (1, 11, 13)), ("SpaceToDepth", (1, 13))):  # onnx2torch: CRD only, or none
