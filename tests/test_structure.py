@@ -62,7 +62,7 @@ def test_every_stage_imports_only_downward():
 def test_every_stage_is_a_package_that_says_what_it_holds():
     stages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
     assert stages == set(MAY_IMPORT) - {"errors"}
-    for stage in stages - {"cli", "engine"}:
+    for stage in stages:
         doc = ast.get_docstring(ast.parse((PACKAGE / stage / "__init__.py").read_text()))
         assert doc and "May import" in doc, stage
     assert {p.stem for p in PACKAGE.glob("*.py")} == {"__init__", "__main__", "errors"}

@@ -25,6 +25,8 @@ Rules (DESIGN.md): g = 0 is not a face (it never changes in the region); z = 0 w
 ε̂ = 0 (the input sits on a boundary); no face at all gives ε̂ = +∞. Float32 is true float32
 (:func:`lrcert.runtime.devices.exact_float32`: no TF32 while the engine computes).
 
+May import: :mod:`lrcert.network`, :mod:`lrcert.data`, :mod:`lrcert.runtime`, :mod:`lrcert.errors`.
+
 >>> import torch
 >>> from lrcert.models.load import from_module
 >>> net = from_module(torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.ReLU()), (2,))
