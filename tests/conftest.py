@@ -9,6 +9,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 # One thread count for every test and the commands they run, whatever the machine's load: lrcert's
 # auto threads (lrcert.runtime.threads) would otherwise follow the load, and with it the last bits of
 # float64 sums that some tests compare exactly (test_threads tests auto itself, without it).
+# Converted networks cached for this session only (lrcert.models.cache), never in the user's cache.
+if not os.environ.get("LRCERT_CACHE_DIR"):
+    import tempfile
+
+    os.environ["LRCERT_CACHE_DIR"] = tempfile.mkdtemp(prefix="lrcert-test-cache-")
 if not os.environ.get("OMP_NUM_THREADS"):
     import torch
 

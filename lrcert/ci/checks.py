@@ -35,17 +35,18 @@ class Outcome:
         return "error" if self.error else "failed" if self.failures else "passed"
 
 
-def run(check: Check, use_baseline: bool = True, threads: int | None = None) -> Outcome:
+def run(check: Check, use_baseline: bool = True, threads: int | None = None, cache: bool = True) -> Outcome:
     """Certify ``check``'s data with its model and judge it; an input error ends it as an error.
     ``use_baseline`` False leaves out the comparison (its baseline is about to be written);
-    ``threads``: the engine's CPU threads (None: auto, :mod:`lrcert.runtime.threads`)."""
+    ``threads``: the engine's CPU threads (None: auto, :mod:`lrcert.runtime.threads`); ``cache``:
+    the model's converted network kept between runs (:mod:`lrcert.models.cache`)."""
     from ..data.arrays import sha256
 
     outcome = Outcome(check)
     started = time.perf_counter()
     try:
         data_hash = sha256(check.data)
-        records, outcome.document = _certify(check, data_hash, started, outcome, threads)
+        records, outcome.document = _certify(check, data_hash, started, outcome, threads, cache)
         _floors(check, records, outcome)
         if check.baseline is not None and use_baseline:
             _against_baseline(check, records, data_hash, outcome)
@@ -58,7 +59,7 @@ def run(check: Check, use_baseline: bool = True, threads: int | None = None) -> 
 
 
 def _certify(check: Check, data_hash: str | None, started: float, outcome: Outcome,
-             threads: int | None) -> tuple[list[dict], str]:
+             threads: int | None, cache: bool) -> tuple[list[dict], str]:
     """The check's results as certify's records, and as its JSON document."""
     import numpy as np
     import torch
@@ -67,7 +68,7 @@ def _certify(check: Check, data_hash: str | None, started: float, outcome: Outco
     from ..results.html_report import today
     from ..run import runner
 
-    networks = opener(str(check.model))
+    networks = opener(str(check.model), cache=cache)
     network, source = runner.prepare(str(check.data), networks, key=check.key,
                                      columns=check.columns, resize=check.resize, center_crop=check.center_crop,
                                      normalization=check.normalization, vary=check.vary, classes=check.classes,

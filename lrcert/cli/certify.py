@@ -70,6 +70,7 @@ def certify(
     vary: Annotated[Optional[list[str]], typer.Option("--vary", metavar="NAME", help="For an ONNX model with several inputs: certify along this input only, the others held at each row's values (radii, faces and adversarial points then move only its coordinates). Repeatable. Default: every input (their joint space).", rich_help_panel="Data")] = None,
     input_shape: Annotated[Optional[str], typer.Option("--input-shape", metavar="SHAPE", help="Shape of one input, e.g. 1,28,28 (only for models that do not record it). Default: the data's row shape.", rich_help_panel="Model")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model or TorchScript file: this runs code stored in the file. Default: off.", rich_help_panel="Model")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache of converted ONNX networks (keyed by the file's bytes and lrcert's code; in $LRCERT_CACHE_DIR or ~/.cache/lrcert). Default: use it.", rich_help_panel="Model")] = False,
     output_name: Annotated[Optional[str], typer.Option("--output-name", metavar="NAME", help="For an ONNX model with several outputs: the one predictions and prediction radii read (default: the first). The regions are the whole graph's either way.", rich_help_panel="Model")] = None,
     output_format: Annotated[Optional[Format], typer.Option("--format", "-f", help="table (for people), json, jsonl or csv (for pipelines). Default: the --output file's extension (.json, .jsonl, .csv), else table.", rich_help_panel="Output")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the results to this file (atomically) instead of stdout. Default: standard output.", rich_help_panel="Output")] = None,
@@ -154,7 +155,7 @@ def _prepare(asked: SimpleNamespace, ranks) -> SimpleNamespace:
 
     lead = ranks.rank == 0  # writes the output and every note
     run = SimpleNamespace(raw=sys.stdin.buffer.read() if asked.data == "-" else None)
-    networks = opener(asked.model, trust_pickle=asked.trust_pickle, output_name=asked.output_name)
+    networks = opener(asked.model, trust_pickle=asked.trust_pickle, output_name=asked.output_name, cache=not asked.no_cache)
     run.network, run.dataset = runner.prepare(
         asked.data, networks, raw=run.raw, key=asked.key, columns=asked.columns, resize=asked.resize_to,
         center_crop=asked.crop_to, normalization=asked.normalization, vary=asked.vary, shape_hint=asked.shape_hint,

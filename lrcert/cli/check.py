@@ -15,6 +15,7 @@ from .common import (
     EXIT_CHECK_FAILED,
     EXIT_INPUT,
     EXIT_OK,
+    NoCacheOption,
     SummaryFormat,
     ThreadsOption,
     app,
@@ -33,6 +34,7 @@ def check(
     update_baseline: Annotated[bool, typer.Option("--update-baseline", help="After a run where every check passed, write each check's results to its baseline file (atomically): the new accepted run. Default: off.")] = False,
     output_format: Annotated[SummaryFormat, typer.Option("--format", "-f", help="The summary: table (for people), json (for machines) or markdown (for $GITHUB_STEP_SUMMARY).")] = SummaryFormat.table,
     threads: ThreadsOption = None,
+    no_cache: NoCacheOption = False,
 ) -> int:
     """Run the checks of the project's config: each model certifies its data, and a check fails
     where a radius is below its floor (min-radius, min-certified) or a figure dropped from the
@@ -55,7 +57,7 @@ def check(
     for entry in chosen:
         say(f"checking {entry.name}: {entry.model} on {entry.data}")
         outcome = checks.run(entry, use_baseline=not (update_baseline and entry.baseline and not entry.baseline.exists()),
-                             threads=threads)
+                             threads=threads, cache=not no_cache)
         if outcome.error:
             say(f"lrcert: error: {outcome.error}")
         for failure in outcome.failures:

@@ -274,6 +274,12 @@ def threads_option(panel: str | None = None):
 
 ThreadsOption = threads_option()
 
+#: ``--no-cache``, on the commands that read a model.
+NoCacheOption = Annotated[bool, typer.Option(
+    "--no-cache", help="Neither read nor write the cache of converted ONNX networks (lrcert/models/cache.py: "
+                       "keyed by the file's bytes and lrcert's code; in $LRCERT_CACHE_DIR or ~/.cache/lrcert). "
+                       "Default: use it.")]
+
 
 def main() -> None:
     from ..runtime.threads import first_look

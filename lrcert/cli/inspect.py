@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import LrcertError
-from .common import EXIT_INPUT, EXIT_OK, TableOrJson, app, parse_shape, reports_errors, say
+from .common import EXIT_INPUT, EXIT_OK, NoCacheOption, TableOrJson, app, parse_shape, reports_errors, say
 
 
 @app.command(short_help="Show how lrcert reads a model: layers, faces, shapes.")
@@ -20,6 +20,7 @@ def inspect(
     output_format: Annotated[TableOrJson, typer.Option("--format", "-f", help="table (for people) or json.")] = TableOrJson.table,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled model (runs code from the file). Default: off.")] = False,
     output_name: Annotated[Optional[str], typer.Option("--output-name", metavar="NAME", help="For an ONNX model with several outputs: the one to show as the output (default: the first).")] = None,
+    no_cache: NoCacheOption = False,
 ) -> int:
     """Show the layer list lrcert built from MODEL, its input shape, and anything unsupported."""
     import json
@@ -28,7 +29,8 @@ def inspect(
     from ..models.recurrent import describe
 
     try:
-        network = load(model, trust_pickle=trust_pickle, sample_shape=parse_shape(input_shape), output_name=output_name)
+        network = load(model, trust_pickle=trust_pickle, sample_shape=parse_shape(input_shape), output_name=output_name,
+                       cache=not no_cache)
     except LrcertError as error:
         if not error.details:
             raise

@@ -28,7 +28,7 @@ import torch
 
 from ..errors import SUPPORTED_NETWORKS, LrcertError, first_line
 from ..network import ir
-from . import onnx_ops, recurrent
+from . import recurrent
 from .convert import to_network
 from .fold import complete_types, fold_constants
 
@@ -69,6 +69,7 @@ def load(
     trust_pickle: bool = False,
     sample_shape: Sequence[int] | None = None,
     output_name: str | None = None,
+    cache: bool = True,
 ) -> ir.Network:
     """Load a model file into a layer list.
 
@@ -77,9 +78,11 @@ def load(
     list lives on the CPU (engines move it where they compute): every tensor made while loading,
     by lrcert or by the converters it calls, is made there, whatever the default device.
     ``output_name`` picks the output of an ONNX model with several (default: the first) that
-    predictions are read from; the regions are the whole graph's whichever is picked.
+    predictions are read from; the regions are the whole graph's whichever is picked. ``cache``:
+    an ONNX file's layer list is kept between runs (:mod:`lrcert.models.cache`), keyed by the
+    file's bytes and the code that converted it.
     """
-    return open_model(path, trust_pickle=trust_pickle, output_name=output_name).network(sample_shape)
+    return open_model(path, trust_pickle=trust_pickle, output_name=output_name, cache=cache).network(sample_shape)
 
 
 class Model:
@@ -98,26 +101,29 @@ class Model:
         return self._built[key]
 
 
-def open_model(path: str | os.PathLike, *, trust_pickle: bool = False, output_name: str | None = None) -> Model:
-    """A model file, read and checked (see :func:`load`), ready to build layer lists."""
+def open_model(path: str | os.PathLike, *, trust_pickle: bool = False, output_name: str | None = None,
+               cache: bool = True) -> Model:
+    """A model file, read and checked (see :func:`load`), ready to build layer lists; ``cache``:
+    ONNX layer lists kept between runs (:mod:`.cache`)."""
     with torch.device("cpu"):
-        return Model(Path(path).name, _open(Path(path), trust_pickle, output_name))
+        return Model(Path(path).name, _open(Path(path), trust_pickle, output_name, cache))
 
 
-def opener(path: str | os.PathLike, *, trust_pickle: bool = False, output_name: str | None = None) -> Callable:
+def opener(path: str | os.PathLike, *, trust_pickle: bool = False, output_name: str | None = None,
+           cache: bool = True) -> Callable:
     """``open_model(path).network``, the file read on the first call (a command checks its other
     arguments first): the layer list for each row shape asked, each built once."""
     opened: list[Model] = []
 
     def network(sample_shape: Sequence[int] | None = None) -> ir.Network:
         if not opened:
-            opened.append(open_model(path, trust_pickle=trust_pickle, output_name=output_name))
+            opened.append(open_model(path, trust_pickle=trust_pickle, output_name=output_name, cache=cache))
         return opened[0].network(sample_shape)
 
     return network
 
 
-def _open(path: Path, trust_pickle: bool, output_name: str | None) -> Callable[[tuple[int, ...] | None], ir.Network]:
+def _open(path: Path, trust_pickle: bool, output_name: str | None, cache: bool) -> Callable[[tuple[int, ...] | None], ir.Network]:
     if not path.exists():
         raise LrcertError(f"model file {str(path)!r} does not exist", fix="check the path")
     if path.is_dir():
@@ -135,7 +141,27 @@ def _open(path: Path, trust_pickle: bool, output_name: str | None) -> Callable[[
         return _open_torch_archive(path, trust_pickle)
     if pickled:
         return _open_pickle(path, trust_pickle)
-    return _OnnxFile(path, output_name).network
+    return _cached_onnx(path, output_name) if cache else _OnnxFile(path, output_name).network
+
+
+def _cached_onnx(path: Path, output_name: str | None) -> Callable[[tuple[int, ...] | None], ir.Network]:
+    """An ONNX file's layer lists through the cache of converted networks (:mod:`.cache`): the
+    file is read, checked and converted only where a row shape has no entry yet."""
+    from .cache import Entries
+
+    entries, onnx_file = Entries(path, output_name), []
+
+    def build(sample_shape: tuple[int, ...] | None) -> ir.Network:
+        found = entries.get(sample_shape)
+        if found is not None:
+            return found
+        if not onnx_file:
+            onnx_file.append(_OnnxFile(path, output_name))
+        network = onnx_file[0].network(sample_shape)
+        entries.put(sample_shape, network, onnx_file[0].external)
+        return network
+
+    return build
 
 
 def from_module(module: torch.nn.Module, sample_shape: Sequence[int], *, source: str = "") -> ir.Network:
@@ -161,7 +187,7 @@ class _OnnxFile:
 
     def __init__(self, path: Path, output_name: str | None):
         self.path = path
-        model = _read_onnx(path)
+        model, self.external = _read_onnx(path)
         reordered = _sort_nodes(model.graph)
         complete_types(model)
         fold_constants(model)
@@ -187,6 +213,8 @@ class _OnnxFile:
         if self.converted is None:
             self.converted = _onnx_to_torch(_explicit_padding(self.model, path), path)
         graph_module, converted = self.converted
+        from . import onnx_ops  # (here: a cached network needs neither onnx nor onnx2torch)
+
         network = _network(graph_module, batch, declared, path.name, onnx_ops.op_types(converted))
         problems = onnx_ops.resize_problems(converted, graph_module, network.input_shape)
         if problems:
@@ -409,7 +437,8 @@ class _FirstRowOfBatch(torch.nn.Module):
         return out[:1]
 
 
-def _read_onnx(path: Path):
+def _read_onnx(path: Path) -> tuple[object, list[str]]:
+    """The ONNX model at ``path`` with its external weights loaded, and those weights' files."""
     import onnx
     from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
@@ -434,6 +463,7 @@ def _read_onnx(path: Path):
                 fix=f"export the model with opset {newest} or older, or upgrade onnx and onnx2torch",
             )
     base = path.resolve().parent
+    external = set()
     for tensor in model.graph.initializer:
         if uses_external_data(tensor):
             location = next((e.value for e in tensor.external_data if e.key == "location"), "")
@@ -448,11 +478,12 @@ def _read_onnx(path: Path):
                     f"{path.name} keeps weights {tensor.name!r} in {location!r}, which is missing",
                     fix="put that file beside the model",
                 )
+            external.add(location)
     try:
         load_external_data_for_model(model, str(base))
     except Exception as exc:
         raise LrcertError(f"{path.name} is not a valid ONNX model: {first_line(exc)}", fix="re-export the model") from None
-    return model
+    return model, sorted(external)
 
 
 def _check_onnx(model, path: Path) -> None:
@@ -642,6 +673,8 @@ def _onnx_to_torch(model, path: Path) -> tuple[torch.fx.GraphModule, object]:
     lrcert converts). Nodes no converter can take are named, each with its op version. Returns
     the module and the model it was converted from (after the version converter)."""
     from onnx import version_converter
+
+    from . import onnx_ops
 
     onnx_ops.register()  # (first: it imports onnx2torch without torchvision)
     from onnx2torch import convert
