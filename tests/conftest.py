@@ -11,9 +11,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 # float64 sums that some tests compare exactly (test_threads tests auto itself, without it).
 # Converted networks cached for this session only (lrcert.models.cache), never in the user's cache.
 if not os.environ.get("LRCERT_CACHE_DIR"):
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["LRCERT_CACHE_DIR"] = tempfile.mkdtemp(prefix="lrcert-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["LRCERT_CACHE_DIR"], ignore_errors=True)
 if not os.environ.get("OMP_NUM_THREADS"):
     import torch
 
