@@ -15,6 +15,10 @@ around x inside that region, and names the face that binds (Lee, Alvarez-Melis &
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
+import types
 from typing import Sequence
 
 __version__ = "0.1.0"
@@ -24,7 +28,20 @@ from .errors import LrcertError  # noqa: E402
 #: The public names and the modules they live in, imported when first used: ``lrcert --version``
 #: and ``--help`` (and any command that needs no model) never wait for torch, onnx or onnx2torch.
 _LAZY = {"Engine": "engine", "InputResult": "engine", "Constraint": "engine", "NORMS": "engine",
-         "Network": "network.ir", "load": "models.load", "from_module": "models.load", "roll_loss": "training.roll"}
+         "Network": "network.ir", "from_module": "models.load", "roll_loss": "training.roll"}
+
+
+#: The modules of lrcert's flat layout, before the stages became subpackages, and where they are
+#: now: ``from lrcert import regions`` and ``import lrcert.load`` still reach them (tools, probes and
+#: scripts written against that layout), as the very modules, imported when first asked.
+_MOVED = {
+    "devices": "runtime.devices", "threads": "runtime.threads", "ranks": "runtime.ranks", "ir": "network.ir",
+    "data": "data.arrays", "sources": "data.sources", "load": "models.load", "convert": "models.convert",
+    "onnx_ops": "models.onnx_ops", "recurrent": "models.recurrent", "fold": "models.fold", "runner": "run.runner",
+    "box": "run.box", "report": "results.report", "html_report": "results.html_report", "runs": "results.runs",
+    "compare": "results.compare", "regions": "results.regions", "plot": "results.plot", "checks": "ci.checks",
+    "config": "ci.config", "junit": "ci.junit", "limits": "ci.limits", "roll": "training.roll", "train": "training.train",
+}
 
 
 def __getattr__(name: str):
@@ -32,7 +49,53 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
         return value
+    if name in _MOVED and name != "data":  # (lrcert.data is a stage now: its package answers)
+        return importlib.import_module(f".{_MOVED[name]}", __name__)
     raise AttributeError(f"module 'lrcert' has no attribute {name!r}")
+
+
+class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """``import lrcert.regions`` (a module of the flat layout): the module where it lives now,
+    under its old name too."""
+
+    def __init__(self):
+        self.specs: dict[str, importlib.machinery.ModuleSpec] = {}
+
+    def find_spec(self, name, path=None, target=None):
+        package, _, old = name.rpartition(".")
+        if package != __name__ or old not in _MOVED or old == "data":
+            return None
+        return importlib.util.spec_from_loader(name, self)
+
+    def create_module(self, spec):
+        module = importlib.import_module(f"{__name__}.{_MOVED[spec.name.rpartition('.')[2]]}")
+        self.specs[module.__name__] = module.__spec__
+        return module
+
+    def exec_module(self, module) -> None:
+        module.__spec__ = self.specs[module.__name__]  # (the import system gave it the old name's spec)
+
+
+sys.meta_path.append(_MovedModules())
+
+
+class _Package(types.ModuleType):
+    """``lrcert`` itself: ``lrcert.load`` is the function :func:`lrcert.models.load.load`, and stays
+    the function when the flat layout's ``lrcert.load`` module is imported (the import system then
+    sets the attribute to the module: that is ignored; the module is in ``sys.modules``)."""
+
+    @property
+    def load(self):
+        from .models.load import load
+
+        return load
+
+    @load.setter
+    def load(self, module) -> None:
+        pass
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def certify(model, x, *, norms: Sequence[str] = ("l1", "l2", "linf"), directions=None, device=None, dtype=None,

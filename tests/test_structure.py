@@ -72,3 +72,19 @@ def test_importing_lrcert_imports_no_torch():
     code = "import sys, lrcert; lrcert.__version__; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_the_flat_layouts_module_names_still_reach_the_modules():
+    """Tools and probes written against the flat layout (``from lrcert import regions``, ``from
+    lrcert.load import from_module``) get the very modules, and ``lrcert.load`` stays the function."""
+    code = (
+        "import sys, lrcert\n"
+        "from lrcert import regions\n"
+        "from lrcert.load import from_module\n"
+        "import lrcert.sources, lrcert.data.sources\n"
+        "print(regions is sys.modules['lrcert.results.regions'],\n"
+        "      regions.__spec__.name, lrcert.sources is lrcert.data.sources, callable(lrcert.load),\n"
+        "      from_module is lrcert.from_module)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "lrcert.results.regions", "True", "True", "True"], done.stdout
