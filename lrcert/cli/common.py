@@ -274,11 +274,15 @@ def threads_option(panel: str | None = None):
 
 ThreadsOption = threads_option()
 
-#: ``--no-cache``, on the commands that read a model.
-NoCacheOption = Annotated[bool, typer.Option(
-    "--no-cache", help="Neither read nor write the cache of converted ONNX networks (lrcert/models/cache.py: "
-                       "keyed by the file's bytes and lrcert's code; in $LRCERT_CACHE_DIR or ~/.cache/lrcert). "
-                       "Default: use it.")]
+def no_cache_option(panel: str | None = None):
+    """``--no-cache``, on the commands that read a model (in help panel ``panel``)."""
+    return Annotated[bool, typer.Option(
+        "--no-cache", rich_help_panel=panel,
+        help="Neither read nor write the cache of converted ONNX networks (keyed by the file's bytes and lrcert's "
+             "code; in $LRCERT_CACHE_DIR or ~/.cache/lrcert). Default: use it.")]
+
+
+NoCacheOption = no_cache_option()
 
 
 def main() -> None:

@@ -144,15 +144,16 @@ class Threads:
             return self.requested
         if os.environ.get("OMP_NUM_THREADS"):  # (the environment chose: PyTorch follows it)
             return torch.get_num_threads()
+        waited = time.monotonic() - self.last.wall
+        if self.count is not None and waited < LOOK_EVERY:  # (no new look due: /proc/stat is not read)
+            return self.count
         now = _Look(self.cpus)
-        stale = now.wall - self.last.wall > STALE_AFTER
-        if stale:  # (measure a fresh window instead)
+        if waited > STALE_AFTER:  # (measure a fresh window instead)
             time.sleep(FRESH_WINDOW)
             self.last, now = now, _Look(self.cpus)
-        if stale or self.count is None or now.wall - self.last.wall >= LOOK_EVERY:
-            busy = max(0, math.ceil(now.others_since(self.last) - FREE_BELOW))
-            self.count = max(1, min(self.allowed, torch.get_num_threads()) - busy)
-            self.last = now
+        busy = max(0, math.ceil(now.others_since(self.last) - FREE_BELOW))
+        self.count = max(1, min(self.allowed, torch.get_num_threads()) - busy)
+        self.last = now
         return self.count
 
     @contextmanager
