@@ -113,16 +113,26 @@ def _no_floors(region):
     return torch.zeros(len(region.engine.norms), region.batch, region.network.faces, dtype=torch.float64)
 
 
-def test_many_classes_take_the_prediction_radius_from_sketched_error_bounds():
-    """40 classes: float32 gradients through the 12-unit bottleneck, their errors bounded by the
-    sketch, exact gradients for the candidates: the same prediction radii, classes and points."""
+@pytest.mark.parametrize("way", ["screened by the sketch", "bottleneck rows"])
+def test_many_classes_take_the_prediction_radius_either_way(way):
+    """40 classes, either way: margins screened by the sketch's floors and exact gradients for those
+    that may bind, or float32 gradients through the 12-unit bottleneck with their errors bounded by
+    the sketch and exact gradients for the candidates: the same prediction radii, classes and points."""
     model = many_classes()
     network = lrcert.from_module(model, (3, 8, 8))
     cut, tail = prediction.bottleneck(network)
     assert network.layers[cut].size == 12 and tail.shape == (40, 12)
     x = _inputs((3, 8, 8), 10, 6)
+    rows_per_margin = 1e-6 if way == "screened by the sketch" else 1e6  # (the bottleneck's way when any stays open)
     for p in ("l1", "l2", "linf"):
-        sketched, deterministic = _sketched_and_deterministic(network, x, adversarial_norm=p)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(prediction, "ROWS_PER_MARGIN", rows_per_margin)
+            patch.setattr(lrcert.engine.screen, "SHARE", 1.0)
+            engine = Engine(network, dtype=torch.float64, sketch=True, screen=False, adversarial_norm=p)
+            sketched = engine.run(x)
+        deterministic = Engine(network, dtype=torch.float64, guarantee="deterministic", screen=False,
+                               adversarial_norm=p).run(x)
+        assert (engine.work.rows > 0) == (way == "bottleneck rows") and engine.work.margins > 0
         _same_answers(sketched, deterministic)
         for r, w in zip(sketched, deterministic):
             assert np.allclose(r.adversarial, w.adversarial, rtol=1e-9, atol=1e-12, equal_nan=True)

@@ -23,15 +23,24 @@ reverse passes, ∇f_c's and then all classes' at once (batched), in the engine'
 no second class: its prediction radius is ``None``.
 
 **Many classes** (ImageNet's 1,000) make those reverse passes the larger part of a sketched
-input's work, and no sketch bounds ‖g_j‖∞ (the ℓ1 prediction radius) usefully: a random
-projection cannot tell one large coordinate from many small ones. :func:`sketched_margins` takes
-every margin's gradient ĝ_j in float32 instead, from the reverse passes of the narrowest layer of
-the network's affine tail (ResNet-18: its 512 pooled features, times the tail's Jacobian), and
-bounds each one's float32 error E_j = ĝ_j − g_j with the sketch's own directions: E_j does not
-depend on them, and the sketch pushed them in float64, giving g_j·s_i, so
-Σ_i (ĝ_j·s_i − g_j·s_i)² ~ ‖E_j‖₂² χ²_k and √(Σ / (c·k)) ≥ ‖E_j‖₂ ≥ ‖E_j‖_∞, ‖E_j‖₁ / √D except
-with the sketch's probability (counted in its δ). The margins whose ratio intervals reach below the
-smallest upper end get exact gradients in the value dtype: usually one per norm.
+input's work. :func:`sketched_margins` screens margins as the sketch screens faces (:mod:`.sketch`):
+the outputs' tangents along its k directions, pushed in float64, give every g_j·s_i, so
+U_j = √(Σ_i (g_j·s_i)² / (c·k)) ≥ ‖g_j‖₂ (one more of the sketch's events, counted in its δ) and
+the floor m_j / (s_q·U_j) is at most margin j's ratio, with s_q = 1 for ‖g‖₂ and ‖g‖∞ ≤ ‖g‖₂ and
+s_q = √D for ‖g‖₁ ≤ √D‖g‖₂. Margins are then taken in rounds, smallest floors first, each one's
+exact gradient (a float64 reverse pass) lowering the ceiling, until no floor is under it: the
+ℓ2 and ℓ∞ prediction radii need a few dozen (the ℓ1 bound on a dense gradient is within about
+1.25× of √D‖g‖₂). The ℓ1 radius's ‖g_j‖∞ is where this stops: ‖g‖∞ ≤ ‖g‖₂ is loose by about
+√(D / 2 ln D), and no sketch of k ≪ D directions bounds a maximum over D coordinates better
+(that takes about D linear measurements), so with many classes most margins stay open. An input
+whose open margins would need more exact gradients than ``ROWS_PER_MARGIN`` per unit of the
+bottleneck takes every margin's gradient ĝ_j in float32 instead, from the reverse passes of the
+narrowest layer of the network's affine tail (ResNet-18: its 512 pooled features, times the
+tail's Jacobian), and bounds each one's float32 error E_j = ĝ_j − g_j with the sketch's own
+directions: E_j does not depend on them, and the sketch pushed them in float64, giving g_j·s_i,
+so Σ_i (ĝ_j·s_i − g_j·s_i)² ~ ‖E_j‖₂² χ²_k and √(Σ / (c·k)) ≥ ‖E_j‖₂ ≥ ‖E_j‖_∞, ‖E_j‖₁ / √D
+except with the sketch's probability (the same event count). The margins whose ratio intervals
+reach below the smallest upper end get exact gradients in the value dtype: usually one per norm.
 
 >>> import torch
 >>> from lrcert.models.load import from_module
@@ -71,34 +80,24 @@ def margins(
 
 def _margins(network: ir.Network, x: Tensor, norms: Sequence[str], adversarial_norm: str | None,
              memory_bytes: int) -> dict[str, Tensor]:
-    b = len(x)
-    with torch.enable_grad():
-        points = x.detach().clone().requires_grad_(True)
-        outputs = network.run(points).reshape(b, -1)
-        return _closest_classes(points, outputs, norms, adversarial_norm, memory_bytes)
-
-
-def _closest_classes(points: Tensor, outputs: Tensor, norms: Sequence[str], adversarial_norm: str | None,
-                     memory_bytes: int) -> dict[str, Tensor]:
-    """The ratios m_j / ‖g_j‖_q of every class j, from ∇f_c (one reverse pass) and the ∇f_j of as
-    many classes at once as ``memory_bytes`` holds (one batched reverse pass each)."""
-    b, classes = outputs.shape
-    x, device = points.detach(), points.device
-    predicted = outputs.detach().argmax(dim=1)
-    top = outputs.gather(1, predicted[:, None])[:, 0]
-    (toward,) = torch.autograd.grad(top.sum(), points, retain_graph=True)  # ∇f_c, each input its own c
-    toward = toward.reshape(b, -1)
+    """The ratios m_j / ‖g_j‖_q of every class j: as many classes at a time as ``memory_bytes``
+    holds, each input copied once per class and each copy's value and reverse pass seeded with
+    e_c − e_j, so that its gradient is g_j (one large value and reverse pass for many rows)."""
+    b, device = len(x), x.device
+    with torch.no_grad():
+        values = network.run(x).reshape(b, -1)
+    classes = values.shape[1]
+    predicted = values.argmax(dim=1)
+    top = values.gather(1, predicted[:, None])[:, 0]
     best = {p: torch.full((b,), math.inf, dtype=x.dtype, device=device) for p in norms}
     rival = {p: torch.full((b,), -1, dtype=torch.long, device=device) for p in norms}
-    step = torch.zeros_like(toward) if adversarial_norm else None  # x* − x for the binding class so far
-    per_pass = max(1, memory_bytes // (4 * toward.numel() * toward.element_size()))
-    seeds = torch.eye(classes, dtype=outputs.dtype, device=device)
+    step = torch.zeros(b, network.input_size, dtype=x.dtype, device=device) if adversarial_norm else None
+    per_pass = max(1, memory_bytes // (b * network.reverse_bytes_per_row(x.dtype)))
+    toward = (predicted[:, None] == torch.arange(classes, device=device)).to(x.dtype)  # e_c (one_hot would wait)
     for first in range(0, classes, per_pass):
         chosen = torch.arange(first, min(classes, first + per_pass), device=device)
-        (jacobian,) = torch.autograd.grad(outputs, points, grad_outputs=seeds[chosen, None, :].expand(-1, b, -1),
-                                          retain_graph=True, is_grads_batched=True)
-        gradient = toward - jacobian.reshape(len(chosen), b, -1)  # g_j = ∇(f_c − f_j): (classes here, b, D)
-        margin = (top[None] - outputs[:, chosen].T).detach()  # ≥ 0; exactly 0 for j = c
+        gradient = _class_gradients(network, x, toward, chosen)  # g_j = ∇(f_c − f_j): (classes here, b, D)
+        margin = top[None] - values[:, chosen].T  # ≥ 0; exactly 0 for j = c
         other = predicted[None] != chosen[:, None]
         for p in norms:
             dual = torch.linalg.vector_norm(gradient, ir.DUAL_ORDER[p], dim=2)
@@ -119,6 +118,19 @@ def _closest_classes(points: Tensor, outputs: Tensor, norms: Sequence[str], adve
     return out
 
 
+def _class_gradients(network: ir.Network, x: Tensor, toward: Tensor, chosen: Tensor) -> Tensor:
+    """∇ₓ(f_c − f_j) for each class j of ``chosen`` and input of ``x`` (c its row's one-hot in
+    ``toward``): (len(chosen), B, D), by one value and reverse pass over a copy of x per class."""
+    n, b = len(chosen), len(x)
+    with torch.enable_grad():
+        copies = x.detach()[None].expand(n, *x.shape).reshape(n * b, *x.shape[1:]).clone().requires_grad_(True)
+        outputs = network.run(copies).reshape(n, b, -1)
+        away = chosen[:, None] == torch.arange(toward.shape[1], device=x.device)  # e_j
+        seeds = toward[None] - away.to(x.dtype)[:, None]
+        (gradient,) = torch.autograd.grad((outputs * seeds).sum(), copies)
+    return gradient.reshape(n, b, -1)
+
+
 def _closest_step(gradient: Tensor, margin: Tensor, dual: Tensor, p: str) -> Tensor:
     """The shortest step δ (in norm p) with margin + g·δ = 0, for each row (see the module's formulas)."""
     safe = torch.where(dual > 0, dual, 1.0)[:, None]
@@ -134,8 +146,15 @@ def _closest_step(gradient: Tensor, margin: Tensor, dual: Tensor, p: str) -> Ten
 #: A sketched input's prediction radius is taken with :func:`sketched_margins` where the model
 #: has at least this many classes (fewer: every margin's exact gradient, as for other inputs).
 SKETCH_CLASSES = 32
-#: Intervals are compared with the ceiling widened by this (relative): float64 rounding is far below.
+#: Floors and intervals are compared with the ceiling widened by this (relative): float64 rounding is far below.
 SLACK = 1e-3
+#: Margins per input and norm in the first round of exact gradients, and the growth per round.
+FIRST_MARGINS = 2
+GROWTH = 4
+#: An exact margin gradient (a float64 value and reverse pass) costs about as much as this many
+#: float32 rows of the bottleneck: an input whose open margins would need more exact gradients than
+#: the bottleneck's units / ROWS_PER_MARGIN takes every margin from the bottleneck's rows instead.
+ROWS_PER_MARGIN = 4
 
 
 def bottleneck(network: ir.Network) -> tuple[int, Tensor]:
@@ -154,20 +173,87 @@ def bottleneck(network: ir.Network) -> tuple[int, Tensor]:
 
 
 def sketched_margins(engine, region, x: Tensor, outputs: Tensor, c: float, directions: Tensor) -> dict[str, Tensor]:
-    """:func:`margins` for the inputs ``x`` of a sketched ``region``, from float32 gradients with
-    sketched error bounds (see the module's docstring). ``outputs`` (B, k, classes) are the
-    outputs' tangents along the sketch's ``directions`` (1, k, *input_shape), pushed in float64."""
-    b, d, dtype = len(x), engine.network.input_size, x.dtype  # (the value dtype: float64 under auto)
+    """:func:`margins` for the inputs ``x`` of a sketched ``region`` (see the module's docstring):
+    screened by the sketch's floors where few margins stay open, else from the bottleneck's float32
+    gradients. ``outputs`` (B, k, classes) are the outputs' tangents along the sketch's
+    ``directions`` (1, k, *input_shape), pushed in float64."""
+    b, classes = len(x), outputs.shape[2]
     values = region.output.reshape(b, -1)
-    classes = values.shape[1]
     predicted = values.argmax(dim=1)
     margin = values.gather(1, predicted[:, None]) - values
+    along = outputs.transpose(1, 2)  # (B, classes, k): g·s in the value dtype, every class
+    along = along.gather(1, predicted[:, None, None].expand(-1, 1, along.shape[2])) - along
+    bound = sketch.upper_bound(along.square().sum(dim=2), c, along.shape[2])  # ≥ ‖g_j‖₂ unless the sketch fails
+    other = torch.arange(classes, device=x.device)[None] != predicted[:, None]
+    floor = torch.stack([torch.where(other & (bound > 0), margin / (bound * _scale(engine, p)), math.inf)
+                         for p in engine.norms])
+    found, rows_way = _screened_margins(engine, x, floor, margin, predicted)
+    rest = rows_way.nonzero()[:, 0]
+    if len(rest):
+        seeds = directions.reshape(directions.shape[1], -1).to(x.dtype)
+        part = _bottleneck_margins(engine, x[rest], margin[rest], predicted[rest], along[rest], c, seeds)
+        for key, value in part.items():
+            found[key] = found[key].index_copy(0, rest, value)
+    return found
+
+
+def _scale(engine, p: str) -> float:
+    """‖g‖_q ≤ scale · ‖g‖₂ for the dual norm q of ``p``: ‖g‖∞ ≤ ‖g‖₂ and ‖g‖₁ ≤ √D ‖g‖₂."""
+    return math.sqrt(engine.dimensions) if p == "linf" else 1.0
+
+
+def _screened_margins(engine, x: Tensor, floor: Tensor, margin: Tensor, predicted: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    """The prediction radius from the exact gradients of the margins that may bind, given every
+    margin's ``floor`` m_j / U_j per norm, (P, B, classes), in rounds as :func:`.screen.certify`
+    takes faces (smallest floors first, each round's exact ratios lowering the ceiling), and
+    (B,) bool: the inputs whose open margins would cost more exact gradients than the bottleneck's
+    float32 rows (``ROWS_PER_MARGIN``); their entries are placeholders."""
+    b, p_count = len(x), len(engine.norms)
+    best = torch.full((p_count, b), math.inf, dtype=x.dtype, device=x.device)
+    rival = torch.full((p_count, b), -1, dtype=torch.long, device=x.device)
+    step = torch.zeros(b, engine.network.input_size, dtype=x.dtype, device=x.device)
+    done = torch.zeros(b, dtype=torch.long, device=x.device)
+    rows_way = torch.zeros(b, dtype=torch.bool, device=x.device)
+    cap = engine.network.layers[engine.bottleneck()[0]].size // ROWS_PER_MARGIN
+    k = FIRST_MARGINS
+    while True:
+        wanted = (floor <= best[..., None] * (1 + SLACK)) & torch.isfinite(floor)
+        rows_way |= (done > 0) & (done + wanted.any(dim=0).sum(dim=1) > cap)
+        smallest, which = torch.where(wanted & ~rows_way[None, :, None], floor, math.inf).topk(
+            min(k, floor.shape[2]), dim=2, largest=False)
+        norm, rows, rank = torch.isfinite(smallest).nonzero().unbind(dim=1)
+        if len(rows) == 0:
+            break
+        inputs, classes = torch.unique(torch.stack([rows, which[norm, rows, rank]], dim=1), dim=0).unbind(dim=1)
+        engine.work.margins += len(inputs)
+        gradients = reverse.margin_gradients(engine, x, torch.stack([inputs, predicted[inputs], classes], dim=1))
+        margins_here = margin[inputs, classes]
+        for q, p in enumerate(engine.norms):
+            nearest, first, exists, dual = reverse.nearest_rows(inputs, margins_here, gradients, p, b)
+            candidate = classes[first]
+            closer = exists & ((nearest < best[q]) | ((nearest == best[q]) & (candidate < rival[q])))
+            best[q], rival[q] = torch.where(closer, nearest, best[q]), torch.where(closer, candidate, rival[q])
+            if p == engine.adversarial_norm:
+                closest = _closest_step(gradients[first], margins_here[first], dual[first], p)
+                step = torch.where(closer[:, None], closest, step)
+        floor[:, inputs, classes] = math.inf
+        done += torch.bincount(inputs, minlength=b)
+        k *= GROWTH
+    out = {f"{p}.predicted": best[q] for q, p in enumerate(engine.norms)}
+    out |= {f"{p}.rival": rival[q] for q, p in enumerate(engine.norms)}
+    if engine.adversarial_norm:
+        out["adversarial"] = (x.reshape(b, -1) + step).reshape(x.shape)
+    return out, rows_way
+
+
+def _bottleneck_margins(engine, x: Tensor, margin: Tensor, predicted: Tensor, along: Tensor, c: float,
+                        seeds: Tensor) -> dict[str, Tensor]:
+    """:func:`margins` from every margin's float32 gradient ĝ_j (the bottleneck's rows times the
+    tail's Jacobian) and the sketch's bound on ĝ_j − g_j; exact gradients for the candidates."""
+    b, d, dtype, classes = len(x), engine.network.input_size, x.dtype, margin.shape[1]
     cut, tail = engine.bottleneck()
     rows = reverse.unit_gradients(engine, engine.tangent_network, x.to(engine.dtype), cut)
     engine.work.rows += b * rows.shape[1]
-    seeds = directions.reshape(directions.shape[1], d).to(dtype)
-    along = outputs.transpose(1, 2)  # (B, classes, k): g·s in the value dtype, every class
-    along = along.gather(1, predicted[:, None, None].expand(-1, 1, along.shape[2])) - along
     estimate = {p: torch.zeros(b, classes, dtype=dtype, device=x.device) for p in engine.norms}
     error = torch.zeros(b, classes, dtype=dtype, device=x.device)
     step = max(1, reverse.budget(engine) // (8 * b * d))
@@ -181,7 +267,7 @@ def sketched_margins(engine, region, x: Tensor, outputs: Tensor, c: float, direc
     other = torch.arange(classes, device=x.device)[None] != predicted[:, None]
     candidates = torch.zeros_like(other)
     for p in engine.norms:
-        widen = error * math.sqrt(engine.dimensions) if p == "linf" else error
+        widen = error * _scale(engine, p)
         low, high = (estimate[p] - widen).clamp_min(0), estimate[p] + widen
         smallest = torch.where(other & (high > 0), margin / high, math.inf)
         largest = torch.where(other & (low > 0), margin / torch.where(low > 0, low, 1.0), math.inf)
