@@ -149,6 +149,24 @@ def test_the_bottleneck_jacobian_times_the_bottleneck_gradients_is_every_output_
     assert torch.allclose(tail @ rows, jacobian, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("shared_below", [1, 10**9], ids=["a copy per row", "batched backward passes"])
+def test_the_bottleneck_rows_either_way_are_each_units_gradient(shared_below, monkeypatch):
+    """reverse.unit_gradients, by per-row copies (small passes) or by batched backward passes over
+    one evaluation (large ones): each unit's gradient, as one autograd pass per unit gives it."""
+    from lrcert.engine import reverse
+
+    network = lrcert.from_module(many_classes(), (3, 8, 8))
+    cut, _ = prediction.bottleneck(network)
+    x = _inputs((3, 8, 8), 3, 9)
+    monkeypatch.setattr(reverse, "SHARED_BELOW", shared_below)
+    rows = reverse.unit_gradients(Engine(network, dtype=torch.float64), network, x, cut)
+    for b in range(len(x)):
+        point = x[b : b + 1].clone().requires_grad_(True)
+        values = network.run(point, until=cut).reshape(-1)
+        want = torch.stack([torch.autograd.grad(v, point, retain_graph=True)[0].reshape(-1) for v in values])
+        assert torch.allclose(rows[b], want, rtol=1e-12, atol=1e-14)
+
+
 @PROPERTY_SETTINGS
 @given(architectures(), st.integers(0, 2**16))
 def test_sketched_radii_are_the_deterministic_ones_on_random_architectures(architecture, seed):
