@@ -10,7 +10,7 @@ auto, the prediction radius over 1,000 classes, ``--guarantee 1e-12`` (inputs th
 bounds cannot settle are sketched). Reported per model: the whole run's time and peak memory
 (the process's resident high-water mark, reset before each model; the allocator's peak on a GPU),
 the work (directions pushed, exact face gradients in all and as chosen per norm, exact margin
-gradients, float32 gradient rows of the bottleneck), the radii and each answer's δ.
+gradients, float32 estimates of margin gradients and gradient rows of the bottleneck), the radii and each answer's δ.
 
 Beside it, in the same process, the deterministic engine (``--guarantee deterministic``, float32
 tangent passes as large.py measured before), stopped after ``--budget`` seconds and projected
@@ -119,6 +119,7 @@ def default_run(network, x, device: str) -> dict:
         "chosen_per_norm": {p: int(n) for p, n in work.chosen.items()},
         "exact_margin_gradients": work.margins,
         "float32_gradient_rows": work.rows,
+        "float32_margin_estimates": work.estimated,
         "sketch_directions": engine.sketch.k if engine.sketch is not None else 0,
         "radius": result.radius,
         "prediction_radius": result.prediction_radius,
@@ -172,9 +173,10 @@ def measure(name: str, size: int, budget: float, device: str, rates: dict, with_
     row["default"] = default_run(network, x, device)
     work = row["default"]
     # the work at the machine's limit: float64 passes (value, magnitudes, sketch directions, exact
-    # face and margin gradients) and float32 ones (the bottleneck's gradient rows), one forward each
+    # face and margin gradients) and float32 ones (the bottleneck's gradient rows, the margins'
+    # estimates), one forward each
     float64_passes = 2 + work["directions_pushed"] + work["exact_face_gradients"] + work["exact_margin_gradients"]
-    limit = flops * (float64_passes / rates["float64"] + work["float32_gradient_rows"] / rates["float32"])
+    limit = flops * (float64_passes / rates["float64"] + (work["float32_gradient_rows"] + work["float32_margin_estimates"]) / rates["float32"])
     row["limit_seconds"] = limit
     row["fraction_of_limit"] = limit / work["seconds"]
     if budget:
@@ -187,6 +189,7 @@ def measure(name: str, size: int, budget: float, device: str, rates: dict, with_
     print(f"{name} 3×{size}×{size}: {work['seconds']:.1f} s, {memory}; {work['directions_pushed']:,} of "
           f"{network.input_size:,} directions pushed, {work['exact_face_gradients']} exact face gradients "
           f"(chosen per norm: {chosen}), {work['exact_margin_gradients']} exact margin gradients, "
+          f"{work['float32_margin_estimates']} float32 margin estimates, "
           f"{work['float32_gradient_rows']:,} float32 gradient rows; δ = {work['delta']:.1e}; "
           f"{100 * row['fraction_of_limit']:.0f}% of the machine's limit", flush=True)
     if budget:

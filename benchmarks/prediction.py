@@ -10,7 +10,8 @@ per class on the float64 network (no sketch, no bottleneck, none of the engine's
 The engines run with the default options but a fixed thread count (the machine's), so that the
 two sides of each ratio see the same threads. Reported per workload: seconds with and without the prediction radius (median of ``--repeats``),
 the prediction radius's share of the run (1 − without / with), the same for ``-p l2 -p linf``
-alone, the work (exact margin gradients, float32 rows of the bottleneck) and the largest relative
+alone, the work (exact margin gradients, float32 estimates of margin gradients, float32 rows of
+the bottleneck) and the largest relative
 difference from the float64 reference over the checked inputs.
 """
 
@@ -161,7 +162,8 @@ def measure(name: str, make, n: int, repeats: int, check: int) -> dict:
         (with_, engine, results), without = got["with"], got["without"][0]
         expected = reference(network, x, norms, min(check, n))
         row[label] = {"seconds": with_, "without": without, "share": 1 - without / with_,
-                      "exact_margin_gradients": engine.work.margins, "bottleneck_rows": engine.work.rows,
+                      "exact_margin_gradients": engine.work.margins, "float32_estimates": engine.work.estimated,
+                      "bottleneck_rows": engine.work.rows,
                       "sketched": engine.work.sketched, "checked": len(expected),
                       "max_relative_difference": worst_difference(results, expected, norms)}
     return row
@@ -179,14 +181,14 @@ def main(argv=None) -> int:
     chosen = {k: v for k, v in workloads().items() if any(k.startswith(w) for w in args.workloads)}
     rows = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'workload':36} {'norms':12} {'with':>8} {'without':>8} {'share':>6} {'margins':>8} {'rows':>6} {'max rel diff':>12}")
+    print(f"{'workload':36} {'norms':12} {'with':>8} {'without':>8} {'share':>6} {'exact':>6} {'f32 est':>7} {'rows':>6} {'max rel diff':>12}")
     for name, make in chosen.items():
         row = measure(name, make, args.inputs or DEFAULT_INPUTS[name], args.repeats, args.check)
         rows.append(row)
         for label in ("three norms", "l2 and linf"):
             r = row[label]
             print(f"{name:36} {label:12} {r['seconds']:8.2f} {r['without']:8.2f} {r['share']:6.0%} "
-                  f"{r['exact_margin_gradients']:8d} {r['bottleneck_rows']:6d} {r['max_relative_difference']:12.1e}",
+                  f"{r['exact_margin_gradients']:6d} {r['float32_estimates']:7d} {r['bottleneck_rows']:6d} {r['max_relative_difference']:12.1e}",
                   flush=True)
     if args.json:
         args.json.write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows},

@@ -113,11 +113,13 @@ def _no_floors(region):
     return torch.zeros(len(region.engine.norms), region.batch, region.network.faces, dtype=torch.float64)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, "auto"])
 @pytest.mark.parametrize("way", ["screened by the sketch", "bottleneck rows"])
-def test_many_classes_take_the_prediction_radius_either_way(way):
-    """40 classes, either way: margins screened by the sketch's floors and exact gradients for those
-    that may bind, or float32 gradients through the 12-unit bottleneck with their errors bounded by
-    the sketch and exact gradients for the candidates: the same prediction radii, classes and points."""
+def test_many_classes_take_the_prediction_radius_either_way(way, dtype):
+    """40 classes, either way: margins screened by the sketch's floors, their ratios bounded by
+    float32 estimates (auto; float64 ones under float64) whose errors the sketch bounds, or
+    float32 gradients through the 12-unit bottleneck bounded alike; exact gradients for the
+    candidates: the same prediction radii, classes and points as the deterministic float64 engine."""
     model = many_classes()
     network = lrcert.from_module(model, (3, 8, 8))
     cut, tail = prediction.bottleneck(network)
@@ -128,11 +130,12 @@ def test_many_classes_take_the_prediction_radius_either_way(way):
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(prediction, "ROWS_PER_MARGIN", rows_per_margin)
             patch.setattr(lrcert.engine.screen, "SHARE", 1.0)
-            engine = Engine(network, dtype=torch.float64, sketch=True, screen=False, adversarial_norm=p)
+            engine = Engine(network, dtype=dtype, sketch=True, screen=False, adversarial_norm=p)
             sketched = engine.run(x)
         deterministic = Engine(network, dtype=torch.float64, guarantee="deterministic", screen=False,
                                adversarial_norm=p).run(x)
         assert (engine.work.rows > 0) == (way == "bottleneck rows") and engine.work.margins > 0
+        assert engine.work.estimated > 0 and engine.work.margins < engine.work.estimated + engine.work.rows
         _same_answers(sketched, deterministic)
         for r, w in zip(sketched, deterministic):
             assert np.allclose(r.adversarial, w.adversarial, rtol=1e-9, atol=1e-12, equal_nan=True)
@@ -272,7 +275,7 @@ def test_the_chi_square_tail_is_scipys():
 
 
 def test_delta_grows_with_the_faces_and_shrinks_with_k():
-    """At a fixed c (a fixed overshoot 1/√c), δ = (F + M)·P(χ²_k < c·k) grows with the count of
+    """At a fixed c (a fixed overshoot 1/√c), δ = (F + 2M)·P(χ²_k < c·k) grows with the count of
     sketched bounds and shrinks with k; at a fixed bound, c shrinks as the count grows, and each
     input's δ is the formula, at most the bound over the run's inputs."""
     tail = sketch.lower_tail
@@ -287,7 +290,7 @@ def test_delta_grows_with_the_faces_and_shrinks_with_k():
         assert delta == pytest.approx(events * tail(engine.sketch.k, c), rel=1e-12)
         assert delta <= 1e-12 / 10
     results = engine.run(_inputs((3, 8, 8), 5, 9))  # a run of 5 inputs
-    c, delta = engine.sketch.level(network.faces + 40 - 1)  # the faces and the 39 margins
+    c, delta = engine.sketch.level(network.faces + 2 * (40 - 1))  # the faces and the 39 margins, twice each
     assert delta <= 1e-12 / 5 and delta == pytest.approx(1e-12 / 5, rel=1e-6)
     assert all(r.delta == delta for r in results)
 

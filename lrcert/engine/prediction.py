@@ -18,29 +18,34 @@ the region, so r_pred is the exact distance to a different prediction ("exact ad
     p = 1:  x* = x − (m_j / g_jk) e_k,  k the coordinate of largest |g_jk|
 
 (each makes m_j + g_j·(x* − x) = 0 at distance m_j / ‖g_j‖_q). The gradients come from
-reverse passes, ∇f_c's and then all classes' at once (batched), in the engine's value dtype
-(float64 under ``dtype="auto"``): a code path independent of the engine's forward tangent push. A model with a single output has
-no second class: its prediction radius is ``None``.
+reverse passes, a value and reverse pass over a copy of the input per class seeded with
+e_c − e_j, in the engine's value dtype (float64 under ``dtype="auto"``): a code path independent
+of the engine's forward tangent push. A model with a single output has no second class: its
+prediction radius is ``None``.
 
 **Many classes** (ImageNet's 1,000) make those reverse passes the larger part of a sketched
 input's work. :func:`sketched_margins` screens margins as the sketch screens faces (:mod:`.sketch`):
 the outputs' tangents along its k directions, pushed in float64, give every g_j·s_i, so
 U_j = √(Σ_i (g_j·s_i)² / (c·k)) ≥ ‖g_j‖₂ (one more of the sketch's events, counted in its δ) and
 the floor m_j / (s_q·U_j) is at most margin j's ratio, with s_q = 1 for ‖g‖₂ and ‖g‖∞ ≤ ‖g‖₂ and
-s_q = √D for ‖g‖₁ ≤ √D‖g‖₂. Margins are then taken in rounds, smallest floors first, each one's
-exact gradient (a float64 reverse pass) lowering the ceiling, until no floor is under it: the
-ℓ2 and ℓ∞ prediction radii need a few dozen (the ℓ1 bound on a dense gradient is within about
-1.25× of √D‖g‖₂). The ℓ1 radius's ‖g_j‖∞ is where this stops: ‖g‖∞ ≤ ‖g‖₂ is loose by about
+s_q = √D for ‖g‖₁ ≤ √D‖g‖₂. Margins are then taken in rounds, smallest floors first: each one's
+float32 gradient ĝ_j (a float32 reverse pass, about a sixth of a float64 one through a conv net
+on a CPU) and the sketch's bound on its error E_j = ĝ_j − g_j (below) bound its ratio from both
+sides, and the smallest upper end lowers the ceiling, until no floor is under it; then the
+margins whose lower end is within the ceiling get exact gradients in the value dtype: a few
+dozen estimates and one or two exact gradients per input for the ℓ2 and ℓ∞ prediction radii.
+The ℓ1 radius's ‖g_j‖∞ is where this stops: ‖g‖∞ ≤ ‖g‖₂ is loose by about
 √(D / 2 ln D), and no sketch of k ≪ D directions bounds a maximum over D coordinates better
 (that takes about D linear measurements), so with many classes most margins stay open. An input
-whose open margins would need more exact gradients than ``ROWS_PER_MARGIN`` per unit of the
-bottleneck takes every margin's gradient ĝ_j in float32 instead, from the reverse passes of the
+whose open margins would need more estimates than the bottleneck's units / ``ROWS_PER_MARGIN``
+takes every margin's gradient ĝ_j in float32 instead, from the reverse passes of the
 narrowest layer of the network's affine tail (ResNet-18: its 512 pooled features, times the
 tail's Jacobian), and bounds each one's float32 error E_j = ĝ_j − g_j with the sketch's own
 directions: E_j does not depend on them, and the sketch pushed them in float64, giving g_j·s_i,
 so Σ_i (ĝ_j·s_i − g_j·s_i)² ~ ‖E_j‖₂² χ²_k and √(Σ / (c·k)) ≥ ‖E_j‖₂ ≥ ‖E_j‖_∞, ‖E_j‖₁ / √D
-except with the sketch's probability (the same event count). The margins whose ratio intervals
-reach below the smallest upper end get exact gradients in the value dtype: usually one per norm.
+except with the sketch's probability (each margin's two bounds, on ‖g_j‖₂ and on E_j, are
+counted in its δ). The margins whose ratio intervals reach below the smallest upper end get exact
+gradients in the value dtype: usually one per norm.
 
 >>> import torch
 >>> from lrcert.models.load import from_module
@@ -151,10 +156,11 @@ SLACK = 1e-3
 #: Margins per input and norm in the first round of exact gradients, and the growth per round.
 FIRST_MARGINS = 2
 GROWTH = 4
-#: An exact margin gradient (a float64 value and reverse pass) costs about as much as this many
-#: float32 rows of the bottleneck: an input whose open margins would need more exact gradients than
-#: the bottleneck's units / ROWS_PER_MARGIN takes every margin from the bottleneck's rows instead.
-ROWS_PER_MARGIN = 4
+#: A margin's float32 estimate (a value and reverse pass through the whole network) costs about as
+#: much as one float32 row of the bottleneck, and rounds take some margins that turn out not to
+#: be needed: an input whose open margins exceed the bottleneck's units / ROWS_PER_MARGIN takes
+#: every margin from the bottleneck's rows instead.
+ROWS_PER_MARGIN = 2
 
 
 def bottleneck(network: ir.Network) -> tuple[int, Tensor]:
@@ -183,18 +189,30 @@ def sketched_margins(engine, region, x: Tensor, outputs: Tensor, c: float, direc
     margin = values.gather(1, predicted[:, None]) - values
     along = outputs.transpose(1, 2)  # (B, classes, k): g·s in the value dtype, every class
     along = along.gather(1, predicted[:, None, None].expand(-1, 1, along.shape[2])) - along
+    sketched = _Sketched(along, directions.reshape(directions.shape[1], -1).to(x.dtype), c)
     bound = sketch.upper_bound(along.square().sum(dim=2), c, along.shape[2])  # ≥ ‖g_j‖₂ unless the sketch fails
     other = torch.arange(classes, device=x.device)[None] != predicted[:, None]
     floor = torch.stack([torch.where(other & (bound > 0), margin / (bound * _scale(engine, p)), math.inf)
                          for p in engine.norms])
-    found, rows_way = _screened_margins(engine, x, floor, margin, predicted)
+    candidates, rows_way = _screened_margins(engine, x, floor, margin, predicted, sketched)
     rest = rows_way.nonzero()[:, 0]
     if len(rest):
-        seeds = directions.reshape(directions.shape[1], -1).to(x.dtype)
-        part = _bottleneck_margins(engine, x[rest], margin[rest], predicted[rest], along[rest], c, seeds)
-        for key, value in part.items():
-            found[key] = found[key].index_copy(0, rest, value)
-    return found
+        candidates = candidates.index_copy(0, rest, _bottleneck_candidates(engine, x, rest, margin, predicted, sketched))
+    return _exact_margins(engine, x, candidates, margin, predicted)
+
+
+class _Sketched:
+    """What bounds a float32 estimate ĝ_j of a margin's gradient: the margins' exact projections
+    g_j·s_i on the sketch's directions (B, classes, k), the directions (k, D) and the constant c."""
+
+    def __init__(self, along: Tensor, seeds: Tensor, c: float):
+        self.along, self.seeds, self.c = along, seeds, c
+
+    def error(self, estimates: Tensor, inputs: Tensor, classes: Tensor) -> Tensor:
+        """≥ ‖ĝ_j − g_j‖₂ for each row's estimate (unless the sketch fails): E_j = ĝ_j − g_j does not
+        depend on the directions, so Σ_i (ĝ_j·s_i − g_j·s_i)² ~ ‖E_j‖₂² χ²_k."""
+        misses = estimates.to(self.seeds.dtype) @ self.seeds.T - self.along[inputs, classes]
+        return sketch.upper_bound(misses.square().sum(dim=1), self.c, self.seeds.shape[0])
 
 
 def _scale(engine, p: str) -> float:
@@ -202,81 +220,85 @@ def _scale(engine, p: str) -> float:
     return math.sqrt(engine.dimensions) if p == "linf" else 1.0
 
 
-def _screened_margins(engine, x: Tensor, floor: Tensor, margin: Tensor, predicted: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-    """The prediction radius from the exact gradients of the margins that may bind, given every
-    margin's ``floor`` m_j / U_j per norm, (P, B, classes), in rounds as :func:`.screen.certify`
-    takes faces (smallest floors first, each round's exact ratios lowering the ceiling), and
-    (B,) bool: the inputs whose open margins would cost more exact gradients than the bottleneck's
-    float32 rows (``ROWS_PER_MARGIN``); their entries are placeholders."""
-    b, p_count = len(x), len(engine.norms)
-    best = torch.full((p_count, b), math.inf, dtype=x.dtype, device=x.device)
-    rival = torch.full((p_count, b), -1, dtype=torch.long, device=x.device)
-    step = torch.zeros(b, engine.network.input_size, dtype=x.dtype, device=x.device)
+def _screened_margins(engine, x: Tensor, floor: Tensor, margin: Tensor, predicted: Tensor,
+                      sketched: _Sketched) -> tuple[Tensor, Tensor]:
+    """The margins that may bind, given every margin's ``floor`` m_j / U_j per norm (P, B, classes):
+    taken in rounds as :func:`.screen.certify` takes faces, smallest floors first, each one's
+    ratio bounded from its float32 gradient ĝ_j and the sketch's bound on ĝ_j − g_j, the smallest
+    upper end lowering the ceiling, until no floor is under it. Returns (B, classes) bool: the
+    margins whose lower end is within the ceiling (for exact gradients), and (B,) bool: the inputs
+    whose open margins would cost more than the bottleneck's float32 rows (``ROWS_PER_MARGIN``)."""
+    b, width = len(x), floor.shape[2]
+    ceiling = torch.full((len(engine.norms), b), math.inf, dtype=x.dtype, device=x.device)
+    low = torch.full_like(floor, math.inf)  # each computed margin's lowest possible ratio, per norm
     done = torch.zeros(b, dtype=torch.long, device=x.device)
     rows_way = torch.zeros(b, dtype=torch.bool, device=x.device)
     cap = engine.network.layers[engine.bottleneck()[0]].size // ROWS_PER_MARGIN
     k = FIRST_MARGINS
     while True:
-        wanted = (floor <= best[..., None] * (1 + SLACK)) & torch.isfinite(floor)
+        wanted = (floor <= ceiling[..., None] * (1 + SLACK)) & torch.isfinite(floor)
         rows_way |= (done > 0) & (done + wanted.any(dim=0).sum(dim=1) > cap)
-        smallest, which = torch.where(wanted & ~rows_way[None, :, None], floor, math.inf).topk(
-            min(k, floor.shape[2]), dim=2, largest=False)
+        smallest, which = torch.where(wanted & ~rows_way[None, :, None], floor, math.inf).topk(min(k, width), dim=2, largest=False)
         norm, rows, rank = torch.isfinite(smallest).nonzero().unbind(dim=1)
         if len(rows) == 0:
             break
         inputs, classes = torch.unique(torch.stack([rows, which[norm, rows, rank]], dim=1), dim=0).unbind(dim=1)
-        engine.work.margins += len(inputs)
-        gradients = reverse.margin_gradients(engine, x, torch.stack([inputs, predicted[inputs], classes], dim=1))
-        margins_here = margin[inputs, classes]
+        engine.work.estimated += len(inputs)
+        estimates = reverse.margin_gradients(engine, x.to(engine.dtype), torch.stack([inputs, predicted[inputs], classes], dim=1),
+                                             engine.tangent_network)
+        error = sketched.error(estimates, inputs, classes)
         for q, p in enumerate(engine.norms):
-            nearest, first, exists, dual = reverse.nearest_rows(inputs, margins_here, gradients, p, b)
-            candidate = classes[first]
-            closer = exists & ((nearest < best[q]) | ((nearest == best[q]) & (candidate < rival[q])))
-            best[q], rival[q] = torch.where(closer, nearest, best[q]), torch.where(closer, candidate, rival[q])
-            if p == engine.adversarial_norm:
-                closest = _closest_step(gradients[first], margins_here[first], dual[first], p)
-                step = torch.where(closer[:, None], closest, step)
+            norm_q = torch.linalg.vector_norm(estimates, ir.DUAL_ORDER[p], dim=1, dtype=x.dtype)
+            low[q, inputs, classes], high = _ratio_bounds(norm_q, error, margin[inputs, classes], _scale(engine, p))
+            ceiling[q] = ceiling[q].scatter_reduce(0, inputs, high, "amin")
         floor[:, inputs, classes] = math.inf
         done += torch.bincount(inputs, minlength=b)
         k *= GROWTH
-    out = {f"{p}.predicted": best[q] for q, p in enumerate(engine.norms)}
-    out |= {f"{p}.rival": rival[q] for q, p in enumerate(engine.norms)}
-    if engine.adversarial_norm:
-        out["adversarial"] = (x.reshape(b, -1) + step).reshape(x.shape)
-    return out, rows_way
+    candidates = (low <= ceiling[..., None] * (1 + SLACK)).any(dim=0) & ~rows_way[:, None]
+    return candidates, rows_way
 
 
-def _bottleneck_margins(engine, x: Tensor, margin: Tensor, predicted: Tensor, along: Tensor, c: float,
-                        seeds: Tensor) -> dict[str, Tensor]:
-    """:func:`margins` from every margin's float32 gradient ĝ_j (the bottleneck's rows times the
-    tail's Jacobian) and the sketch's bound on ĝ_j − g_j; exact gradients for the candidates."""
-    b, d, dtype, classes = len(x), engine.network.input_size, x.dtype, margin.shape[1]
-    cut, tail = engine.bottleneck()
-    rows = reverse.unit_gradients(engine, engine.tangent_network, x.to(engine.dtype), cut)
-    engine.work.rows += b * rows.shape[1]
-    estimate = {p: torch.zeros(b, classes, dtype=dtype, device=x.device) for p in engine.norms}
-    error = torch.zeros(b, classes, dtype=dtype, device=x.device)
-    step = max(1, reverse.budget(engine) // (8 * b * d))
-    for first in range(0, classes, step):
-        chosen = slice(first, min(classes, first + step))
-        gradient = torch.bmm(tail[predicted][:, None, :] - tail[chosen][None], rows.to(dtype))  # (B, n, D) ≈ g_j
-        for p in engine.norms:
-            estimate[p][:, chosen] = torch.linalg.vector_norm(gradient, ir.DUAL_ORDER[p], dim=2)
-        error[:, chosen] = (gradient @ seeds.T - along[:, chosen]).square().sum(dim=2)
-    error = sketch.upper_bound(error, c, seeds.shape[0])  # ≥ ‖ĝ_j − g_j‖₂, as the sketch's bounds hold
-    other = torch.arange(classes, device=x.device)[None] != predicted[:, None]
-    candidates = torch.zeros_like(other)
-    for p in engine.norms:
-        widen = error * _scale(engine, p)
-        low, high = (estimate[p] - widen).clamp_min(0), estimate[p] + widen
-        smallest = torch.where(other & (high > 0), margin / high, math.inf)
-        largest = torch.where(other & (low > 0), margin / torch.where(low > 0, low, 1.0), math.inf)
-        ceiling = largest.min(dim=1, keepdim=True).values * (1 + SLACK)
-        candidates |= other & (smallest <= ceiling)
+def _exact_margins(engine, x: Tensor, candidates: Tensor, margin: Tensor, predicted: Tensor) -> dict[str, Tensor]:
+    """:func:`margins`' keys from the exact gradients (value dtype) of the ``candidates`` (B, classes)."""
     inputs, rival = candidates.nonzero().unbind(dim=1)
     engine.work.margins += len(inputs)
     gradients = reverse.margin_gradients(engine, x, torch.stack([inputs, predicted[inputs], rival], dim=1))
-    return _nearest_classes(inputs, rival, gradients, margin[inputs, rival], b, engine.norms, engine.adversarial_norm, x)
+    return _nearest_classes(inputs, rival, gradients, margin[inputs, rival], len(x), engine.norms,
+                            engine.adversarial_norm, x)
+
+
+def _bottleneck_candidates(engine, x: Tensor, inputs: Tensor, margin: Tensor, predicted: Tensor,
+                           sketched: _Sketched) -> Tensor:
+    """For the ``inputs`` of the batch ``x``: every margin's float32 gradient ĝ_j (the bottleneck's
+    rows times the tail's Jacobian) and the sketch's bound on ĝ_j − g_j bound each ratio; returns
+    (len(inputs), classes) bool: the margins whose lowest ratio is within the smallest highest."""
+    b, d, classes = len(inputs), engine.network.input_size, margin.shape[1]
+    cut, tail = engine.bottleneck()
+    rows = reverse.unit_gradients(engine, engine.tangent_network, x[inputs].to(engine.dtype), cut)
+    engine.work.rows += b * rows.shape[1]
+    low = torch.empty(len(engine.norms), b, classes, dtype=x.dtype, device=x.device)
+    high = torch.empty_like(low)
+    step = max(1, reverse.budget(engine) // (8 * b * d))
+    for first in range(0, classes, step):
+        chosen = torch.arange(first, min(classes, first + step), device=x.device)
+        gradient = torch.bmm(tail[predicted[inputs]][:, None, :] - tail[chosen][None], rows.to(x.dtype))  # (B, n, D) ≈ g_j
+        rows_of = (inputs[:, None].expand(-1, len(chosen)).reshape(-1), chosen.repeat(b))
+        error = sketched.error(gradient.reshape(-1, d), *rows_of).reshape(b, -1)
+        for q, p in enumerate(engine.norms):
+            norm_q = torch.linalg.vector_norm(gradient, ir.DUAL_ORDER[p], dim=2)
+            low[q, :, chosen], high[q, :, chosen] = _ratio_bounds(norm_q, error, margin[inputs][:, chosen], _scale(engine, p))
+    other = torch.arange(classes, device=x.device)[None] != predicted[inputs, None]
+    ceiling = torch.where(other, high, math.inf).amin(dim=2, keepdim=True)
+    return (other & (low <= ceiling * (1 + SLACK))).any(dim=0)
+
+
+def _ratio_bounds(norm_q: Tensor, error: Tensor, margin: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """The lowest and the highest m / ‖g‖_q can be, given ‖ĝ‖_q and ‖ĝ − g‖₂ ≤ ``error`` (and
+    ‖·‖_q ≤ ``scale`` ‖·‖₂): m / (‖ĝ‖_q + scale·error) and m / (‖ĝ‖_q − scale·error)."""
+    widen = error * scale
+    low = torch.where(norm_q + widen > 0, margin / (norm_q + widen), math.inf)
+    high = torch.where(norm_q > widen, margin / (norm_q - widen), math.inf)
+    return low, high
 
 
 def _nearest_classes(inputs: Tensor, rival: Tensor, gradient: Tensor, margin: Tensor, b: int, norms: Sequence[str],

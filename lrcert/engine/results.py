@@ -61,15 +61,16 @@ class Work:
     """What an engine has done so far, counted as it goes (for benchmarks and run notes):
     (input, direction) pairs pushed through tangent passes (dense and sketched), sketched inputs,
     exact face gradients (reverse passes) and, per norm, how many of them that norm's rounds chose
-    (a face chosen for several norms is one gradient), exact margin gradients, float32 gradient
-    rows of the bottleneck (:func:`.prediction.sketched_margins`), and inputs auto computed again
-    in float64 (:mod:`.precision`)."""
+    (a face chosen for several norms is one gradient), exact margin gradients, float32 margin
+    gradients screened by the sketch and float32 gradient rows of the bottleneck
+    (:func:`.prediction.sketched_margins`), and inputs auto computed again in float64 (:mod:`.precision`)."""
 
     pushed: int = 0
     sketched: int = 0
     exact: int = 0
     chosen: dict[str, int] = field(default_factory=dict)
     margins: int = 0
+    estimated: int = 0
     rows: int = 0
     rerun: int = 0  # inputs auto computed again in float64 (their float32 bounds settled too little)
 

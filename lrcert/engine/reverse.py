@@ -40,22 +40,24 @@ def face_gradients(engine, x: Tensor, rows: Tensor) -> Tensor:
     return _gradients(engine, x, set(engine.nonlinear), inputs, layers[:, None], units[:, None], ones)
 
 
-def margin_gradients(engine, x: Tensor, rows: Tensor) -> Tensor:
-    """∇ₓ(f_c − f_j) for each (input, c, j) of ``rows``, in the engine's value dtype: (rows, D)."""
+def margin_gradients(engine, x: Tensor, rows: Tensor, network: ir.Network | None = None) -> Tensor:
+    """∇ₓ(f_c − f_j) for each (input, c, j) of ``rows``, through ``network`` (default: the engine's,
+    in its value dtype; x in that network's dtype): (rows, D)."""
     inputs, c, j = rows.unbind(dim=1)
     output = torch.full_like(c, OUTPUT)
     coefficients = torch.tensor([1.0, -1.0], dtype=x.dtype, device=x.device).expand(len(rows), 2)
-    return _gradients(engine, x, {OUTPUT}, inputs, torch.stack([output, output], 1), torch.stack([c, j], 1), coefficients)
+    return _gradients(engine, x, {OUTPUT}, inputs, torch.stack([output, output], 1), torch.stack([c, j], 1), coefficients,
+                      network)
 
 
 def _gradients(engine, x: Tensor, wanted: set[int], inputs: Tensor, layers: Tensor, units: Tensor,
-               coefficients: Tensor) -> Tensor:
+               coefficients: Tensor, network: ir.Network | None = None) -> Tensor:
     """Row r's gradient is that of Σ_t coefficients[r, t] · value of unit ``units[r, t]`` of layer
     ``layers[r, t]`` (one of the ``wanted`` layers: a nonlinear layer's faces, or ``OUTPUT``: the
-    network's output) at input ``inputs[r]``."""
+    network's output) at input ``inputs[r]``, through ``network`` (default: the engine's)."""
+    network = network or engine.network
     if len(inputs) == 0:
-        return x.new_zeros(0, engine.network.input_size)
-    network = engine.network
+        return x.new_zeros(0, network.input_size)
     per_row = network.reverse_bytes_per_row(x.dtype)
     rows = REVERSE_ROWS if engine.device.type == "cpu" else len(inputs)
     fit = max(1, min(rows, budget(engine) // per_row))

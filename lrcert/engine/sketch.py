@@ -16,13 +16,14 @@ U_j = √(e_j / (c·k)) bounds ‖g_j‖₂ unless that event happens, and with 
 the deterministic ones do (the larger of the two floors where both exist): every face whose floor
 lies under the smallest exact ratio gets its exact gradient (a float64 reverse pass under auto),
 and ε̂ is the smallest exact ratio. It is the exact ε̂ unless a face was ruled out by a bound that
-failed: by the union bound, an input with F faces (and M margins bounded alike, for the
-prediction radius: :func:`.prediction.sketched_margins`) is exact except with probability
+failed: by the union bound, an input with F faces (and M margins, for the prediction radius,
+each bounded twice alike: ‖g_j‖₂ and the error of a float32 estimate of g_j,
+:func:`.prediction.sketched_margins`) is exact except with probability
 
-    δ ≤ (F + M) · P(χ²_k < c·k).
+    δ ≤ (F + 2M) · P(χ²_k < c·k).
 
 A run's bound (``guarantee``, default 10⁻¹²) is shared equally by its N inputs; c is the largest
-constant with (F + M)·P(χ²_k < c·k) ≤ bound / N, and each input reports its δ. With k = 64 and
+constant with (F + 2M)·P(χ²_k < c·k) ≤ bound / N, and each input reports its δ. With k = 64 and
 ResNet-18 at 3×224×224 (4.1 million faces, 999 margins) one input gets c = 0.113: U_j overshoots
 ‖g_j‖₂ by about 1/√c ≈ 3×, and a few dozen exact gradients settle all three norms. The directions
 are drawn on the CPU from ``seed`` (recorded with the results), the same for every input and
@@ -150,7 +151,7 @@ class Sketch:
         and the constant c, for :func:`.prediction.sketched_margins`."""
         engine = self.engine
         classes = math.prod(engine.network.output_shape) if margins else 0
-        c, delta = self.level(engine.network.faces + max(classes - 1, 0))
+        c, delta = self.level(engine.network.faces + 2 * max(classes - 1, 0))
         fold = self.measure(region, margins)
         sketched = torch.stack([self.floors(region, fold.norms, p, c) for p in engine.norms])
         floor = sketched if floor is None else torch.maximum(floor, sketched)
