@@ -247,17 +247,22 @@ def test_each_norms_bound_fails_no_more_often_than_its_computed_probability():
 
 
 def test_the_margins_error_bound_fails_no_more_often_than_its_computed_probability():
-    """The sketched bound on ‖ĝ − g‖₂ of the float32 margin gradients is the same chi-square
-    estimator on fixed vectors: over 400 seeds it undershoots about as often as computed."""
+    """The sketched bound on ‖ĝ − g‖₂ of the float32 margin gradients (prediction._Sketched.error,
+    from the estimates and the exact projections g·s) is the chi-square estimator on fixed vectors:
+    over 400 seeds it undershoots about as often as computed."""
     k, probability, seeds = 4, 0.2, 400
     c = sketch.constant(k, probability)
-    errors = torch.randn(30, 50, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    gradients = torch.randn(30, 50, generator=generator, dtype=torch.float64)
+    errors = torch.randn(30, 50, generator=generator, dtype=torch.float64)
     errors *= torch.logspace(-8, 0, 50, dtype=torch.float64)  # scales and shapes vary
     truth = torch.linalg.vector_norm(errors, dim=1)
+    rows = (torch.zeros(30, dtype=torch.long), torch.arange(30))  # (one input, 30 classes)
     undershoots = 0
     for seed in range(seeds):
         directions = torch.randn(k, 50, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        bound = sketch.upper_bound((errors @ directions.T).square().sum(dim=1), c, k)
+        sketched = prediction._Sketched((gradients @ directions.T)[None], directions, c)
+        bound = sketched.error(gradients + errors, *rows)
         undershoots += int((bound < truth).sum())
     frequency = undershoots / (seeds * len(errors))
     assert abs(frequency - probability) <= 4 * math.sqrt(probability * (1 - probability) / seeds), frequency
