@@ -86,8 +86,8 @@ def margins(
 def _margins(network: ir.Network, x: Tensor, norms: Sequence[str], adversarial_norm: str | None,
              memory_bytes: int) -> dict[str, Tensor]:
     """The ratios m_j / ‖g_j‖_q of every class j: as many classes at a time as ``memory_bytes``
-    holds, each input copied once per class and each copy's value and reverse pass seeded with
-    e_c − e_j, so that its gradient is g_j (one large value and reverse pass for many rows)."""
+    holds, each input copied once per class, its gradient g_j by :func:`.reverse.margin_copies`
+    (one large value and reverse pass for many rows)."""
     b, device = len(x), x.device
     with torch.no_grad():
         values = network.run(x).reshape(b, -1)
@@ -98,10 +98,11 @@ def _margins(network: ir.Network, x: Tensor, norms: Sequence[str], adversarial_n
     rival = {p: torch.full((b,), -1, dtype=torch.long, device=device) for p in norms}
     step = torch.zeros(b, network.input_size, dtype=x.dtype, device=device) if adversarial_norm else None
     per_pass = max(1, memory_bytes // (b * network.reverse_bytes_per_row(x.dtype)))
-    toward = (predicted[:, None] == torch.arange(classes, device=device)).to(x.dtype)  # e_c (one_hot would wait)
     for first in range(0, classes, per_pass):
         chosen = torch.arange(first, min(classes, first + per_pass), device=device)
-        gradient = _class_gradients(network, x, toward, chosen)  # g_j = ∇(f_c − f_j): (classes here, b, D)
+        n = len(chosen)
+        gradient = reverse.margin_copies(network, x, torch.arange(b, device=device).repeat(n), predicted.repeat(n),
+                                         chosen.repeat_interleave(b)).reshape(n, b, -1)  # g_j = ∇(f_c − f_j)
         margin = top[None] - values[:, chosen].T  # ≥ 0; exactly 0 for j = c
         other = predicted[None] != chosen[:, None]
         for p in norms:
@@ -121,19 +122,6 @@ def _margins(network: ir.Network, x: Tensor, norms: Sequence[str], adversarial_n
     if adversarial_norm:
         out["adversarial"] = (x.reshape(b, -1) + step).reshape(x.shape)
     return out
-
-
-def _class_gradients(network: ir.Network, x: Tensor, toward: Tensor, chosen: Tensor) -> Tensor:
-    """∇ₓ(f_c − f_j) for each class j of ``chosen`` and input of ``x`` (c its row's one-hot in
-    ``toward``): (len(chosen), B, D), by one value and reverse pass over a copy of x per class."""
-    n, b = len(chosen), len(x)
-    with torch.enable_grad():
-        copies = x.detach()[None].expand(n, *x.shape).reshape(n * b, *x.shape[1:]).clone().requires_grad_(True)
-        outputs = network.run(copies).reshape(n, b, -1)
-        away = chosen[:, None] == torch.arange(toward.shape[1], device=x.device)  # e_j
-        seeds = toward[None] - away.to(x.dtype)[:, None]
-        (gradient,) = torch.autograd.grad((outputs * seeds).sum(), copies)
-    return gradient.reshape(n, b, -1)
 
 
 def _closest_step(gradient: Tensor, margin: Tensor, dual: Tensor, p: str) -> Tensor:
@@ -234,7 +222,7 @@ def _screened_margins(engine, x: Tensor, floor: Tensor, margin: Tensor, predicte
     done = torch.zeros(b, dtype=torch.long, device=x.device)
     rows_way = torch.zeros(b, dtype=torch.bool, device=x.device)
     cap = engine.network.layers[engine.bottleneck()[0]].size // ROWS_PER_MARGIN
-    k = FIRST_MARGINS
+    k, x_estimates = FIRST_MARGINS, x.to(engine.dtype)
     while True:
         wanted = (floor <= ceiling[..., None] * (1 + SLACK)) & torch.isfinite(floor)
         rows_way |= (done > 0) & (done + wanted.any(dim=0).sum(dim=1) > cap)
@@ -244,7 +232,7 @@ def _screened_margins(engine, x: Tensor, floor: Tensor, margin: Tensor, predicte
             break
         inputs, classes = torch.unique(torch.stack([rows, which[norm, rows, rank]], dim=1), dim=0).unbind(dim=1)
         engine.work.estimated += len(inputs)
-        estimates = reverse.margin_gradients(engine, x.to(engine.dtype), torch.stack([inputs, predicted[inputs], classes], dim=1),
+        estimates = reverse.margin_gradients(engine, x_estimates, torch.stack([inputs, predicted[inputs], classes], dim=1),
                                              engine.tangent_network)
         error = sketched.error(estimates, inputs, classes)
         for q, p in enumerate(engine.norms):
@@ -284,9 +272,10 @@ def _bottleneck_candidates(engine, x: Tensor, inputs: Tensor, margin: Tensor, pr
         gradient = torch.bmm(tail[predicted[inputs]][:, None, :] - tail[chosen][None], rows.to(x.dtype))  # (B, n, D) ≈ g_j
         rows_of = (inputs[:, None].expand(-1, len(chosen)).reshape(-1), chosen.repeat(b))
         error = sketched.error(gradient.reshape(-1, d), *rows_of).reshape(b, -1)
+        here = margin[inputs][:, chosen]
         for q, p in enumerate(engine.norms):
             norm_q = torch.linalg.vector_norm(gradient, ir.DUAL_ORDER[p], dim=2)
-            low[q, :, chosen], high[q, :, chosen] = _ratio_bounds(norm_q, error, margin[inputs][:, chosen], _scale(engine, p))
+            low[q, :, chosen], high[q, :, chosen] = _ratio_bounds(norm_q, error, here, _scale(engine, p))
     other = torch.arange(classes, device=x.device)[None] != predicted[inputs, None]
     ceiling = torch.where(other, high, math.inf).amin(dim=2, keepdim=True)
     return (other & (low <= ceiling * (1 + SLACK))).any(dim=0)

@@ -44,10 +44,20 @@ def margin_gradients(engine, x: Tensor, rows: Tensor, network: ir.Network | None
     """∇ₓ(f_c − f_j) for each (input, c, j) of ``rows``, through ``network`` (default: the engine's,
     in its value dtype; x in that network's dtype): (rows, D)."""
     inputs, c, j = rows.unbind(dim=1)
+    return _gradients(engine, x, {OUTPUT}, inputs, *_margin_terms(x, c, j), network)
+
+
+def margin_copies(network: ir.Network, x: Tensor, inputs: Tensor, c: Tensor, j: Tensor) -> Tensor:
+    """∇ₓ(f_c − f_j) for each row (input, c, j), each row its own copy of its input, all rows in one
+    value and one backward pass (the caller sizes them to its memory): (rows, D)."""
+    return _copies(network, x, {OUTPUT}, inputs, *_margin_terms(x, c, j))
+
+
+def _margin_terms(x: Tensor, c: Tensor, j: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The layers, units and coefficients of :func:`_gradients`' rows for the margins f_c − f_j."""
     output = torch.full_like(c, OUTPUT)
-    coefficients = torch.tensor([1.0, -1.0], dtype=x.dtype, device=x.device).expand(len(rows), 2)
-    return _gradients(engine, x, {OUTPUT}, inputs, torch.stack([output, output], 1), torch.stack([c, j], 1), coefficients,
-                      network)
+    one = torch.ones(len(c), dtype=x.dtype, device=x.device)  # (made on the device: no host data per batch)
+    return torch.stack([output, output], 1), torch.stack([c, j], 1), torch.stack([one, -one], 1)
 
 
 def _gradients(engine, x: Tensor, wanted: set[int], inputs: Tensor, layers: Tensor, units: Tensor,
@@ -58,9 +68,7 @@ def _gradients(engine, x: Tensor, wanted: set[int], inputs: Tensor, layers: Tens
     network = network or engine.network
     if len(inputs) == 0:
         return x.new_zeros(0, network.input_size)
-    per_row = network.reverse_bytes_per_row(x.dtype)
-    rows = REVERSE_ROWS if engine.device.type == "cpu" else len(inputs)
-    fit = max(1, min(rows, budget(engine) // per_row))
+    fit = _copies_per_pass(engine, network, x.dtype, len(inputs))
     if fit >= SHARED_BELOW:
         parts = [
             _copies(network, x, wanted, *(t[a : a + fit] for t in (inputs, layers, units, coefficients)))
@@ -82,6 +90,13 @@ def nearest_rows(inputs: Tensor, values: Tensor, gradients: Tensor, p: str, batc
     chosen = torch.where(torch.isfinite(ratio) & (ratio == best[inputs]), order, n)
     first = torch.full((batch,), n, dtype=torch.long, device=ratio.device).scatter_reduce(0, inputs, chosen, "amin")
     return best, first.clamp(max=max(n - 1, 0)), first < n, dual
+
+
+def _copies_per_pass(engine, network: ir.Network, dtype: torch.dtype, rows: int) -> int:
+    """Rows of per-row copies one value and backward pass takes: as many as the budget holds, at
+    most REVERSE_ROWS on a CPU (all ``rows`` on a GPU)."""
+    most = REVERSE_ROWS if engine.device.type == "cpu" else rows
+    return max(1, min(most, budget(engine) // network.reverse_bytes_per_row(dtype)))
 
 
 def budget(engine) -> int:
@@ -158,8 +173,7 @@ def unit_gradients(engine, network: ir.Network, x: Tensor, layer: int) -> Tensor
     one value pass for the batch and batched backward passes, as many units at a time as the
     budget holds (about four copies of the largest layer per unit and input)."""
     b, units = len(x), network.layers[layer].size
-    per_row = network.reverse_bytes_per_row(x.dtype)
-    fit = min(REVERSE_ROWS if engine.device.type == "cpu" else b * units, budget(engine) // per_row)
+    fit = _copies_per_pass(engine, network, x.dtype, b * units)
     if fit >= SHARED_BELOW:
         return _unit_copies(network, x, layer, fit)
     largest = max(other.size for other in network.layers)
