@@ -6,6 +6,7 @@
 #   (c) ResNet-18 on one 3×224×224 input, three norms, float32 (the deterministic dense engine);
 #   (d) large.py: ResNet-18 and ResNet-50 on one 3×224×224 input with the default options (auto, the prediction
 #       radius over 1,000 classes, sketched), beside the deterministic engine projected from 10 s;
+#   (e) stability.py: lrcert stability of ResNet-18 on one 3×224×224 input, 1,000 samples and the default search;
 # and writes the figures as JSON (and the bench table as text) into the folder given, default $OUT or gpu-results.
 #
 # Needs only this repository, a models folder and PyTorch with CUDA (plus numpy, onnx, typer, rich, torchvision).
@@ -29,3 +30,4 @@ python3 benchmarks/gpu_check.py --device cuda --json "$results/gpu-check.json"
 python3 benchmarks/bench.py --device cuda --mlp-inputs 8192 --other-inputs 1024 --big-inputs 256 \
     --baselines jacrev jacfwd --repeats 3 --no-scaling --json "$results/bench-cuda.json" | tee "$results/bench-cuda.txt"
 python3 benchmarks/large.py --device cuda --budget 10 --json "$results/large-cuda.json" | tee "$results/large-cuda.txt"
+python3 benchmarks/stability.py --sections imagenet --device cuda --json "$results/stability-cuda.json" | tee "$results/stability-cuda.txt"

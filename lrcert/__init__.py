@@ -45,6 +45,8 @@ _MOVED = {
 
 
 def __getattr__(name: str):
+    if name == "stability":  # the stage, a callable module: lrcert.stability(model, x, eps=…)
+        return importlib.import_module(".stability", __name__)
     if name in _LAZY:
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
@@ -156,4 +158,4 @@ def _certify_sequences(model, rows, *, directions, device, dtype, **options):
     return engine.certify(rows, directions=directions)
 
 
-__all__ = ["certify", "roll_loss", "load", "from_module", "Engine", "Network", "InputResult", "Constraint", "LrcertError", "NORMS"]
+__all__ = ["certify", "stability", "roll_loss", "load", "from_module", "Engine", "Network", "InputResult", "Constraint", "LrcertError", "NORMS"]

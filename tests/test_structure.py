@@ -20,8 +20,9 @@ MAY_IMPORT = {
     "run": {"engine", "models", "data", "network", "runtime", "errors"},
     "results": {"engine", "data", "network", "runtime", "errors"},
     "training": {"engine", "models", "data", "network", "runtime", "errors"},
-    "ci": {"run", "results", "engine", "models", "data", "network", "runtime", "errors"},
-    "cli": {"ci", "training", "run", "results", "engine", "models", "data", "network", "runtime", "errors"},
+    "stability": {"engine", "models", "data", "network", "runtime", "errors"},
+    "ci": {"run", "results", "stability", "engine", "models", "data", "network", "runtime", "errors"},
+    "cli": {"ci", "training", "stability", "run", "results", "engine", "models", "data", "network", "runtime", "errors"},
 }
 
 

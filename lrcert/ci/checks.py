@@ -46,10 +46,13 @@ def run(check: Check, use_baseline: bool = True, threads: int | None = None, cac
     started = time.perf_counter()
     try:
         data_hash = sha256(check.data)
-        records, outcome.document = _certify(check, data_hash, started, outcome, threads, cache)
-        _floors(check, records, outcome)
-        if check.baseline is not None and use_baseline:
-            _against_baseline(check, records, data_hash, outcome)
+        if check.certifies:
+            records, outcome.document = _certify(check, data_hash, started, outcome, threads, cache)
+            _floors(check, records, outcome)
+            if check.baseline is not None and use_baseline:
+                _against_baseline(check, records, data_hash, outcome)
+        if check.stability is not None:
+            _ceilings(check, _stability(check, threads, cache), outcome)
     except LrcertError as error:
         from .config import in_config_terms
 
@@ -94,6 +97,57 @@ def _certify(check: Check, data_hash: str | None, started: float, outcome: Outco
     run_facts = {"seconds": time.perf_counter() - started, "date": today()}
     document = report.json_document(report.model_record(check.model, network), options, results, check.norms, run_facts)
     return [report.result_record(r, check.norms) for r in results], document
+
+
+def _stability(check: Check, threads: int | None, cache: bool) -> list[dict]:
+    """The check's data through ``lrcert stability`` (its ``stability`` table), as records."""
+    import numpy as np
+    import torch
+
+    from ..models.load import opener
+    from ..run import runner
+    from ..stability import Stability
+
+    asked = check.stability
+    networks = opener(str(check.model), cache=cache)
+    network, source = runner.prepare(str(check.data), networks, key=check.key, columns=check.columns, resize=check.resize,
+                                     center_crop=check.center_crop, normalization=check.normalization, classes=check.classes,
+                                     label_column=check.label_column)
+    if source.lengths is not None:
+        raise LrcertError(f"check {check.name}: stability over sequences of different lengths runs in lrcert stability only",
+                          fix="run lrcert stability --max-distortion in CI for this data, or give rows of one length")
+    dtype = {"auto": "auto", "float32": torch.float32, "float64": torch.float64}[check.dtype]
+    analysis = Stability(network, eps=asked.eps, norm=asked.norm, box=runner.box_of(check.box, source), samples=asked.samples,
+                         budget=asked.budget, target=asked.target, distortion=asked.distortion_norm, relative=asked.relative,
+                         seed=check.seed, dtype=dtype, device=check.device, guarantee=check.guarantee, threads=threads)
+    analysis.run_size = len(source.rows)
+    labels = None if source.labels is None else torch.from_numpy(np.asarray(source.labels))
+    records = []
+    for start in range(0, len(source.rows), 16):
+        rows = torch.from_numpy(np.asarray(source.rows[start : start + 16], dtype=np.float64))
+        part = None if labels is None else labels[start : start + 16]
+        records += [r.record() for r in analysis.run(rows, part, numbers=range(start, start + len(rows)))]
+    return records
+
+
+def _ceilings(check: Check, records: list[dict], outcome: Outcome) -> None:
+    """max-distortion and max-bound: the largest per input, and the inputs above the ceiling (a
+    vacuous bound is above every ceiling)."""
+    asked = check.stability
+    outcome.inputs = outcome.inputs or len(records)
+    for label, ceiling, read in (("max Δ found", asked.max_distortion, lambda r: r["max_found"]["value"]),
+                                 ("max Δ bound", asked.max_bound, lambda r: math.inf if r["max_bound"]["vacuous"]
+                                  or r["max_bound"]["value"] is None else r["max_bound"]["value"])):
+        if ceiling is None:
+            continue
+        values = [read(r) for r in records]
+        largest = max(values, default=0.0)
+        above = [_named(r) for r, v in zip(records, values) if v > ceiling]
+        outcome.figures.append(f"{label} {'vacuous' if math.isinf(largest) else f'{largest:.3g}'} {'>' if above else '≤'} {ceiling:g}"
+                               f" (ε {asked.eps_text})")
+        if above:
+            shown = ", ".join(map(str, above[:LISTED])) + (f", … ({len(above) - LISTED} more)" if len(above) > LISTED else "")
+            outcome.failures.append(f"{report.some_of(len(above), len(records))} {label} above {ceiling:g}: inputs {shown}")
 
 
 def _floors(check: Check, records: list[dict], outcome: Outcome) -> None:

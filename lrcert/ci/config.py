@@ -11,6 +11,7 @@ check's defaults.
     min-certified = 1e-5
     baseline = "baselines/mnist.json"  # a certify --format json run; lrcert check --update-baseline writes it
     max-drop = "10%"                   # or {l2 = "10%"}; of the median, or of max-drop-on = "min" | "p25"
+    stability = {eps = "8/255", max-distortion = 50, max-bound = 400}  # lrcert stability's ceilings
 
 Every problem names the file, the table and the key, in one line.
 
@@ -22,6 +23,7 @@ Every problem names the file, the table and the key, in one line.
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -32,7 +34,10 @@ from . import limits
 
 #: What a check (or ``[tool.lrcert]`` for every check) may set; model, data and baseline only a check.
 KEYS = {"model", "data", "key", "norms", "min-radius", "min-certified", "baseline", "max-drop", "max-drop-on",
-        "device", "dtype", "batch-size", "guarantee", "seed", "columns", "resize", "center-crop", "normalize", "box", "vary", "classes", "label-column"}
+        "device", "dtype", "batch-size", "guarantee", "seed", "columns", "resize", "center-crop", "normalize", "box", "vary", "classes", "label-column",
+        "stability"}
+#: What a check's ``stability`` table may set (lrcert stability's options, and its two ceilings).
+STABILITY_KEYS = {"eps", "norm", "max-distortion", "max-bound", "samples", "budget", "target", "distortion-norm", "relative"}
 PER_CHECK = {"model", "data", "key", "baseline"}
 FIGURES = ("min", "p25", "median")
 
@@ -65,6 +70,29 @@ class Check:
     vary: tuple[str, ...] | None = None  # the inputs certified along,
     classes: list[str] | None = None  # the model's class names in output order,
     label_column: str | None = None  # a table's column of labels
+    stability: "StabilityCheck | None" = None  # lrcert stability's ceilings, where the check has them
+
+    @property
+    def certifies(self) -> bool:
+        """Whether the check has anything of certify's to judge (floors, a baseline)."""
+        return bool(self.min_radius or self.min_certified or self.max_drop or self.baseline)
+
+
+@dataclass
+class StabilityCheck:
+    """A check's ``stability`` table: the ball, the analysis, and the ceilings on the distortion the
+    search finds (``max-distortion``) and on the certified bound (``max-bound``)."""
+
+    eps: float
+    eps_text: str
+    norm: str = "linf"
+    max_distortion: float | None = None
+    max_bound: float | None = None
+    samples: int = 1000
+    budget: int = 400
+    target: str | int = "predicted"
+    distortion_norm: str = "1"
+    relative: bool = False
 
 
 def find(start: Path) -> Path:
@@ -163,10 +191,13 @@ def _check(name: str, settings: dict, path: Path, here: str, check_files: bool) 
     if check.max_drop and check.baseline is None:
         raise problem("max-drop", "limits a drop from a baseline, but the check names none",
                       "add baseline = \"results.json\" (lrcert check --update-baseline writes it)")
-    if not (check.min_radius or check.min_certified or check.max_drop):
-        raise problem("min-radius", "is missing, as are min-certified and max-drop: the check could never fail",
-                      'add a floor (min-radius = 1e-6, min-certified = …) or a limit on drops from a baseline '
-                      '(baseline = "baselines/NAME.json" and max-drop = "10%")')
+    if "stability" in settings:
+        check.stability = _stability(settings["stability"], problem)
+    if not (check.min_radius or check.min_certified or check.max_drop or check.stability):
+        raise problem("min-radius", "is missing, as are min-certified, max-drop and stability: the check could never fail",
+                      'add a floor (min-radius = 1e-6, min-certified = …), a limit on drops from a baseline '
+                      '(baseline = "baselines/NAME.json" and max-drop = "10%"), or stability ceilings '
+                      '(stability = {eps = "8/255", max-distortion = 50})')
     check.max_drop_on = _choice(settings, "max-drop-on", FIGURES, "median", problem)
     check.device = _choice(settings, "device", ("auto", "cpu", "cuda"), "auto", problem, prefix_ok=True)
     check.dtype = _choice(settings, "dtype", ("auto", "float32", "float64"), "auto", problem)
@@ -185,6 +216,47 @@ def _check(name: str, settings: dict, path: Path, here: str, check_files: bool) 
             if not target.exists():
                 raise problem(key, f"{target} does not exist", f"correct the path (relative to {path.name})")
     return check
+
+
+def _stability(table, problem) -> StabilityCheck:
+    """A check's ``stability`` table, read as ``lrcert stability`` reads its options."""
+    from ..stability import parse_eps, parse_norm
+
+    if not isinstance(table, dict):
+        raise problem("stability", f"{table!r} is not a table", 'write stability = {eps = "8/255", max-distortion = 50}')
+    unknown = sorted(set(table) - STABILITY_KEYS)
+    if unknown:
+        raise problem("stability", f"has an unknown key {unknown[0]!r}", f"use one of {', '.join(sorted(STABILITY_KEYS))}")
+    if "eps" not in table:
+        raise problem("stability", "has no eps", 'add eps = "8/255" (the ball\'s radius) to the stability table')
+    if "max-distortion" not in table and "max-bound" not in table:
+        raise problem("stability", "has neither max-distortion nor max-bound: it could never fail",
+                      "add max-distortion = X (a ceiling on the distortion found) or max-bound = X")
+
+    def wrapped(key: str, read):
+        try:
+            return read()
+        except LrcertError as error:
+            raise problem(f"stability's {key}", in_config_terms(error.problem.replace(f"--{key} ", "")),
+                          in_config_terms(error.fix or "correct it")) from None
+
+    found = StabilityCheck(wrapped("eps", lambda: parse_eps(table["eps"], "eps =")), str(table["eps"]),
+                           wrapped("norm", lambda: parse_norm(str(table.get("norm", "inf")), "norm =")))
+    for key in ("max-distortion", "max-bound"):
+        value = table.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf):
+            raise problem(f"stability's {key}", f"{value!r} is not a number ≥ 0", f"write {key} = 50")
+        setattr(found, key.replace("-", "_"), None if value is None else float(value))
+    for key in ("samples", "budget"):
+        value = table.get(key, getattr(found, key))
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "samples" else 2):
+            raise problem(f"stability's {key}", f"{value!r} is not a whole number ≥ {1 if key == 'samples' else 2}",
+                          f"write {key} = {getattr(found, key)}")
+        setattr(found, key, value)
+    found.target = table.get("target", "predicted")
+    found.distortion_norm = str(table.get("distortion-norm", "1"))
+    found.relative = bool(table.get("relative", False))
+    return found
 
 
 def _data_options(check: Check, settings: dict, rewrap, problem, check_files: bool = True) -> None:

@@ -19,10 +19,12 @@ def report(
     output: Annotated[Path, typer.Option("--output", "-o", "--out", help="The HTML file to write.")],
     data: Annotated[Optional[str], typer.Option("--data", metavar="FILE", help="The inputs certified (default: the data named in a JSON document), for thumbnails of image-shaped inputs.")] = None,
     adversarial: Annotated[Optional[Path], typer.Option("--adversarial", help="certify's --adversarial-out file, to picture each input beside its adversarial point. Default: none.")] = None,
+    worst: Annotated[Optional[Path], typer.Option("--worst", metavar="FILE", help="stability's --worst-out file, to picture each input's saliency at its worst point. Default: the file the run named.")] = None,
     key: Annotated[Optional[str], typer.Option("--key", metavar="NAME", help="Array to read from an .npz data file with several. Default: the file's only array.")] = None,
 ) -> int:
     """Write an HTML report: the run, histograms of ε̂ and of the certified radius, per-class medians,
-    where the binding faces sit, and the inputs closest to another prediction (with thumbnails).
+    where the binding faces sit, and the inputs closest to another prediction (with thumbnails); of a
+    stability run, the saliency maps at each input and at its worst point, and Δ's distribution.
 
     One file, no network access, no scripts: open it in any browser, attach it to a CI run."""
     from ..data.arrays import written_atomically
@@ -31,12 +33,18 @@ def report(
     if output.suffix.lower() != ".html":
         raise LrcertError(f"--output {output} does not end in .html", fix="name an .html file")
     check_output_path(output)
-    run, records = runs.read(results)
+    run, records = runs.read(results, kinds=("certify", "stability"))
     notes = list(run.get("notes") or [])
-    pictures = _pictures(run, records, data, adversarial, key, notes)
-    run["notes"] = notes
+    if run["kind"] == "stability":
+        from ..results import stability_page
+
+        pictures = _saliency_pictures(run, records, data, worst, key, notes)
+        page = stability_page.render(run | {"notes": notes}, records, pictures)
+    else:
+        pictures = _pictures(run, records, data, adversarial, key, notes)
+        page = html_report.render(run | {"notes": notes}, records, pictures)
     with written_atomically(output) as tmp:
-        Path(tmp).write_text(html_report.render(run, records, pictures), encoding="utf-8")
+        Path(tmp).write_text(page, encoding="utf-8")
     say(f"report: {output} ({len(records)} inputs)")
     return EXIT_OK
 
@@ -101,3 +109,51 @@ def _pictures(run: dict, records: list[dict], data: str | None, adversarial: Pat
                           fix="give the data of the same certify run (--data)")
     point = (lambda i: None) if points is None else (lambda i: np.asarray(points[i], dtype=np.float64))
     return html_report.pictures(records, html_report.listed_norm(run, records), rows.__getitem__, point)
+
+
+def _saliency_pictures(run: dict, records: list[dict], data: str | None, worst: Path | None, key: str | None,
+                       notes: list[str]) -> dict:
+    """The pictured inputs of a stability run (those whose saliency moved most), their worst points
+    and the saliency maps at both, recomputed with the run's model (it must still be where it was)."""
+    import numpy as np
+    import torch
+
+    from ..data import arrays as data_io
+    from ..models.load import opener
+    from ..results import html_report, stability_page
+    from ..stability.saliency import Saliency
+
+    model, options = run.get("model") or {}, run.get("options") or {}
+    shape = model.get("input_shape")
+    data, worst = data or options.get("data"), worst or (Path(options["worst_out"]) if options.get("worst_out") else None)
+    missing = [what for what, path in (("data", data), ("worst points", worst), ("model", model.get("path")))
+               if not path or path == "-" or not Path(path).exists()]
+    if missing or not shape or not html_report.image_shaped(shape):
+        if missing:
+            notes.append(f"no saliency maps: the {', '.join(missing)} of the run cannot be found (give --data and --worst)")
+        return {}
+    try:
+        rows, _ = data_io.read_rows(data, tuple(shape), key=key)
+        points = np.load(worst, mmap_mode="r", allow_pickle=False)
+    except (LrcertError, OSError, ValueError, EOFError) as problem:
+        notes.append(f"no saliency maps: {worst} or {data} cannot be read ({problem})")
+        return {}
+    if tuple(points.shape) != tuple(rows.shape):
+        raise LrcertError(f"{worst} holds {tuple(points.shape)}, the data {tuple(rows.shape)}",
+                          fix="give the --worst-out file of the same stability run (--worst)")
+    network = opener(model["path"])(tuple(shape))
+    if options.get("normalize"):
+        network = network.normalized(options["normalize"]["mean"], options["normalize"]["std"])
+    saliency = Saliency(network.to("cpu", torch.float64))
+    chosen = sorted(records, key=lambda r: -r["max_found"]["value"])[: stability_page.PICTURED]
+    out = {}
+    for record in chosen:
+        i = record["index"]
+        x, far = (torch.from_numpy(np.asarray(a, dtype=np.float64)).reshape(1, *shape) for a in (rows[i], points[i]))
+        w = torch.zeros(1, int(np.prod(network.output_shape)), dtype=torch.float64)
+        w[0, record["target"]["class"]] = 1
+        if "rival" in record["target"]:
+            w[0, record["target"]["rival"]] = -1
+        (g, _), (g_far, _) = saliency.at(x, w), saliency.at(far, w)
+        out[i] = {"input": x[0].numpy(), "worst": far[0].numpy(), "saliency": g[0].numpy(), "worst_saliency": g_far[0].numpy()}
+    return out

@@ -161,6 +161,11 @@ class Nonlinearity(Layer):
         max-pool, each window's arg-max. Equal pieces everywhere ⇔ the same linear region."""
         raise NotImplementedError
 
+    def apply_and_pieces(self, *xs: Tensor) -> tuple[Tensor, Tensor]:
+        """The output and a record of the pieces, equal for two inputs exactly where :meth:`pieces`
+        is (a max-pool gives its arg-maxes as places in the plane: one fast kernel for both)."""
+        return self.apply(*xs), self.pieces(*xs)
+
     @property
     def face_count(self) -> int:
         """Faces per input (the length of ``faces``'s last axis): one per unit here."""
@@ -627,6 +632,12 @@ class MaxPool2d(Nonlinearity):
         return _on_core(
             x, 3, lambda t: F.max_pool2d(t, self.kernel, self.stride, self.padding, self.dilation, self.ceil_mode)
         )
+
+    def apply_and_pieces(self, x):
+        core = x.reshape(-1, *x.shape[x.dim() - 3 :])
+        y, where = F.max_pool2d(core, self.kernel, self.stride, self.padding, self.dilation, self.ceil_mode, return_indices=True)
+        lead = x.shape[: x.dim() - 3]
+        return y.reshape(*lead, *y.shape[1:]), where.reshape(*lead, -1)
 
     @property
     def window_size(self) -> int:

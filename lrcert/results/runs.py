@@ -9,8 +9,13 @@ from pathlib import Path
 from ..errors import LrcertError
 
 
-def read(path: Path) -> tuple[dict, list[dict]]:
-    """The run (model, options) and the records of a JSON document, or the records of JSON lines."""
+#: What each kind of result file's records hold, at least.
+KINDS = {"certify": {"index", "radius", "binding"}, "stability": {"index", "certified", "expected", "max_found", "max_bound"}}
+
+
+def read(path: Path, kinds: tuple[str, ...] = ("certify",)) -> tuple[dict, list[dict]]:
+    """The run (model, options, and ``kind``: certify or stability) and the records of a JSON
+    document, or the records of JSON lines; files of another kind than ``kinds`` are refused."""
     if not path.is_file():
         raise LrcertError(f"results file {str(path)!r} does not exist", fix="give lrcert certify's --format json or jsonl output")
     text = path.read_text(encoding="utf-8", errors="replace")
@@ -32,6 +37,8 @@ def read(path: Path) -> tuple[dict, list[dict]]:
         run, records = {}, lines
     else:
         raise LrcertError(f"{path} is neither JSON nor JSON lines", fix="give lrcert certify's --format json or jsonl output")
-    if not records or not all(isinstance(r, dict) and {"index", "radius", "binding"} <= r.keys() for r in records):
-        raise LrcertError(f"{path} holds no lrcert certify results", fix="give lrcert certify's --format json or jsonl output")
-    return run, records
+    kind = next((k for k, keys in KINDS.items() if records and all(isinstance(r, dict) and keys <= r.keys() for r in records)), None)
+    if kind not in kinds:
+        held = f"lrcert {kind} results" if kind else "no lrcert certify results"
+        raise LrcertError(f"{path} holds {held}", fix=f"give lrcert {' or '.join(kinds)}'s --format json or jsonl output")
+    return run | {"kind": kind}, records
