@@ -63,7 +63,7 @@ def plot(
             if not 0 <= index < len(inputs):
                 raise LrcertError(f"--points {index} is not an input of {data} (0..{len(inputs) - 1})", fix="pick existing inputs")
         labels_file = Path(str(data).replace(".inputs.npy", ".labels.npy"))
-        labels = np.load(labels_file) if labels_file != Path(data) and labels_file.exists() else None
+        labels = np.load(labels_file, allow_pickle=False) if labels_file != Path(data) and labels_file.exists() else None
     elif indices:
         raise LrcertError("--points needs --data", fix="give the inputs with --data X.npy")
     from ..runtime.threads import Threads

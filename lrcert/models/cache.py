@@ -5,11 +5,21 @@ per model or file; a hit skips importing onnx and onnx2torch too).
 An entry's key is the SHA-256 of the model file's bytes, the row shape and output asked, and a
 fingerprint of the code that made it: lrcert's own source files and the versions of PyTorch, onnx
 and onnx2torch. So a changed model, lrcert or library never reads an old entry. Weights kept in
-external files are checked on every hit (their SHA-256 is stored with the entry). Entries live in
-``$LRCERT_CACHE_DIR``, else the platform's user cache folder (``~/.cache/lrcert`` on Linux),
-readable by the user alone; the oldest go beyond ``KEEP`` entries; a damaged or unreadable entry is
-a miss (and removed); a folder that cannot be written means no cache, never an error. The
-commands' ``--no-cache`` (and ``cache=False``) read and write none.
+external files are checked on every hit (their SHA-256 is stored with the entry).
+
+**Reading an entry never runs code.** An entry is data only (:mod:`.stored`): the layer list as
+JSON (each layer's class named from the layer list's own classes, an average pool's operation from
+a list of four) and its tensors, read back with ``torch.load(weights_only=True)``, whose unpickler
+builds tensors, numbers, strings and containers and refuses everything else. Anything else in an
+entry (a pickled object, an unknown class or operation) is a miss, and the entry is removed.
+
+**A folder another user can write is not used**, as ssh and pip treat theirs: the cache folder and
+its ``networks`` folder must belong to the user and be writable by no one else (a note on stderr
+says why a cache is skipped, once); the folders lrcert creates are 0700 all the way down. Entries
+live in ``$LRCERT_CACHE_DIR``, else the platform's user cache folder (``~/.cache/lrcert`` on Linux);
+the oldest go beyond ``KEEP`` entries; a damaged or unreadable entry is a miss; a folder that
+cannot be written means no cache, never an error. The commands' ``--no-cache`` (and
+``cache=False``) read and write none.
 """
 
 from __future__ import annotations
@@ -17,9 +27,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
+
+from . import stored
 
 #: How many converted networks the cache keeps (the most recently used).
 KEEP = 64
@@ -77,16 +90,16 @@ class Entries:
         import torch
 
         entry = self._file(sample_shape)
-        if not entry.is_file():
+        if not safe_folders() or not entry.is_file():
             return None
         try:
-            stored = torch.load(entry, map_location="cpu", weights_only=False)
-            external = stored["external"]
-            if any(file_digest(self.path.parent / name) != digest for name, digest in external.items()):
+            kept = torch.load(entry, map_location="cpu", weights_only=True)  # (data only: see the module)
+            if any(file_digest(self.path.parent / name) != digest for name, digest in kept["external"].items()):
                 return None
+            network = stored.network(kept)
             os.utime(entry)  # (recently used: kept longest)
-            return stored["network"]
-        except Exception:  # (damaged, from another layout, or a weight file gone: a miss)
+            return network
+        except Exception:  # (damaged, from another layout, not data, or a weight file gone: a miss)
             entry.unlink(missing_ok=True)
             return None
 
@@ -96,16 +109,68 @@ class Entries:
 
         entry, written = self._file(sample_shape), None
         try:
-            entry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            digests = {name: file_digest(self.path.parent / name) for name in external}
+            _make_private(entry.parent)
+            if not safe_folders():
+                return
+            kept = stored.entry(network) | {"external": {name: file_digest(self.path.parent / name) for name in external}}
             with tempfile.NamedTemporaryFile(dir=entry.parent, suffix=".tmp", delete=False) as handle:
                 written = Path(handle.name)
-                torch.save({"network": network, "external": digests}, handle)
+                torch.save(kept, handle)
             os.replace(written, entry)
             _prune(entry.parent)
-        except Exception:  # (a read-only or full disk, a network that does not pickle: no cache)
+        except Exception:  # (a read-only or full disk, a network that does not store: no cache)
             if written is not None:
                 written.unlink(missing_ok=True)
+
+
+def _make_private(where: Path) -> None:
+    """Create ``where`` and every missing folder above it with mode 0700."""
+    missing = []
+    for folder in (where, *where.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        folder.chmod(0o700)
+
+
+def safe_folders() -> bool:
+    """Whether the cache's folders that exist belong to this user and no one else may write them
+    (always, where the system has no such owners: Windows); if not, says why on stderr, once."""
+    if os.name == "nt":
+        return True
+    root = folder()
+    for place in (root, root / "networks"):
+        try:
+            info = place.stat()
+        except OSError:
+            continue
+        problem = _unsafe(place, info)
+        if problem:
+            _note(f"note: not using the cache of converted networks: {problem}. Fix: make it yours and private "
+                  f"(chmod 700 {place}), or set LRCERT_CACHE_DIR to a folder of your own")
+            return False
+    return True
+
+
+def _unsafe(where: Path, info: os.stat_result) -> str | None:
+    """Why ``where`` may not hold the cache, or None."""
+    if info.st_uid != _uid():
+        return f"{where} belongs to another user (uid {info.st_uid})"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{where} is writable by others (mode {stat.S_IMODE(info.st_mode):o})"
+    return None
+
+
+def _uid() -> int:
+    return os.getuid()
+
+
+@functools.lru_cache(maxsize=None)
+def _note(text: str) -> None:
+    """A note on stderr, once per process."""
+    print(text, file=sys.stderr)
 
 
 def _prune(where: Path) -> None:
