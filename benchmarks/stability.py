@@ -191,10 +191,11 @@ def speed_section(names, inputs: int, samples: int, budget: int) -> dict:
         results = Stability(network, eps=EPS, box=box, samples=samples, budget=budget).run(x)
         timings["lrcert_default"] = time.perf_counter() - started
         timings["autograd_loop"] = _loop(twin32, x, [r.target for r in results], Ball("linf", EPS, box), samples + budget // 2)
-        for dtype in (torch.float32, "auto"):
-            analysis = Stability(network, eps=EPS, box=box, samples=samples, budget=budget, dtype=dtype)
-            timings[f"lrcert_sampling_{'float32' if dtype != 'auto' else 'default'}"] = _median(lambda: _sampling(analysis, x))
-        timings["captum"] = _median(lambda: _captum_timing(twin32, x, [r.target for r in results], Ball("linf", EPS, box), samples))
+        default = Stability(network, eps=EPS, box=box, samples=samples, budget=budget)
+        float32 = Stability(network, eps=EPS, box=box, samples=samples, budget=budget, dtype=torch.float32)
+        captum = lambda: _captum_timing(twin32, x, [r.target for r in results], Ball("linf", EPS, box), samples)  # noqa: E731
+        timings.update(_side_by_side({"lrcert_sampling_float32": lambda: _sampling(float32, x),
+                                      "lrcert_sampling_default": lambda: _sampling(default, x), "captum": captum}))
         flops = _pass_flops(twin32, x[:1]) * samples
         out[name] = {"seconds": timings, "inputs": len(x), "samples": samples, "budget": budget,
                      "inputs_per_second": {k: len(x) / v for k, v in timings.items() if v},
@@ -207,10 +208,14 @@ def speed_section(names, inputs: int, samples: int, budget: int) -> dict:
     return {"float32_matmul_gflops": rate / 1e9, "models": out}
 
 
-def _median(measure, repeats: int = 3) -> float | None:
-    """The median of ``repeats`` timings (sampling and Captum side by side, alternating)."""
-    found = [measure() for _ in range(repeats)]
-    return None if found[0] is None else float(np.median(found))
+def _side_by_side(measures: dict, repeats: int = 5) -> dict:
+    """Each measure's median over ``repeats`` rounds, the measures taking turns in every round (the
+    machine's speed drifts: side by side, each sees the same drift)."""
+    found = {name: [] for name in measures}
+    for _ in range(repeats):
+        for name, measure in measures.items():
+            found[name].append(measure())
+    return {name: None if values[0] is None else float(np.median(values)) for name, values in found.items()}
 
 
 def _loop(model, x, targets, ball: Ball, count: int) -> float:

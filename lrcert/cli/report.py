@@ -146,14 +146,18 @@ def _saliency_pictures(run: dict, records: list[dict], data: str | None, worst: 
         network = network.normalized(options["normalize"]["mean"], options["normalize"]["std"])
     saliency = Saliency(network.to("cpu", torch.float64))
     chosen = sorted(records, key=lambda r: -r["max_found"]["value"])[: stability_page.PICTURED]
-    out = {}
-    for record in chosen:
-        i = record["index"]
-        x, far = (torch.from_numpy(np.asarray(a, dtype=np.float64)).reshape(1, *shape) for a in (rows[i], points[i]))
-        w = torch.zeros(1, int(np.prod(network.output_shape)), dtype=torch.float64)
-        w[0, record["target"]["class"]] = 1
-        if "rival" in record["target"]:
-            w[0, record["target"]["rival"]] = -1
-        (g, _), (g_far, _) = saliency.at(x, w), saliency.at(far, w)
-        out[i] = {"input": x[0].numpy(), "worst": far[0].numpy(), "saliency": g[0].numpy(), "worst_saliency": g_far[0].numpy()}
-    return out
+    return {r["index"]: _saliency_maps(saliency, r, rows[r["index"]], points[r["index"]], shape) for r in chosen}
+
+
+def _saliency_maps(saliency, record: dict, row, point, shape) -> dict:
+    """The input, its worst point and the saliency map at both (the target the record names)."""
+    import numpy as np
+    import torch
+
+    x, far = (torch.from_numpy(np.asarray(a, dtype=np.float64)).reshape(1, *shape) for a in (row, point))
+    w = torch.zeros(1, int(np.prod(saliency.network.output_shape)), dtype=torch.float64)
+    w[0, record["target"]["class"]] = 1
+    if "rival" in record["target"]:
+        w[0, record["target"]["rival"]] = -1
+    (g, _), (g_far, _) = saliency.at(x, w), saliency.at(far, w)
+    return {"input": x[0].numpy(), "worst": far[0].numpy(), "saliency": g[0].numpy(), "worst_saliency": g_far[0].numpy()}

@@ -99,10 +99,10 @@ def expectation(saliency: Saliency, ball: Ball, x: Tensor, weights: Tensor, g0: 
             dedupe = fresh <= DEDUPE_BELOW * len(points)
         else:
             g, pattern = saliency.at(points, weights[who])
-        same = (pattern == pattern0[who]).all(dim=1)
-        delta = torch.where(same, 0.0, distortion(g, g0[who], order).double())
-        values[:, start : start + m] = delta.reshape(b, m)
-        own += same.reshape(b, m).sum(dim=1)
+        same = (pattern.reshape(b, m, -1) == pattern0.unsqueeze(1)).all(dim=2)  # (b, m): in x's own region
+        delta = distortion(g.reshape(b, m, -1), g0.unsqueeze(1), order).double()
+        values[:, start : start + m] = torch.where(same, 0.0, delta)
+        own += same.sum(dim=1)
         _count_regions(seen, who, pattern)
     spread = values.std(dim=1) / math.sqrt(count) if count > 1 else torch.full_like(own, math.nan)
     return Expectation(values.mean(dim=1), spread, own / count, [len(s) for s in seen], values)
