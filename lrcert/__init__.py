@@ -6,6 +6,7 @@ around x inside that region, and names the face that binds (Lee, Alvarez-Melis &
 "Towards Robust, Locally Linear Deep Networks", ICLR 2019).
 
 >>> import torch, lrcert
+>>> _ = torch.manual_seed(0)
 >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
 >>> results = lrcert.certify(model, torch.randn(5, 4))
 >>> len(results), sorted(results[0].radius)

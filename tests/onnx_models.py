@@ -179,9 +179,9 @@ SUPPORTED = {
 }
 
 
-def _moved(op_nodes, out_channels_and_size: int, opset: int = 13, extra: dict | None = None):
-    """A conv and ReLU in front of ops that move entries (``m`` in, ``moved`` out), a ReLU and a
-    MatMul to 3 outputs after: every op's output is both read by faces and sets the logits."""
+def _moved(op_nodes, out_channels_and_size: int, opset: int = 13, extra: dict | None = None, channels: int = 4):
+    """A conv (``channels`` out) and ReLU in front of ops that move entries (``m`` in, ``moved`` out),
+    a ReLU and a MatMul to 3 outputs after: every op's output is both read by faces and sets the logits."""
     return make(
         [
             n("Conv", ["x", "K", "c"], ["h"], pads=[1, 1, 1, 1]),
@@ -192,7 +192,7 @@ def _moved(op_nodes, out_channels_and_size: int, opset: int = 13, extra: dict | 
             n("MatMul", ["f", "W"], ["y"]),
         ],
         [1, 1, 4, 4],
-        {"K": weight(4, 1, 3, 3), "c": weight(4), "W": weight(out_channels_and_size, 3), **(extra or {})},
+        {"K": weight(channels, 1, 3, 3), "c": weight(channels), "W": weight(out_channels_and_size, 3), **(extra or {})},
         opset=opset,
     )
 
@@ -240,8 +240,9 @@ SUPPORTED.update({
     "upsample_opset_9": lambda: _moved(  # (an old opset: ONNX's version converter makes it a Resize)
         [n("Upsample", ["m", "scales"], ["moved"], mode="nearest")], 256,
         extra={"scales": np.array([1, 1, 2, 2], dtype=np.float32)}, opset=9),
-    "depth_to_space_dcr": lambda: _moved([n("DepthToSpace", ["m"], ["moved"], blocksize=2, mode="DCR")], 64),
-    "depth_to_space_crd": lambda: _moved([n("DepthToSpace", ["m"], ["moved"], blocksize=2, mode="CRD")], 64),
+    # (8 channels: 2 after the move, so that DCR and CRD order them differently)
+    "depth_to_space_dcr": lambda: _moved([n("DepthToSpace", ["m"], ["moved"], blocksize=2, mode="DCR")], 128, channels=8),
+    "depth_to_space_crd": lambda: _moved([n("DepthToSpace", ["m"], ["moved"], blocksize=2, mode="CRD")], 128, channels=8),
     "space_to_depth": lambda: _moved([n("SpaceToDepth", ["m"], ["moved"], blocksize=2)], 64),
     "tile": lambda: _moved([n("Tile", ["m", "repeats"], ["moved"])], 4 * 4 * 12,
                            extra={"repeats": np.array([1, 1, 1, 3], dtype=np.int64)}),

@@ -120,7 +120,7 @@ def reference_radii(model: Sequence, x: torch.Tensor, norms=("l1", "l2", "linf")
     names: list = []
     model.run(x.reshape(shape), [], names)
     z = all_faces(x)
-    J = torch.autograd.functional.jacobian(all_faces, x)
+    J = torch.autograd.functional.jacobian(all_faces, x, vectorize=True, strategy="forward-mode")  # inputs ≪ faces
     out = {"radius": {}, "binding": {}, "prediction_radius": {}}
     live = J.abs().sum(1) > 0
     for p in norms:
@@ -161,3 +161,32 @@ def from_torch_rnn(rnn: torch.nn.RNN, h0: torch.Tensor | None = None) -> list[La
             directions.append(Direction(p["weight_ih"], p["weight_hh"], b, start, reverse=d == 1))
         layers.append(Layer(directions))
     return layers
+
+
+def from_onnx(path) -> Sequence:
+    """The form lrcert's ``train --rnn`` (and experiments/japanese_vowels.py) exports, read from the
+    ONNX graph's nodes and initializers: optionally (x − μ)/σ, stacked forward ReLU RNN nodes with a zero
+    initial state, then Gemm (transB = 1) on the last step. A normalisation is folded into the first
+    layer: W x' with x' = (x − μ)/σ is (W/σ) x − W(μ/σ)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    tensors = {t.name: torch.from_numpy(numpy_helper.to_array(t).astype(np.float64)) for t in graph.initializer}
+    nodes = {node.op_type: node for node in graph.node}  # at most one Sub, Div and Gemm
+    layers = []
+    for node in [n for n in graph.node if n.op_type == "RNN"]:
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attributes["activations"] == [b"Relu"] and attributes.get("direction", b"forward") == b"forward"
+        assert len(node.input) < 6 or node.input[5] not in tensors  # the initial state: zeros made in the graph
+        W, R, B = (tensors[name][0] for name in node.input[1:4])
+        hidden = R.shape[0]
+        layers.append(Layer([Direction(W, R, B[:hidden] + B[hidden:])]))
+    if "Sub" in nodes:
+        mean, std, first = tensors[nodes["Sub"].input[1]], tensors[nodes["Div"].input[1]], layers[0].directions[0]
+        first.b, first.W = first.b - first.W @ (mean / std), first.W / std
+    gemm = nodes["Gemm"]
+    assert {a.name: onnx.helper.get_attribute_value(a) for a in gemm.attribute}.get("transB") == 1
+    weight, bias = tensors[gemm.input[1]], tensors[gemm.input[2]]
+    return Sequence(layers, head=lambda outputs, finals, faces: weight @ outputs[-1] + bias)

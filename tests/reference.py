@@ -62,7 +62,7 @@ def _is_unit_activation(module: nn.Module) -> bool:
     return isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.Hardtanh)) or hasattr(module, "faces")
 
 
-def _run_with_hooks(model: nn.Module, x: torch.Tensor, on_relu, on_pool) -> None:
+def run_with_hooks(model: nn.Module, x: torch.Tensor, on_relu, on_pool) -> None:
     """Run ``model`` on ``x``, calling ``on_relu(module, faces)`` with each elementwise activation's
     face values (a list, one tensor per kink) and ``on_pool(module, z)`` with each max-pool input,
     in execution order."""
@@ -79,10 +79,24 @@ def _run_with_hooks(model: nn.Module, x: torch.Tensor, on_relu, on_pool) -> None
             hook.remove()
 
 
+def module_input(model: nn.Module, x: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` made to require gradients, and the input of ``model``'s module ``name`` on it (by a
+    forward hook), for autograd of any of its values with respect to ``x``."""
+    module = dict(model.named_modules())[name]
+    captured = []
+    hook = module.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+    x = x.clone().requires_grad_(True)
+    try:
+        model(x)
+    finally:
+        hook.remove()
+    return x, captured[0]
+
+
 def faces_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """All face values of ``model`` at ``x`` (one input, with its batch axis) as one vector."""
     captured: list[torch.Tensor] = []
-    _run_with_hooks(
+    run_with_hooks(
         model, x,
         on_relu=lambda m, faces: captured.extend(f.reshape(-1) for f in faces),
         on_pool=lambda m, z: captured.append(_pool_faces(z, m).reshape(-1)),
@@ -99,7 +113,7 @@ def pattern_of(model: nn.Module, x: torch.Tensor) -> tuple:
         pattern.append(tuple(indices.reshape(-1).tolist()))
 
     with torch.no_grad():
-        _run_with_hooks(
+        run_with_hooks(
             model, x, on_relu=lambda m, faces: pattern.extend(tuple((f > 0).reshape(-1).tolist()) for f in faces), on_pool=pool
         )
     return tuple(pattern)
@@ -124,6 +138,44 @@ def reference_radii(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
         ratio = torch.where(norms > 0, z.abs() / norms, torch.full_like(norms, math.inf))
         out[p] = float(ratio.min().detach()) if len(ratio) else math.inf
     return out
+
+
+def mlp_from_onnx(path) -> nn.Sequential:
+    """A float64 ``nn.Sequential`` of Linear and ReLU read from an ONNX graph of Flatten (of a batch of
+    vectors: no change), Gemm (transB = 1) and Relu nodes, in order: no converter involved."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    tensors = {t.name: torch.from_numpy(numpy_helper.to_array(t).astype(np.float64)) for t in graph.initializer}
+    layers: list[nn.Module] = []
+    for node in graph.node:
+        if node.op_type == "Gemm":
+            assert {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}.get("transB") == 1
+            weight, bias = tensors[node.input[1]], tensors[node.input[2]]
+            layers.append(nn.Linear(weight.shape[1], weight.shape[0]).double())
+            with torch.no_grad():
+                layers[-1].weight.copy_(weight)
+                layers[-1].bias.copy_(bias)
+        elif node.op_type == "Relu":
+            layers.append(nn.ReLU())
+        else:
+            assert node.op_type == "Flatten", node.op_type
+    return nn.Sequential(*layers).eval()
+
+
+def close(a: float, b: float, rel: float) -> bool:
+    """``a`` equals ``b`` to relative ``rel``. Infinities (and NaN) are compared first: an infinite
+    radius equals only the same infinity, where ``abs(a − b) <= rel·abs(b)`` alone would take any
+    finite ``a`` for ``b = ∞``.
+
+    >>> close(1.0, math.inf, 1e-9), close(math.inf, math.inf, 1e-9), close(1.0, 1.0 + 1e-12, 1e-9)
+    (False, True, True)
+    """
+    if math.isinf(a) or math.isinf(b) or math.isnan(a) or math.isnan(b):
+        return a == b
+    return abs(a - b) <= rel * abs(b)
 
 
 def relative_error(a: float, b: float) -> float:

@@ -181,17 +181,24 @@ def test_check_passes_fails_and_writes_junit_xml_that_a_junit_parser_reads(proje
 
 
 def test_check_against_a_baseline_catches_a_retrained_models_drop(project):
+    """The baseline comes from a model whose radii are about 3.4× the retrained one's (biases ×3:
+    its faces lie farther away), so swapping in the retrained model is a drop by construction,
+    checked (not branched on) before the check runs: the check fails, names the drop, and writes no
+    baseline; the accepted model passes again and the baseline is rewritten."""
     write_config(project, CONFIG.format(floor="0", drop="10%"))
+    mlp(project / "net.onnx", bias_scale=3.0)
     assert invoke("check", "net", "--update-baseline", cwd=project).exit_code == 0
     before = (project / "baselines" / "net.json").read_bytes()
-    shutil.copy(project / "retrained.onnx", project / "net.onnx")
+    shutil.copy(project / "net.onnx", project / "accepted.onnx")
+    mlp(project / "net.onnx")  # (the retrained model: biases as trained)
     after = medians(certify(project, "net.onnx", "after.json"))["l2"] / medians(project / "baselines" / "net.json")["l2"]
+    assert after < 0.5, after  # (the drop the check must catch: about 0.29)
     result = invoke("check", "net", "--update-baseline", cwd=project)
-    if after < 0.9:
-        assert result.exit_code == 1 and "dropped" in result.stderr and "baselines not updated" in result.stderr
-        assert (project / "baselines" / "net.json").read_bytes() == before  # a failing run writes no baseline
-    else:
-        assert result.exit_code == 0 and (project / "baselines" / "net.json").read_bytes() != before
+    assert result.exit_code == 1 and "dropped" in result.stderr and "baselines not updated" in result.stderr, result.stderr
+    assert (project / "baselines" / "net.json").read_bytes() == before  # a failing run writes no baseline
+    shutil.copy(project / "accepted.onnx", project / "net.onnx")
+    passed = invoke("check", "net", "--update-baseline", cwd=project)
+    assert passed.exit_code == 0 and "baseline" in passed.stderr and "updated" in passed.stderr, passed.stderr
 
 
 def test_lrcert_toml_and_defaults(project):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -250,18 +252,31 @@ def test_bad_options(mlp, options, fragment):
     assert_error(invoke("certify", model, data, *options), 2, fragment)
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root is not bound by file permissions; the next test covers it")
 def test_read_only_output(mlp, tmp_path):
     model, data = mlp
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        result = invoke("certify", model, data, "-o", locked / "out.json")
-        if result.exit_code == 0:  # running as root: permissions do not bind
-            pytest.skip("permissions are not enforced for this user")
-        assert_error(result, 2, "permission denied")
+        assert_error(invoke("certify", model, data, "-o", locked / "out.json"), 2, "permission denied")
     finally:
         locked.chmod(0o700)
+
+
+def test_permission_refused_at_the_write_is_reported(mlp, tmp_path, monkeypatch):
+    """For every user, root included: the folder looked writable before the run, the rename is refused
+    (a mount turned read-only, an ACL): one line and exit 2, no file and no temporary left behind."""
+    model, data = mlp
+    out = tmp_path / "out" / "radii.json"
+    out.parent.mkdir()
+
+    def refuse(source, target):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(target))
+
+    monkeypatch.setattr(os, "replace", refuse)
+    assert_error(invoke("certify", model, data, "-o", out), 2, "permission denied", str(out))
+    assert list(out.parent.iterdir()) == []
 
 
 def test_internal_error_is_one_line_exit_3(mlp, monkeypatch):

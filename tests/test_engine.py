@@ -4,6 +4,7 @@ computation on random networks, and sound and tight by sampling."""
 from __future__ import annotations
 
 import collections
+import copy
 import math
 
 import pytest
@@ -14,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import lrcert
 from lrcert.engine import Engine
 from lrcert.engine import plan as planning
-from reference import faces_of, pattern_of, point_on_unit_sphere, reference_radii, relative_error
+from reference import close, faces_of, module_input, pattern_of, point_on_unit_sphere, reference_radii, relative_error
 
 
 def _set(layer: nn.Linear, weight, bias) -> nn.Linear:
@@ -203,13 +204,18 @@ def test_radii_equal_an_independent_float64_computation(name, screen):
 @pytest.mark.parametrize("screen", [True, False], ids=["screened", "dense"])
 @pytest.mark.parametrize("name", sorted(NETWORKS))
 def test_float32_radii_are_close(name, screen):
+    """float32 radii within 2·10⁻⁴ of the float64 reference's, every norm: the largest error measured over these
+    networks and inputs is 7.0·10⁻⁵ (decoder; float32's 6·10⁻⁸ rounding, magnified by the cancellation
+    in a small binding z), so the tolerance is about three times it, and no absolute allowance."""
     make, shape = NETWORKS[name]
     model = make().eval()
     x = torch.randn(6, *shape, generator=torch.Generator().manual_seed(7))
-    exact = lrcert.certify(model, x.double(), dtype=torch.float64, screen=False)
     fast = lrcert.certify(model, x, dtype=torch.float32, screen=screen)
-    for a, b in zip(fast, exact):
-        assert a.radius["l2"] == pytest.approx(b.radius["l2"], rel=1e-2, abs=1e-6)
+    twin = copy.deepcopy(model).double()
+    for k, result in enumerate(fast):
+        exact = reference_radii(twin, x[k : k + 1].double())
+        for p in ("l1", "l2", "linf"):
+            assert close(result.radius[p], exact[p], 2e-4), (name, k, p, result.radius[p], exact[p])
 
 
 def _worst_direction(g: torch.Tensor, z: float, p: str) -> torch.Tensor:
@@ -226,15 +232,8 @@ def _worst_direction(g: torch.Tensor, z: float, p: str) -> torch.Tensor:
 
 
 def _face_gradient(model: nn.Module, x: torch.Tensor, layer_name: str, unit: int) -> torch.Tensor:
-    module = dict(model.named_modules())[layer_name]
-    captured = []
-    hook = module.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
-    x = x.clone().requires_grad_(True)
-    try:
-        model(x)
-    finally:
-        hook.remove()
-    (g,) = torch.autograd.grad(captured[0].reshape(-1)[unit], x)
+    x, z = module_input(model, x, layer_name)
+    (g,) = torch.autograd.grad(z.reshape(-1)[unit], x)
     return g.reshape(-1)
 
 

@@ -6,8 +6,6 @@ the independent float64 reference."""
 from __future__ import annotations
 
 import json
-import logging
-import warnings
 
 import numpy as np
 import onnx
@@ -15,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 from onnx_models import make, n
+from exporting import export
 from reference import reference_radii, relative_error
 from typer.testing import CliRunner
 
@@ -49,28 +48,6 @@ def small_cnn() -> nn.Module:
 def mlp() -> nn.Module:
     torch.manual_seed(1)
     return nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 12), nn.PReLU(), nn.Linear(12, 3)).eval()
-
-
-def export(model: nn.Module, example: torch.Tensor, path, how: str) -> str:
-    """Save ``model`` the way a user would: ``dynamo`` (the default exporter, opset from
-    ``how="dynamo:N"``), ``dynamic`` (default exporter, dynamic batch), ``legacy`` (TorchScript-based,
-    opset 17) or ``pt2`` (torch.export)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            if how == "pt2":
-                torch.export.save(torch.export.export(model, (example,)), str(path))
-            elif how == "legacy":
-                torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=17)
-            elif how == "dynamic":
-                torch.onnx.export(model, (example,), str(path), dynamic_shapes=({0: torch.export.Dim("batch")},))
-            else:
-                opset = int(how.split(":")[1]) if ":" in how else None
-                torch.onnx.export(model, (example,), str(path), **({"opset_version": opset} if opset else {}))
-        finally:
-            logging.disable(logging.NOTSET)
-    return str(path)
 
 
 def _radii(results):

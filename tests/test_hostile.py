@@ -118,16 +118,18 @@ def test_broken_graphs_are_refused(tmp_path, name, model, message):
         lrcert.load(path)
 
 
-def test_opset_too_old_to_upgrade(tmp_path):
-    model = _graph([n("MatMul", ["x", "W"], ["h"]), n("Relu", ["h"], ["y"])], {"W": weight(4, 2)}, opset=1)
-    path = tmp_path / "ancient.onnx"
-    onnx.save(model, str(path))
-    try:
-        network = lrcert.load(path)
-    except LrcertError as error:
-        assert "opset" in str(error) or "ONNX" in str(error)
-    else:  # converted fine: then it must be right
-        assert network.units == 2
+def test_an_opset_1_graph_is_upgraded_and_certified_exactly(tmp_path):
+    """ONNX's version converter lifts opset 1 to one lrcert reads; the radii are then
+    min_j |x·W_j| / ‖W_j‖_q, computed here in NumPy."""
+    w = weight(4, 2)
+    model = _graph([n("MatMul", ["x", "W"], ["h"]), n("Relu", ["h"], ["y"])], {"W": w}, opset=1)
+    onnx.save(model, str(tmp_path / "ancient.onnx"))
+    x = np.random.default_rng(3).standard_normal((3, 4))
+    results = lrcert.certify(lrcert.load(tmp_path / "ancient.onnx"), x, dtype=torch.float64)
+    z, w64 = x @ w.astype(np.float64), w.astype(np.float64)
+    for p, q in (("l1", np.inf), ("l2", 2), ("linf", 1)):
+        expected = (np.abs(z) / np.linalg.norm(w64, ord=q, axis=0)).min(axis=1)
+        np.testing.assert_allclose([r.radius[p] for r in results], expected, rtol=1e-12)
 
 
 def test_overflow_is_refused_not_reported_as_a_radius(tmp_path):

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lrcert
-from reference import pattern_of, point_on_unit_sphere, reference_radii, relative_error
+from reference import module_input, pattern_of, point_on_unit_sphere, reference_radii, relative_error
 from test_engine import _face_gradient, _worst_direction
 
 EXAMPLES = int(os.environ.get("LRCERT_HYPOTHESIS_EXAMPLES", "60"))
@@ -99,16 +99,59 @@ def test_radius_is_sound_and_tight(architecture, seed, p):
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(1, *shape, generator=generator, dtype=torch.float64)
     (result,) = lrcert.certify(model, x, dtype=torch.float64, norms=(p,))
-    radius = result.radius[p]
-    if radius == 0 or math.isinf(radius):
+    assert_sound_and_tight(model, x, result, p, generator)
+
+
+def assert_sound_and_tight(model: nn.Module, x: torch.Tensor, result, p: str, generator: torch.Generator) -> None:
+    """Every case asserts. Finite ε̂: points inside ε̂(1 − 10⁻³) keep the pattern, and the point at
+    ε̂(1 + 10⁻³) (10⁻⁹ for ε̂ = 0) along the binding face's worst direction leaves it, whichever kind
+    of face binds (for a max-pool, z = z_winner − z_competitor at the pool's input). ε̂ = +∞: no face
+    binds, and far away (10³) the pattern is the same and the network the same affine map."""
+    radius, binding, base = result.radius[p], result.binding[p], pattern_of(model, x)
+    if math.isinf(radius):
+        assert binding is None
+        _assert_affine_far_away(model, x, p, generator)
         return
-    base = pattern_of(model, x)
-    d = x.numel()
-    for _ in range(30):
-        v = point_on_unit_sphere(d, p, generator)
+    for _ in range(30 if radius > 0 else 0):
+        v = point_on_unit_sphere(x.numel(), p, generator)
         assert pattern_of(model, x + radius * (1 - 1e-3) * v.reshape(x.shape)) == base
-    binding = result.binding[p]
+    g = _binding_gradient(model, x, binding)
+    step = radius * (1 + 1e-3) if radius > 0 else 1e-9
+    outside = x + step * _worst_direction(g, binding.value, p).reshape(x.shape)
+    assert pattern_of(model, outside) != base, (binding.kind, radius)
+
+
+def _binding_gradient(model: nn.Module, x: torch.Tensor, binding) -> torch.Tensor:
+    """∇ₓ z of the binding face, by autograd on the module's input (not lrcert's)."""
     if binding.kind != "maxpool":
-        g = _face_gradient(model, x, binding.layer, binding.unit)
-        outside = x + radius * (1 + 1e-3) * _worst_direction(g, binding.value, p).reshape(x.shape)
-        assert pattern_of(model, outside) != base
+        return _face_gradient(model, x, binding.layer, binding.unit)
+    x, z = module_input(model, x, binding.layer)
+    plane = z[0]
+    (g,) = torch.autograd.grad(plane[binding.winner] - plane[binding.competitor], x)
+    return g.reshape(-1)
+
+
+def _assert_affine_far_away(model: nn.Module, x: torch.Tensor, p: str, generator: torch.Generator) -> None:
+    base = pattern_of(model, x)
+    jacobian = torch.autograd.functional.jacobian(lambda v: model(v.reshape(x.shape)).reshape(-1), x.reshape(-1))
+    with torch.no_grad():
+        for _ in range(10):
+            step = 1e3 * point_on_unit_sphere(x.numel(), p, generator)
+            assert pattern_of(model, x + step.reshape(x.shape)) == base
+            moved = model(x + step.reshape(x.shape)).reshape(-1)
+            assert torch.allclose(moved, model(x).reshape(-1) + jacobian @ step, rtol=1e-9, atol=1e-9 * float(moved.abs().max()))
+
+
+def test_an_input_on_a_face_has_radius_zero_and_leaves_at_once():
+    """x with a pre-activation exactly 0: ε̂ = 0 for every norm, the face named, and a step of 10⁻⁹
+    along its worst direction changes the pattern."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double().eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, -2.0, 0.5], [0.3, 0.2, -1.0], [-1.0, 1.0, 1.0], [2.0, 0.0, 1.0]]))
+        model[0].bias.copy_(torch.tensor([0.5, -0.25, 1.0, 0.75]))
+    x = torch.tensor([[0.5, 0.5, 0.0]], dtype=torch.float64)  # unit 0: 0.5 − 1 + 0 + 0.5 = 0
+    assert float(model[0](x)[0, 0]) == 0.0
+    for p in ("l1", "l2", "linf"):
+        (result,) = lrcert.certify(model, x, dtype=torch.float64, norms=(p,))
+        assert result.radius[p] == 0.0 and result.binding[p].unit == 0
+        assert_sound_and_tight(model, x, result, p, torch.Generator().manual_seed(0))

@@ -3,7 +3,11 @@ block's commands (their output must be what the README shows, timings aside), ev
 block (each ``print`` must print what its comment starts with; the roll_loss block gets a model,
 inputs and labels for its placeholders), the JSON example against the run it abridges, the
 config example through lrcert's own config reader, and the CI snippets as YAML. ``bash`` blocks
-hold placeholders (your files, torchrun, GPUs, minutes-long experiments) and are not run."""
+hold placeholders (your files, torchrun, GPUs, minutes-long experiments) and are not run.
+
+The outputs shown were produced by lrcert: the tests that compare with them are regression tests
+(they catch stale docs and changed output, not wrong radii; test_shipped_models.py checks the radii
+of the models the examples use against an independent computation)."""
 
 from __future__ import annotations
 
@@ -51,7 +55,7 @@ def _normalised(text: str) -> list[str]:
 
 
 @pytest.mark.parametrize("line, block", blocks("console"), ids=lambda v: str(v) if isinstance(v, int) else "")
-def test_console_blocks_print_what_the_readme_shows(line, block):
+def test_regression_console_blocks_print_what_the_readme_shows(line, block):
     commands = re.split(r"^\$ ", block, flags=re.M)[1:]
     assert commands, f"README line {line}: a console block without a command"
     for part in commands:
@@ -63,7 +67,7 @@ def test_console_blocks_print_what_the_readme_shows(line, block):
 
 
 @pytest.mark.parametrize("line, block", blocks("python"), ids=lambda v: str(v) if isinstance(v, int) else "")
-def test_python_blocks_run_and_print_what_their_comments_say(line, block, tmp_path):
+def test_regression_python_blocks_run_and_print_what_their_comments_say(line, block, tmp_path):
     script = tmp_path / "example.py"
     script.write_text((PLACEHOLDERS if "roll_loss" in block else "") + block)
     result = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True)
@@ -75,7 +79,7 @@ def test_python_blocks_run_and_print_what_their_comments_say(line, block, tmp_pa
         assert comment.startswith(got), (line, got, comment)
 
 
-def test_the_json_example_is_the_run_it_abridges():
+def test_regression_the_json_example_is_the_run_it_abridges():
     ((line, block),) = blocks("json")
     shown = json.loads(block)
     result = _run("lrcert certify models/bars_cnn.onnx models/bars_cnn.inputs.npy --format json --p 2")

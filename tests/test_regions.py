@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from conftest import PROJECT_MODELS
 from matplotlib.path import Path as Polygon
-from reference import pattern_of
+from reference import pattern_of, run_with_hooks
 from typer.testing import CliRunner
 
 from lrcert.cli import app
@@ -81,16 +81,28 @@ def test_drawn_regions_and_balls_are_exact(model, shape, dirs):
             assert np.allclose(result.colours[label], result.zoom.colours[other_label]) or pattern != other_pattern
 
 
+def _relu_signs(model: nn.Sequential, points: torch.Tensor) -> torch.Tensor:
+    """(points, units): each ReLU's input > 0, from forward hooks on the torch model (not lrcert)."""
+    captured: list[torch.Tensor] = []
+    with torch.no_grad():
+        run_with_hooks(model, points, on_relu=lambda m, faces: captured.extend(f > 0 for f in faces), on_pool=None)
+    return torch.cat(captured, dim=1)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_path_counts_equal_dense_sampling(seed):
+    """The walk's regions and breakpoints (and region_ids' labels) are where 400,001 evenly spaced
+    points change pattern, the patterns read from the torch model itself."""
     model = net(seed, 4, widths=(16, 16, 8))
     network = from_module(model, (4,))
     generator = torch.Generator().manual_seed(seed)
     a, b = (torch.randn(4, dtype=torch.float64, generator=generator) * 3 for _ in range(2))
     crossing = walk(network, a, b)
     t = torch.linspace(0, 1, 400001, dtype=torch.float64)[:, None]
+    signs = _relu_signs(model, a + t * (b - a))
+    changes = np.nonzero((signs[1:] != signs[:-1]).any(dim=1).numpy())[0]
     ids = region_ids(network, a + t * (b - a))
-    changes = np.nonzero(ids[1:] != ids[:-1])[0]
+    np.testing.assert_array_equal(np.nonzero(ids[1:] != ids[:-1])[0], changes)  # lrcert's labels say the same
     assert crossing.regions == len(changes) + 1
     np.testing.assert_allclose(crossing.breakpoints, (changes + 0.5) / 400000, atol=1.5e-6)
     # the patterns on either side of each breakpoint differ exactly at the reported face, for ReLU faces

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 from hypothesis import given
 from hypothesis import strategies as st
+from reference import close
 
 import lrcert
 from lrcert.engine import Engine, screen
@@ -46,7 +47,7 @@ def _same_as_dense(network, x, **kw):
         assert got.pattern == want.pattern
         for p in want.radius:
             a, b = got.radius[p], want.radius[p]
-            assert a == b or abs(a - b) <= 1e-9 * abs(b), (got.index, p, a, b)
+            assert close(a, b, 1e-9), (got.index, p, a, b)
             if want.binding[p] is None:
                 assert got.binding[p] is None
             else:
@@ -115,6 +116,22 @@ def test_without_exact_entry_norms_the_bound_starts_at_the_input(monkeypatch):
     network, shape = _network("convnet")
     assert Engine(network).entry_norms(256) == {}
     _same_as_dense(network, _inputs(shape, 8, 6))
+
+
+@pytest.mark.parametrize("share", [1.0, 0.0], ids=["screened", "dense"])
+def test_a_region_without_reachable_faces_has_infinite_radii_both_ways(share, monkeypatch):
+    """Every face's gradient is zero (the first layer ignores its input), so ε̂ = +∞ and no face binds:
+    the screened way must say +∞ too, not a large finite number."""
+    monkeypatch.setattr(screen, "SHARE", share)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.copy_(torch.linspace(-1.0, 1.0, 6, dtype=torch.float64) + 0.05)
+    network = lrcert.from_module(model.eval(), (4,))
+    x = _inputs((4,), 5, 8)
+    assert all(r == math.inf for result in Engine(network, dtype=torch.float64, screen=False).run(x)
+               for r in result.radius.values())
+    _same_as_dense(network, x)
 
 
 @PROPERTY_SETTINGS

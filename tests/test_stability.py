@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from stability_reference import autograd_distortions, exact_measures, regions_in_square, target_gradient
+from stability_reference import autograd_distortions, exact_measures, regions_in_square
 from torch import nn
 
 import lrcert

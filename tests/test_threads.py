@@ -170,7 +170,7 @@ class _ThreadCounts(TorchDispatchMode):
 
 def test_the_engine_computes_with_its_threads_and_restores_the_users():
     network = lrcert.load(MODELS / "moons_mlp.onnx")
-    x = torch.rand(8, 2, dtype=torch.float64)
+    x = torch.rand(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     before = torch.get_num_threads()
     counts, engine = _ThreadCounts(), lrcert.Engine(network, threads=1)
     with counts:

@@ -207,6 +207,8 @@ def reports_errors(command):
             where = f" ({exc.filename})" if exc.filename else ""
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 say(f"lrcert: error: cannot write the output{where}: {exc.strerror}. Fix: free space, or {elsewhere}")
+            elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # allowed when checked, refused when written
+                say(f"lrcert: error: permission denied{where}: {exc.strerror}. Fix: {elsewhere}, or ask for access")
             else:
                 say(f"lrcert: error: input/output failed{where}: {exc.strerror or exc}. Fix: check the disk and the files named")
             _quiet_stdout()

@@ -177,6 +177,7 @@ class Engine:
         with the command line's one-line message.
 
         >>> import torch, lrcert
+        >>> _ = torch.manual_seed(0)
         >>> network = lrcert.from_module(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU()), (3,))
         >>> engine = Engine(network, norms=("l2",))
         >>> [sorted(r.radius) for r in engine.certify(torch.ones(2, 3))]

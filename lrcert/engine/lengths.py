@@ -10,6 +10,7 @@ one line before any work is done.
 
 >>> import torch
 >>> from lrcert.models.load import from_module
+>>> _ = torch.manual_seed(0)
 >>> rnn = torch.nn.Sequential(torch.nn.RNN(2, 3, nonlinearity="relu", batch_first=True))
 >>> class Last(torch.nn.Module):
 ...     def forward(self, x):

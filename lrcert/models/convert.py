@@ -8,6 +8,7 @@ weight preprocessing and the like into constants. Problems (a sigmoid, a product
 input-dependent tensors, an op with no converter) are collected and reported all at once.
 
 >>> import torch
+>>> _ = torch.manual_seed(0)
 >>> net = to_network(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU()), (3,))
 >>> [layer.kind for layer in net.layers]
 ['input', 'dense', 'relu']

@@ -6,6 +6,7 @@ reads an input-dependent tensor must be piecewise linear in it, and a product (M
 Gemm) needs one constant side. All offending nodes are reported at once, by ONNX node name.
 
 >>> import torch
+>>> _ = torch.manual_seed(0)
 >>> net = from_module(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)), (2, 2))
 >>> net.sample_shape, net.output_shape
 ((2, 2), (2,))

@@ -17,6 +17,7 @@ Each step's nonlinearity runs under the name ``{stem} t={t}`` (e.g. ``rnn.l1.rev
 the face that binds reads as layer, direction, time step and unit.
 
 >>> import torch
+>>> _ = torch.manual_seed(0)
 >>> rnn = torch.nn.RNN(3, 4, num_layers=2, nonlinearity="relu", batch_first=True)
 >>> x = torch.randn(2, 5, 3)
 >>> out, h = run_rnn(x, torch.zeros(2, 2, 4), rnn._flat_weights, True, 2, 0.0, False, False, True)

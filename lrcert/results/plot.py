@@ -8,6 +8,7 @@ direction w(θ) = cos θ·u + sin θ·v the ball reaches r(θ) = ε̂ₚ / ‖w(
 
 >>> import torch
 >>> from lrcert.models.load import from_module
+>>> _ = torch.manual_seed(0)
 >>> net = from_module(torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)), (2,))
 >>> view = picture(net, make_plane(net, None, [], "random", 1.0), None, [], resolution=32)
 >>> view.regions.shape, int(view.regions.max()) + 1 <= 2 ** 8

@@ -6,12 +6,17 @@ x(t) = a + t·(b − a), the engine's directional radius s is exact, so x(t + s)
 boundary; stepping ``STEP`` past it enters the next region. Regions thinner than ``STEP`` (in t)
 can be missed; nothing else is approximated.
 
+Two units with faces at x = 1 and x = −2 cut the segment −9 → 9 at t = 7/18 and 10/18:
+
 >>> import torch
 >>> from lrcert.models.load import from_module
->>> net = from_module(torch.nn.Sequential(torch.nn.Linear(1, 2), torch.nn.ReLU()), (1,))
+>>> layer = torch.nn.Linear(1, 2)
+>>> with torch.no_grad():
+...     _ = layer.weight.copy_(torch.tensor([[1.0], [-1.0]])), layer.bias.copy_(torch.tensor([-1.0, -2.0]))
+>>> net = from_module(torch.nn.Sequential(layer, torch.nn.ReLU()), (1,))
 >>> crossing = walk(net, torch.tensor([-9.0]), torch.tensor([9.0]))
->>> len(crossing.breakpoints) + 1 == crossing.regions
-True
+>>> crossing.regions, [round(t * 18, 6) for t in crossing.breakpoints]
+(3, [7.0, 10.0])
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ input direction e through the network gives J·e for every face at once, so D fo
 D/D', an unbiased estimate of ‖∇ₓzⱼ‖₂² (the top-γ selection would bias it, hence γ = 100 only).
 
 >>> import torch
+>>> _ = torch.manual_seed(0)
 >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
 >>> x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
 >>> loss = torch.nn.functional.cross_entropy(model(x), y) + roll_loss(model, x, lam=2.0, C=1.0)

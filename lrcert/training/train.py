@@ -8,6 +8,7 @@ row: accuracy, distinct activation patterns, ε̂ quantiles. ``save_onnx`` write
 ``lrcert certify`` reads.
 
 >>> import torch
+>>> _ = torch.manual_seed(0)
 >>> x, y = torch.randn(64, 2), torch.randint(0, 2, (64,))
 >>> model = build_network((2,), 2, hidden=(8, 8), seed=0)
 >>> history = fit(model, (x, y), (x, y), Settings(epochs=1, lam=1.0))
