@@ -194,6 +194,39 @@ def test_a_graph_out_of_topological_order_is_sorted_and_noted(tmp_path):
     assert [r.radius for r in got] == [r.radius for r in want]
 
 
+def test_an_ir_3_graph_that_leaves_weights_out_of_its_inputs_is_read_as_onnxruntime_runs_it(tmp_path):
+    """IR version 3 lists every initializer among the graph inputs; old exporters (the Marabou
+    CIFAR nets) left some out. onnxruntime runs such a file, and lrcert reads it, says so, and
+    certifies it exactly: radii min_j |a_j| / ‖W1_j‖_q with a = x W1 + b1, in NumPy."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1, b1, w2 = (rng.standard_normal(s).astype(np.float32) for s in ((4, 5), (5,), (5, 3)))
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["a"]),
+             helper.make_node("Relu", ["a"], ["r"]), helper.make_node("MatMul", ["r", "W2"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "ir3", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+                       helper.make_tensor_value_info("W1", TensorProto.FLOAT, [4, 5])],  # (b1, W2: left out)
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(b1, "b1"), numpy_helper.from_array(w2, "W2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 3
+    with pytest.raises(onnx.checker.ValidationError, match="in initializer but not in graph input"):
+        onnx.checker.check_model(model)
+    path = _save(model, tmp_path, "ir3.onnx")
+    x = rng.standard_normal((3, 4))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    network = lrcert.load(path)
+    assert any("leaves 2 weights out of its graph inputs" in note for note in network.notes), network.notes
+    np.testing.assert_allclose(network.run(torch.from_numpy(x)).reshape(3, 3).numpy(),
+                               np.concatenate([session.run(None, {"x": row[None].astype(np.float32)})[0] for row in x]),
+                               rtol=1e-5, atol=1e-5)
+    a = x @ w1.astype(np.float64) + b1.astype(np.float64)
+    for p, q in (("l1", np.inf), ("l2", 2), ("linf", 1)):
+        expected = (np.abs(a) / np.linalg.norm(w1.astype(np.float64), ord=q, axis=0)).min(axis=1)
+        np.testing.assert_allclose([r.radius[p] for r in lrcert.certify(network, x, dtype=torch.float64)], expected, rtol=1e-12)
+
+
 def _two_outputs():
     """x → ReLU(x W) = a; outputs y = a W2 (3 classes) and z = ReLU(a W3) (2 classes)."""
     from onnx import TensorProto, helper, numpy_helper

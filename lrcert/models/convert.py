@@ -268,14 +268,19 @@ def _dense(call: _Call, x: Tensor | int, weight: Tensor, bias: Tensor | None, sh
     return call.emit(ir.Dense, [x], shape, weight=weight.contiguous(), bias=bias)
 
 
+def _one_matrix(w: Tensor) -> Tensor:
+    """A constant batch of matrices (G, k, n) that holds one matrix G times (as ``matmul`` expands
+    a shared weight for ``bmm``) as that matrix; any other tensor as it is."""
+    return w[0] if w.dim() == 3 and torch.equal(w, w[:1].expand_as(w)) else w
+
+
 def _matmul(call: _Call, a: Tensor, b: Tensor, scale: float = 1.0, bias: Tensor | None = None) -> None:
     """``a @ b`` (mm, mv, bmm, addmm) where exactly one side depends on the input."""
     out = call.out
     if call.traced(a) and call.traced(b):
         raise _Refused("multiplies two input-dependent tensors")
     if call.traced(a):
-        w = _const(call, b, "the right factor")
-        w = w[0] if w.dim() == 3 and w.shape[0] == 1 else w
+        w = _one_matrix(_const(call, b, "the right factor"))
         if w.dim() == 3:
             raise _Refused("multiplies by a batch of different constant matrices")
         if w.dim() == 1:  # (m, k) @ (k,) -> (m,)
@@ -288,8 +293,7 @@ def _matmul(call: _Call, a: Tensor, b: Tensor, scale: float = 1.0, bias: Tensor 
                 folded = None
             index = _dense(call, a, w.T if scale == 1 else scale * w.T, folded, out.shape)  # (W itself: shared by steps)
     else:
-        c = _const(call, a, "the left factor")
-        c = c[0] if c.dim() == 3 and c.shape[0] == 1 else c
+        c = _one_matrix(_const(call, a, "the left factor"))
         if c.dim() == 3:
             raise _Refused("multiplies by a batch of different constant matrices")
         if b.dim() == 1:  # (m, k) @ (k,) -> (m,)
@@ -582,11 +586,14 @@ def _reshape_in_place(call):
 
 
 def _permute(call):
+    """permute, transpose, t and their in-place forms (``transpose_``, ``t_``: TorchScript's
+    batch_first RNNs), which leave the tensor with its new shape and bind it to the new layer."""
     x = call["self"]
     n = x.dim()
-    if call.op in ("t", "numpy_T"):
+    op = call.op.removesuffix("_")
+    if op in ("t", "numpy_T"):
         perm = tuple(reversed(range(n)))
-    elif call.op == "transpose":
+    elif op == "transpose":
         perm = list(range(n))
         d0, d1 = call["dim0"] % n, call["dim1"] % n
         perm[d0], perm[d1] = perm[d1], perm[d0]
@@ -786,7 +793,9 @@ CONVERTERS: dict[Any, Callable[[_Call], None]] = {
     aten.flatten: _reshape,
     aten.expand: _reshape,
     aten.t: _permute,
+    aten.t_: _permute,
     aten.transpose: _permute,
+    aten.transpose_: _permute,
     aten.permute: _permute,
     aten.slice: _slice,
     aten.select: _select,

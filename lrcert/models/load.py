@@ -191,7 +191,9 @@ class _OnnxFile:
         model, self.external = _read_onnx(path)
         reordered = _sort_nodes(model.graph)
         complete_types(model)
+        unlisted = _list_initializers_as_inputs(model)
         fold_constants(model)
+        _list_initializers_as_inputs(model)  # (and those folding made)
         _check_onnx(model, path)
         self.joined = _join_inputs(model, path.name)
         problems, self.dims = _inspect_onnx_graph(model)
@@ -207,6 +209,9 @@ class _OnnxFile:
         self.notes = [outputs_note] if outputs_note else []
         if reordered:
             self.notes.append(f"the graph lists {reordered} nodes before the nodes they read; lrcert sorted them, as onnxruntime does")
+        if unlisted:
+            self.notes.append(f"the file (ONNX IR version {model.ir_version}) leaves {unlisted} weights out of its graph inputs, "
+                              "where that version lists them; lrcert reads them as constants, as onnxruntime does")
 
     def network(self, sample_shape: tuple[int, ...] | None) -> ir.Network:
         path = self.path
@@ -390,52 +395,61 @@ def _fixed_batch_network(module: torch.nn.Module, batch: int, sample_shape: tupl
                          op_types: dict[str, str] | None) -> ir.Network:
     """A model whose input fixes its batch to B > 1, certified one row at a time.
 
-    When the model computes each row on its own at batch 1 too (checked: B random rows through the
-    model at batch B against the layer list traced at batch 1, row by row), lrcert batches as it
-    likes. Otherwise (the graph bakes B into its reshapes) each row runs as the first of a batch
-    of B whose other rows are zeros: B× the work, and the zero rows' units, constant, are no faces.
-    A model that runs neither way (its output has no batch axis) takes its first axis as part of
-    each input.
+    Its rows are independent when rolling the B input rows rolls the output along one axis of size
+    B (the output's batch axis: first, or moved, as exporters do for RNNs and transposes). Such a
+    model is traced at batch 1 when that computes the same rows (checked on B random rows, row by
+    row), and lrcert batches as it likes; otherwise (the graph bakes B into its constants) each row
+    runs as the first of a batch of B whose other rows are zeros: B× the work, and the zero rows'
+    units, constant, are no faces. A model whose rows interact takes its whole input as one row.
     """
     dtype = next((t.dtype for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()), torch.float32)
     rows = torch.rand(batch, *sample_shape, generator=torch.Generator(device="cpu").manual_seed(1), device="cpu", dtype=dtype)
-    with torch.no_grad():
-        expected = module(rows)
+    axis = _output_batch_axis(module, rows)
+    if axis is None:  # not a batch after all: the first axis belongs to each input
+        return to_network(module, (batch, *sample_shape), batch_axis=False, source=name, op_types=op_types)
+    moved = "" if axis == 0 else f" (its output holds the batch on axis {axis})"
     try:
         network = to_network(module, sample_shape, source=name, op_types=op_types)
         with torch.no_grad():
             got = network.run(rows.double()).reshape(batch, -1)
-        if isinstance(expected, torch.Tensor) and expected.numel() == got.numel() and torch.allclose(
-            got, expected.double().reshape(batch, -1), rtol=1e-4, atol=1e-5 * (float(expected.abs().max()) + 1e-6)
-        ):
-            note = f"the model's input fixes its batch to {batch}; it computes each row on its own, so lrcert certifies rows in batches of any size"
+            expected = module(rows).movedim(axis, 0).double().reshape(batch, -1)
+        if got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-4, atol=1e-5 * (float(expected.abs().max()) + 1e-6)):
+            note = (f"the model's input fixes its batch to {batch}{moved}; it computes each row on its own, "
+                    "so lrcert certifies rows in batches of any size")
             return replace(network, notes=(*network.notes, note))
     except LrcertError:
         pass
-    try:
-        network = to_network(_FirstRowOfBatch(module, batch), sample_shape, source=name, named=module, op_types=op_types)
-    except LrcertError:  # not a batch after all: the first axis belongs to each input
-        return to_network(module, (batch, *sample_shape), batch_axis=False, source=name, op_types=op_types)
-    note = (f"the model's input fixes its batch to {batch} (its graph bakes it in): each input runs as the first row "
-            f"of a batch of {batch} zero-padded rows, {batch}× the work of one row")
+    network = to_network(_FirstRowOfBatch(module, batch, axis), sample_shape, source=name, named=module, op_types=op_types)
+    note = (f"the model's input fixes its batch to {batch}{moved} (its graph bakes it in): each input runs as the "
+            f"first row of a batch of {batch} zero-padded rows, {batch}× the work of one row")
     return replace(network, notes=(*network.notes, note), rows_per_call=batch)
 
 
-class _FirstRowOfBatch(torch.nn.Module):
-    """``model(pad(x))[:1]``: one row padded with zero rows to the batch the model requires."""
+def _output_batch_axis(module: torch.nn.Module, rows: torch.Tensor) -> int | None:
+    """The axis of ``module``'s output that holds its B input rows, one output row each: the
+    first axis of size B along which the output of the rows rolled by one is the output rolled by
+    one (None where no axis is, or the output is not one tensor)."""
+    with torch.no_grad():
+        out, rolled = module(rows), module(rows.roll(1, dims=0))
+    if not isinstance(out, torch.Tensor) or not isinstance(rolled, torch.Tensor) or out.shape != rolled.shape:
+        return None
+    scale = float(out.abs().max()) if out.numel() else 0.0
+    for axis, size in enumerate(out.shape):
+        if size == rows.shape[0] and torch.allclose(rolled, out.roll(1, dims=axis), rtol=1e-4, atol=1e-5 * (scale + 1e-6)):
+            return axis
+    return None
 
-    def __init__(self, model: torch.nn.Module, batch: int):
+
+class _FirstRowOfBatch(torch.nn.Module):
+    """``model(pad(x))`` at index 0 of its output's batch axis (kept, of size 1): one row padded
+    with zero rows to the batch the model requires."""
+
+    def __init__(self, model: torch.nn.Module, batch: int, axis: int):
         super().__init__()
-        self.model, self.batch = model, batch
+        self.model, self.batch, self.axis = model, batch, axis
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(torch.nn.functional.pad(x, [0, 0] * (x.dim() - 1) + [0, self.batch - 1]))
-        if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != self.batch:
-            raise LrcertError(
-                f"the model takes a fixed batch of {self.batch} but its output has no batch axis of that size",
-                fix="export the model with a batch of 1 or a dynamic batch",
-            )
-        return out[:1]
+        return self.model(torch.nn.functional.pad(x, [0, 0] * (x.dim() - 1) + [0, self.batch - 1])).narrow(self.axis, 0, 1)
 
 
 def _read_onnx(path: Path) -> tuple[object, list[str]]:
@@ -485,6 +499,20 @@ def _read_onnx(path: Path) -> tuple[object, list[str]]:
     except Exception as exc:
         raise LrcertError(f"{path.name} is not a valid ONNX model: {first_line(exc)}", fix="re-export the model") from None
     return model, sorted(external)
+
+
+def _list_initializers_as_inputs(model) -> int:
+    """ONNX IR versions before 4 list every initializer among the graph's inputs (a default value
+    for it); some exporters of the time left weights out. List those, in place, so the file meets
+    its own version's rules (lrcert reads listed weights as constants); how many it listed."""
+    if model.ir_version >= 4:
+        return 0
+    from onnx import helper
+
+    listed = {i.name for i in model.graph.input}
+    missing = [t for t in model.graph.initializer if t.name not in listed]
+    model.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in missing)
+    return len(missing)
 
 
 def _check_onnx(model, path: Path) -> None:

@@ -119,7 +119,21 @@ def register() -> None:
             if added is not None:
                 converter = _CONVERTER_REGISTRY[OperationDescription(defs.ONNX_DOMAIN, op, older)]
                 add_converter(op, version)(_unless_used(converter, op, version, added))
+    _index_slices_by_tuple()
     _registered = True
+
+
+def _index_slices_by_tuple() -> None:
+    """onnx2torch's Slice indexes with a list of slices, which PyTorch warns of on every call (a
+    deprecated form): the same indexing with a tuple, quiet."""
+    from onnx2torch.node_converters import slice as onnx2torch_slice
+
+    def _do_slice(x, flip_dims, pos_axes_slices, neg_axes_slices):
+        x = torch.flip(x, dims=flip_dims) if flip_dims else x
+        x = x[tuple(pos_axes_slices)] if pos_axes_slices else x
+        return x[tuple(neg_axes_slices)] if neg_axes_slices else x
+
+    onnx2torch_slice._do_slice = _do_slice
 
 
 def _newer_versions(known: set[tuple[str, int]]) -> list[tuple[str, int]]:
