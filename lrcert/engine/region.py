@@ -11,9 +11,8 @@ from torch import Tensor
 
 from ..network import ir
 from .results import pattern_bytes
+from .roundoff import PRECISION_MARGIN
 
-#: Faces within PRECISION_MARGIN · u · (their terms' magnitude) of 0 get a precision warning.
-PRECISION_MARGIN = 1000
 
 
 class Region:
@@ -23,6 +22,7 @@ class Region:
         self.engine = engine
         self.network = engine.network
         self.batch = len(x)
+        self.x = x
         self.faces: dict[int, Tensor] = {}  # layer -> (B, faces) values z
         self.gain: dict[int, Tensor] = {}  # elementwise layer -> (B, *shape) frozen slopes
         self.argmax: dict[int, Tensor] = {}  # max-pool layer -> (B, ..., C, 1, L) window arg-max
@@ -45,6 +45,7 @@ class Region:
         for name in ("faces", "gain", "argmax", "first_wins", "pieces", "scale"):
             setattr(part, name, {i: t.index_select(0, index) for i, t in getattr(self, name).items()})
         part.output = self.output.index_select(0, index)
+        part.x = self.x.index_select(0, index)
         rows = index.tolist() if self.active else []
         part.active = {i: [columns[k] for k in rows] for i, columns in self.active.items()}
         part._forget_conversions()
@@ -153,19 +154,20 @@ class Region:
     def describe(self, layer: Tensor, unit: Tensor) -> dict[str, Tensor]:
         """For each input's face (``layer``, ``unit``; layer −1: none): its value z, the arg-max
         element of its max-pool window (−1 for units), and whether z is nonzero but within rounding
-        reach of 0 (|z| ≤ PRECISION_MARGIN · u · s, s the magnitude of z's terms)."""
+        reach of 0 a priori (|z| ≤ PRECISION_MARGIN · u · s, s the magnitude of z's terms; 0
+        included), which :meth:`.results.Outcome.results` judges again (:mod:`.roundoff`)."""
         b, device = self.batch, self.output.device
         z = torch.zeros(b, dtype=torch.float64, device=device)
         winner = torch.full((b,), -1, dtype=torch.long, device=device)
         imprecise = torch.zeros(b, dtype=torch.bool, device=device)
-        roundoff = PRECISION_MARGIN * torch.finfo(self.engine.value_dtype).eps
+        reach = PRECISION_MARGIN * torch.finfo(self.engine.value_dtype).eps
         for i in self.engine.nonlinear:
             here = layer == i
             units = torch.where(here, unit, 0)[:, None]
             value = self.faces[i].gather(1, units)[:, 0].double()
             scale = self.scale[i].gather(1, units)[:, 0].double()
             z = torch.where(here, value, z)
-            imprecise |= here & (value != 0) & (value.abs() <= roundoff * scale)
+            imprecise |= here & (value.abs() <= reach * scale)  # (0 too: exactly 0 only where E = 0)
             if i in self.argmax:
                 winner = torch.where(here, self._window_winner(i, units[:, 0]), winner)
         return {"z": z, "winner": winner, "imprecise": imprecise}

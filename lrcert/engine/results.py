@@ -17,6 +17,7 @@ from torch import Tensor
 from ..errors import LrcertError
 from ..network import ir
 from ..runtime import devices
+from .roundoff import PRECISION_MARGIN, face_bounds
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,7 @@ class Outcome:
 
     def __init__(self, region, tensors: dict[str, Tensor]):
         self.network = region.network
+        self.engine, self.x, self.tensors = region.engine, region.x, tensors  # (for judging flagged faces again)
         self.norms = region.engine.norms
         self.dtype = region.engine.value_dtype
         self.batch = region.batch
@@ -163,7 +165,7 @@ class Outcome:
         radius = {p: host[f"{p}.distance"].tolist() for p in self.norms}
         binding = {p: self._constraints(host, p) for p in self.norms}
         prediction = host["prediction"].tolist() if "prediction" in host else [None] * self.batch
-        flagged = np.logical_or.reduce([host[f"{p}.imprecise"] for p in self.norms]).tolist()
+        flagged = self._judged_again(host).tolist()
         exact_in = str(self.dtype).split(".")[-1]  # the value dtype: float64 under auto
         delta = host["delta"].tolist() if "delta" in host else [0.0] * self.batch
         if self.nonlinear:
@@ -189,6 +191,25 @@ class Outcome:
         if f"{self.norms[0]}.predicted" in host:
             self._predictions(host, out)
         return out
+
+    def _judged_again(self, host: dict[str, np.ndarray]) -> np.ndarray:
+        """Per input, whether a binding face stays flagged. In float64, the faces the a-priori
+        screen flags are judged by the bound on the rounding the computation actually did
+        (:mod:`.roundoff`) and stay flagged only where |ẑ| ≤ PRECISION_MARGIN · E and E > 0 (a
+        value computed without rounding is exact, 0 included): each (input, face) once, whatever
+        the norms it binds for, a value and a reverse pass each, on the device, and no wait at all
+        where nothing is flagged. In float32 the screen's flag stands (rerun with auto)."""
+        flagged = np.logical_or.reduce([host[f"{p}.imprecise"] for p in self.norms])
+        if self.dtype != torch.float64 or not flagged.any():
+            return flagged
+        order = torch.arange(self.batch, device=self.x.device)
+        keys = torch.cat([torch.stack([t[self.tensors[f"{p}.imprecise"]] for t in (order, self.tensors[f"{p}.layer"],
+                                                                                   self.tensors[f"{p}.unit"])], dim=1)
+                          for p in self.norms]).unique(dim=0)  # (input, layer, unit), each once
+        inputs, layers, units = keys.unbind(dim=1)
+        value, bound = face_bounds(self.engine, self.x.index_select(0, inputs), layers, units)
+        still = (bound > 0) & (value.abs() <= PRECISION_MARGIN * bound)
+        return (torch.zeros(self.batch, dtype=torch.long, device=self.x.device).index_add_(0, inputs, still.long()) > 0).cpu().numpy()
 
     def _predictions(self, host: dict[str, np.ndarray], out: list[InputResult]) -> None:
         radius = {p: host[f"{p}.predicted"].tolist() for p in self.norms}
