@@ -119,3 +119,28 @@ def test_the_shipped_vowels_model_flags_nothing_the_bound_clears(monkeypatch):
     assert [r.radius for r in judged] == [r.radius for r in screened]
     assert [r.precision_warning for r in screened] == [False] + [True] * 5
     assert not any(r.precision_warning for r in judged)
+
+
+def test_judging_makes_no_tensor_on_the_default_device_and_waits_once_per_batch(monkeypatch):
+    """The judged flags (utterances the screen flags) come out the same under torch.device("meta"),
+    which any tensor made without an explicit device would break; and the judging waits for the
+    device a bounded number of times per batch, not per flagged input."""
+    from test_devices import CountSyncs
+
+    data = np.load(PROJECT_MODELS / "japanese_vowels" / "test.npz")
+    flagged = [85, 130, 134, 158, 165]
+    same_length = [k for k in flagged if data["lengths"][k] == data["lengths"][flagged[0]]] or flagged[:1]
+    rows = np.stack([data["x"][k, : data["lengths"][k]] for k in same_length * 4])  # one length: one batch
+    network = lrcert.load(PROJECT_MODELS / "japanese_vowels" / "vanilla.onnx", sample_shape=rows.shape[1:])
+    judged = []
+    monkeypatch.setattr(results, "face_bounds", lambda *args: judged.append(len(args[1])) or roundoff.face_bounds(*args))
+    expected = lrcert.certify(network, rows)
+    with torch.device("meta"):
+        got = lrcert.certify(network, rows)
+    assert judged == [len(rows)] * 2  # (every row flagged a priori, all judged in one call per run)
+    assert [r.precision_warning for r in got] == [r.precision_warning for r in expected]
+    with CountSyncs() as few:
+        lrcert.certify(network, rows[:1])
+    with CountSyncs() as many:
+        lrcert.certify(network, rows)
+    assert many.count <= few.count, (few.count, many.count)
