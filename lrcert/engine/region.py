@@ -154,8 +154,10 @@ class Region:
     def describe(self, layer: Tensor, unit: Tensor) -> dict[str, Tensor]:
         """For each input's face (``layer``, ``unit``; layer −1: none): its value z, the arg-max
         element of its max-pool window (−1 for units), and whether z is nonzero but within rounding
-        reach of 0 a priori (|z| ≤ PRECISION_MARGIN · u · s, s the magnitude of z's terms; 0
-        included), which :meth:`.results.Outcome.results` judges again (:mod:`.roundoff`)."""
+        reach of 0 a priori (|z| ≤ PRECISION_MARGIN · u · s, s the magnitude of z's terms), which
+        :meth:`.results.Outcome.results` judges again (:mod:`.roundoff`). A unit's face computed as
+        exactly 0 is judged too (exactly 0 only where nothing rounded); a max-pool or max tie of
+        exactly 0 is not (identical computations, as over a constant background: a boundary)."""
         b, device = self.batch, self.output.device
         z = torch.zeros(b, dtype=torch.float64, device=device)
         winner = torch.full((b,), -1, dtype=torch.long, device=device)
@@ -167,7 +169,10 @@ class Region:
             value = self.faces[i].gather(1, units)[:, 0].double()
             scale = self.scale[i].gather(1, units)[:, 0].double()
             z = torch.where(here, value, z)
-            imprecise |= here & (value.abs() <= reach * scale)  # (0 too: exactly 0 only where E = 0)
+            near = here & (value.abs() <= reach * scale)
+            if isinstance(self.network.layers[i], (ir.MaxPool2d, ir.Maximum)):
+                near &= value != 0  # (a tie)
+            imprecise |= near
             if i in self.argmax:
                 winner = torch.where(here, self._window_winner(i, units[:, 0]), winner)
         return {"z": z, "winner": winner, "imprecise": imprecise}
