@@ -44,7 +44,7 @@ def photographs(size: int = 224) -> torch.Tensor:
     for image in load_sample_images().images:
         h, w, _ = image.shape
         side = min(h, w)
-        crop = torch.from_numpy(image[(h - side) // 2 : (h + side) // 2, (w - side) // 2 : (w + side) // 2]).float() / 255
+        crop = torch.from_numpy(image[(h - side) // 2 : (h + side) // 2, (w - side) // 2 : (w + side) // 2].copy()).float() / 255
         images.append(torch.nn.functional.interpolate(crop.permute(2, 0, 1)[None], size=(size, size), mode="bilinear")[0])
     mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
     return (torch.stack(images) - mean) / std
