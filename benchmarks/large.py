@@ -48,12 +48,17 @@ def resnet(name: str, size: int) -> tuple[torch.nn.Module, torch.Tensor]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = getattr(torchvision.models, name)(weights=None).eval()
+    set_batch_norm_statistics(model, generator)
+    return model, torch.rand(1, 3, size, size, generator=generator)
+
+
+def set_batch_norm_statistics(model: torch.nn.Module, generator: torch.Generator) -> None:
+    """Running means ~ 0.1·N(0, 1) and variances in [0.5, 1.5], as a trained network's (not 0 and 1)."""
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.copy_(0.1 * torch.randn(module.num_features, generator=generator))
                 module.running_var.copy_(0.5 + torch.rand(module.num_features, generator=generator))
-    return model, torch.rand(1, 3, size, size, generator=generator)
 
 
 def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> int:

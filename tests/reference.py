@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -143,7 +144,6 @@ def reference_radii(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
 def mlp_from_onnx(path) -> nn.Sequential:
     """A float64 ``nn.Sequential`` of Linear and ReLU read from an ONNX graph of Flatten (of a batch of
     vectors: no change), Gemm (transB = 1) and Relu nodes, in order: no converter involved."""
-    import numpy as np
     import onnx
     from onnx import numpy_helper
 
@@ -176,6 +176,14 @@ def close(a: float, b: float, rel: float) -> bool:
     if math.isinf(a) or math.isinf(b) or math.isnan(a) or math.isnan(b):
         return a == b
     return abs(a - b) <= rel * abs(b)
+
+
+def one_layer_radii(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per row of ``x``, the radii of a network whose only faces are one ReLU layer's, a = x W + b:
+    min_j |a_j| / ‖W_{:,j}‖_q per norm, in NumPy float64 (no torch, no lrcert)."""
+    w = w.astype(np.float64)
+    a = x @ w + (0 if b is None else b.astype(np.float64))
+    return {p: (np.abs(a) / np.linalg.norm(w, ord=q, axis=0)).min(axis=1) for p, q in (("l1", np.inf), ("l2", 2), ("linf", 1))}
 
 
 def relative_error(a: float, b: float) -> float:

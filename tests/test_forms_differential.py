@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +29,7 @@ import lrcert
 
 CASES = int(os.environ.get("LRCERT_FORM_CASES", "5"))  # per form
 #: The forms, and whether each leaves the sequence length free (a padded .npz is certified there).
-FORMS = {"module": True, "legacy": True, "dynamo": False, "pt2": False, "torchscript": True}
+FORMS = {"module": True, "legacy-steps": True, "dynamo": False, "pt2": False, "torchscript": True}
 HEADS = ("last", "mean", "max", "final", "flat", "relu")
 CLASSES = 3
 
@@ -93,26 +93,11 @@ class RandomMLP(nn.Module):
 
 
 def _saved(model: nn.Module, batch_example: torch.Tensor, tmp_path, form: str):
-    """The model as ``form`` keeps it: the module, or a file (legacy ONNX with dynamic batch and
-    length, default-exporter ONNX, .pt2, TorchScript)."""
+    """The model as ``form`` keeps it: the module, or a file written by :func:`exporting.export`."""
     if form == "module":
         return model
-    with warnings.catch_warnings():  # (the tracer's and the exporters' advice, not this test's concern)
-        warnings.simplefilter("ignore")
-        return _save(model, batch_example, tmp_path, form)
-
-
-def _save(model: nn.Module, batch_example: torch.Tensor, tmp_path, form: str):
-    if form == "torchscript":
-        path = tmp_path / "model.pt"
-        torch.jit.trace(model, batch_example).save(str(path))
-        return path
-    if form == "legacy":
-        path = tmp_path / "model.onnx"
-        torch.onnx.export(model, (batch_example,), str(path), dynamo=False, opset_version=17, input_names=["x"],
-                          dynamic_axes={"x": {0: "batch", 1: "steps"}})
-        return path
-    return export(model, batch_example, tmp_path / ("model.pt2" if form == "pt2" else "model.onnx"), form)
+    suffix = {"pt2": ".pt2", "torchscript": ".pt"}.get(form, ".onnx")
+    return Path(export(model, batch_example, tmp_path / f"model{suffix}", form))
 
 
 def _network(saved, shape):
@@ -138,11 +123,8 @@ def _assert_npz_matches(saved, form, tmp_path, rows: list[torch.Tensor], expecte
         padded[k, :len(row)] = row.numpy()
     np.savez(tmp_path / "sequences.npz", x=padded, lengths=np.array([len(r) for r in rows]))
     model = saved
-    if isinstance(saved, nn.Module):
-        model = tmp_path / "module.pt"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.jit.trace(saved, torch.from_numpy(padded[:1])).save(str(model))
+    if isinstance(saved, nn.Module):  # (the command line reads files: the module as TorchScript)
+        model = export(saved, torch.from_numpy(padded[:1]), tmp_path / "module.pt", "torchscript")
     done = invoke("certify", model, tmp_path / "sequences.npz", "-f", "json", "--trust-pickle")
     assert done.exit_code == 0, (form, done.stderr)
     for result, want in zip(json.loads(done.stdout)["results"], expected):

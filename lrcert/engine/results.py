@@ -192,6 +192,10 @@ class Outcome:
             self._predictions(host, out)
         return out
 
+    def _screened(self, host: dict[str, np.ndarray]) -> np.ndarray:
+        """Per input, whether the a-priori screen flags a binding face under some norm."""
+        return np.logical_or.reduce([host[f"{p}.imprecise"] for p in self.norms])
+
     def _judged_again(self, host: dict[str, np.ndarray]) -> np.ndarray:
         """Per input, whether a binding face stays flagged. In float64, the faces the a-priori
         screen flags are judged by the bound on the rounding the computation actually did
@@ -199,7 +203,7 @@ class Outcome:
         value computed without rounding is exact, 0 included): each (input, face) once, whatever
         the norms it binds for, a value and a reverse pass each, on the device, and no wait at all
         where nothing is flagged. In float32 the screen's flag stands (rerun with auto)."""
-        flagged = np.logical_or.reduce([host[f"{p}.imprecise"] for p in self.norms])
+        flagged = self._screened(host)
         if self.dtype != torch.float64 or not flagged.any():
             return flagged
         order = torch.arange(self.batch, device=self.x.device)

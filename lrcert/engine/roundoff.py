@@ -70,8 +70,9 @@ def _bounds(engine, x: Tensor, layer: Tensor, unit: Tensor) -> tuple[Tensor, Ten
         errors.append(precision.gamma(layer_i.terms + 1, u) * magnitude)
         return y
 
+    last = max(i for i, layer_i in enumerate(network.layers) if isinstance(layer_i, ir.Nonlinearity))
     with torch.enable_grad():
-        _run(network, points, record, affine)
+        network.run(points, nonlinear=record, affine=affine, until=last)  # (no face lies beyond the last)
         gradients = torch.autograd.grad(total.sum(), outputs, allow_unused=True) if outputs else []
     bound = torch.zeros(len(x), dtype=torch.float64, device=x.device)
     for gradient, error in zip(gradients, errors):
@@ -87,12 +88,3 @@ def _activation_error(layer: ir.Nonlinearity, z: Tensor, u: float) -> Tensor:
     scaled = torch.where((gain == 0) | (gain == 1), 0.0, (gain * z).abs())
     return precision.gamma(2, u) * (scaled + layer.offset_bound())
 
-
-def _run(network: ir.Network, x: Tensor, nonlinear, affine) -> None:
-    """``network.run`` with each affine layer evaluated by ``affine(i, layer, inputs)``, up to the
-    last nonlinear layer (no face lies beyond it)."""
-    values = {0: x.reshape(x.shape[0], *network.input_shape)}
-    last = max(i for i, layer in enumerate(network.layers) if isinstance(layer, ir.Nonlinearity))
-    for i, layer in enumerate(network.layers[1 : last + 1], 1):
-        ins = [values[j] for j in layer.inputs]
-        values[i] = affine(i, layer, ins) if isinstance(layer, ir.Affine) else nonlinear(i, layer, *ins)

@@ -269,9 +269,11 @@ def _dense(call: _Call, x: Tensor | int, weight: Tensor, bias: Tensor | None, sh
 
 
 def _one_matrix(w: Tensor) -> Tensor:
-    """A constant batch of matrices (G, k, n) that holds one matrix G times (as ``matmul`` expands
-    a shared weight for ``bmm``) as that matrix; any other tensor as it is."""
-    return w[0] if w.dim() == 3 and torch.equal(w, w[:1].expand_as(w)) else w
+    """A constant factor of ``bmm`` as one matrix: a batch (G, k, n) that holds one matrix G times
+    (as ``matmul`` expands a shared weight) is that matrix; a batch of different ones is refused."""
+    if w.dim() == 3 and not torch.equal(w, w[:1].expand_as(w)):
+        raise _Refused("multiplies by a batch of different constant matrices")
+    return w[0] if w.dim() == 3 else w
 
 
 def _matmul(call: _Call, a: Tensor, b: Tensor, scale: float = 1.0, bias: Tensor | None = None) -> None:
@@ -281,8 +283,6 @@ def _matmul(call: _Call, a: Tensor, b: Tensor, scale: float = 1.0, bias: Tensor 
         raise _Refused("multiplies two input-dependent tensors")
     if call.traced(a):
         w = _one_matrix(_const(call, b, "the right factor"))
-        if w.dim() == 3:
-            raise _Refused("multiplies by a batch of different constant matrices")
         if w.dim() == 1:  # (m, k) @ (k,) -> (m,)
             dense = _dense(call, a, scale * w[None, :], None, (*a.shape[:-1], 1))
             index = call.emit(ir.Reshape, [dense], out.shape)
@@ -294,8 +294,6 @@ def _matmul(call: _Call, a: Tensor, b: Tensor, scale: float = 1.0, bias: Tensor 
             index = _dense(call, a, w.T if scale == 1 else scale * w.T, folded, out.shape)  # (W itself: shared by steps)
     else:
         c = _one_matrix(_const(call, a, "the left factor"))
-        if c.dim() == 3:
-            raise _Refused("multiplies by a batch of different constant matrices")
         if b.dim() == 1:  # (m, k) @ (k,) -> (m,)
             index = _dense(call, b, scale * c, None, out.shape)
         else:  # C @ X = (Xᵀ Cᵀ)ᵀ: permute, dense over the last axis, permute back

@@ -404,15 +404,17 @@ def _fixed_batch_network(module: torch.nn.Module, batch: int, sample_shape: tupl
     """
     dtype = next((t.dtype for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()), torch.float32)
     rows = torch.rand(batch, *sample_shape, generator=torch.Generator(device="cpu").manual_seed(1), device="cpu", dtype=dtype)
-    axis = _output_batch_axis(module, rows)
+    with torch.no_grad():
+        out = module(rows)
+    axis = _output_batch_axis(module, rows, out)
     if axis is None:  # not a batch after all: the first axis belongs to each input
         return to_network(module, (batch, *sample_shape), batch_axis=False, source=name, op_types=op_types)
     moved = "" if axis == 0 else f" (its output holds the batch on axis {axis})"
+    expected = out.movedim(axis, 0).double().reshape(batch, -1)
     try:
         network = to_network(module, sample_shape, source=name, op_types=op_types)
         with torch.no_grad():
             got = network.run(rows.double()).reshape(batch, -1)
-            expected = module(rows).movedim(axis, 0).double().reshape(batch, -1)
         if got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-4, atol=1e-5 * (float(expected.abs().max()) + 1e-6)):
             note = (f"the model's input fixes its batch to {batch}{moved}; it computes each row on its own, "
                     "so lrcert certifies rows in batches of any size")
@@ -425,12 +427,12 @@ def _fixed_batch_network(module: torch.nn.Module, batch: int, sample_shape: tupl
     return replace(network, notes=(*network.notes, note), rows_per_call=batch)
 
 
-def _output_batch_axis(module: torch.nn.Module, rows: torch.Tensor) -> int | None:
-    """The axis of ``module``'s output that holds its B input rows, one output row each: the
-    first axis of size B along which the output of the rows rolled by one is the output rolled by
-    one (None where no axis is, or the output is not one tensor)."""
+def _output_batch_axis(module: torch.nn.Module, rows: torch.Tensor, out) -> int | None:
+    """The axis of ``module``'s output ``out`` (on ``rows``) that holds its B input rows, one output
+    row each: the first axis of size B along which the output of the rows rolled by one is ``out``
+    rolled by one (None where no axis is, or the output is not one tensor)."""
     with torch.no_grad():
-        out, rolled = module(rows), module(rows.roll(1, dims=0))
+        rolled = module(rows.roll(1, dims=0))
     if not isinstance(out, torch.Tensor) or not isinstance(rolled, torch.Tensor) or out.shape != rolled.shape:
         return None
     scale = float(out.abs().max()) if out.numel() else 0.0

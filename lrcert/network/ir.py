@@ -889,12 +889,14 @@ class Network:
         nonlinear: Callable[[int, Nonlinearity, Tensor], Tensor] | None = None,
         check_shapes: bool = False,
         until: int | None = None,
+        affine: Callable[[int, Affine, list[Tensor]], Tensor] | None = None,
     ) -> Tensor:
         """Evaluate on a batch ``x`` of shape ``(B, *sample_shape)``; returns ``(B, *output_shape)``,
         or with ``until`` the values of that layer, ``(B, *its shape)``, computing no further.
 
         ``nonlinear(i, layer, *z)``, when given, evaluates nonlinear layer ``i`` on its inputs ``z``
-        (the engine uses it to record the activation pattern on the way).
+        (the engine uses it to record the activation pattern on the way); ``affine(i, layer, ins)``
+        likewise each affine layer (the rounding bound records each one's inputs).
         """
         target = self.output if until is None else until
         values = {0: x.reshape(x.shape[0], *self.input_shape)}
@@ -902,7 +904,7 @@ class Network:
         for i, layer in enumerate(self.layers[1 : target + 1], 1):
             ins = [values[j] for j in layer.inputs]
             if isinstance(layer, Affine):
-                values[i] = layer.apply(ins)
+                values[i] = layer.apply(ins) if affine is None else affine(i, layer, ins)
             elif nonlinear is not None:
                 values[i] = nonlinear(i, layer, *ins)
             else:
