@@ -4,10 +4,12 @@ one process, the same models and inputs, the default options (``lrcert certify``
 the prediction radius, sketching where it pays). The cost is given two ways: the whole runs'
 times (the fastest of ``--repeats``, alternating which way goes first: on a shared 2-core machine
 they move by ±15 % between runs), and the share of the judged run spent judging (timed inside
-``roundoff.face_bounds``; the largest over the repeats), which such noise does not move.
+``roundoff.face_bounds`` and ``compensated.face_value``; the largest over the repeats), which such
+noise does not move; and how many faces the recomputation (``compensated``) cleared.
 
     python3 benchmarks/precision_flags.py --json benchmarks/precision-flags-cpu.json
     python3 benchmarks/precision_flags.py --models resnet18 mobilenet_v2 --repeats 1   # ImageNet size only
+    python3 benchmarks/precision_flags.py --models resnet18 mobilenet_v2 resnet50 --crops 5 --flags-only  # 10 inputs each
 
 Inputs: the shipped Japanese Vowels models on their 370 test utterances (real speech), and
 ImageNet-size networks at 224² on the two real photographs scikit-learn ships (``china.jpg``,
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 
 import lrcert
+from lrcert.engine import compensated
 from lrcert.engine import results as outcomes
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -36,16 +39,22 @@ from large import resnet, set_batch_norm_statistics  # noqa: E402
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
-def photographs(size: int = 224) -> torch.Tensor:
-    """scikit-learn's two sample photographs, centre-cropped, resized to size², ImageNet-normalised."""
+def photographs(size: int = 224, crops: int = 1) -> torch.Tensor:
+    """scikit-learn's two sample photographs, resized to size², ImageNet-normalised: of each, the
+    centre square, then (``crops`` > 1) squares of 3/4 its side at its corners, in turn."""
     from sklearn.datasets import load_sample_images
 
     images = []
     for image in load_sample_images().images:
         h, w, _ = image.shape
         side = min(h, w)
-        crop = torch.from_numpy(image[(h - side) // 2 : (h + side) // 2, (w - side) // 2 : (w + side) // 2].copy()).float() / 255
-        images.append(torch.nn.functional.interpolate(crop.permute(2, 0, 1)[None], size=(size, size), mode="bilinear")[0])
+        top, left = (h - side) // 2, (w - side) // 2
+        small = 3 * side // 4
+        squares = [(top, left, side)] + [(top + dy * (side - small), left + dx * (side - small), small)
+                                         for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1))]
+        for y, x, s in squares[:crops]:
+            crop = torch.from_numpy(image[y : y + s, x : x + s].copy()).float() / 255
+            images.append(torch.nn.functional.interpolate(crop.permute(2, 0, 1)[None], size=(size, size), mode="bilinear")[0])
     mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
     return (torch.stack(images) - mean) / std
 
@@ -61,32 +70,50 @@ def mobilenet() -> torch.nn.Module:
     return model
 
 
-def run(model, x, judged: bool) -> tuple[int, float, list, float]:
+def run(model, x, judged: bool) -> tuple[int, float, list, float, int, int]:
     """Certify with the default options; the a-priori screen alone where not ``judged``. Also the
-    seconds spent judging flagged faces again (inside :func:`roundoff.face_bounds`)."""
-    original_judge, original_bounds = outcomes.Outcome._judged_again, outcomes.face_bounds
-    judging = [0.0]
+    seconds spent judging flagged faces again (inside :func:`roundoff.face_bounds` and
+    :func:`compensated.face_value`), how many faces were recomputed, and how many inputs the
+    screen flagged (either way)."""
+    original_judge, original_screen = outcomes.Outcome._judged_again, outcomes.Outcome._screened
+    screened = [0]
 
-    def timed_bounds(*args):
-        start = time.perf_counter()
-        try:
-            return original_bounds(*args)
-        finally:
-            judging[0] += time.perf_counter() - start
+    def counted(self, host):
+        flags = original_screen(self, host)
+        screened[0] += int(flags.sum())
+        return flags
 
-    outcomes.face_bounds = timed_bounds
+    originals = {(outcomes, "face_bounds"): outcomes.face_bounds, (compensated, "face_value"): compensated.face_value}
+    judging, recomputed = [0.0], [0]
+
+    def timed(original):
+        def call(*args):
+            start = time.perf_counter()
+            try:
+                return original(*args)
+            finally:
+                judging[0] += time.perf_counter() - start
+                recomputed[0] += original is originals[(compensated, "face_value")]
+        return call
+
+    for (module, name), original in originals.items():
+        setattr(module, name, timed(original))
+    outcomes.Outcome._screened = counted
     if not judged:
-        outcomes.Outcome._judged_again = outcomes.Outcome._screened
+        outcomes.Outcome._judged_again = counted
     try:
         start = time.perf_counter()
         results = lrcert.certify(model, x)
         seconds = time.perf_counter() - start
     finally:
-        outcomes.Outcome._judged_again, outcomes.face_bounds = original_judge, original_bounds
-    return sum(r.precision_warning for r in results), seconds, [r.radius for r in results], judging[0]
+        outcomes.Outcome._judged_again, outcomes.Outcome._screened = original_judge, original_screen
+        for (module, name), original in originals.items():
+            setattr(module, name, original)
+    return (sum(r.precision_warning for r in results), seconds, [r.radius for r in results], judging[0], recomputed[0],
+            screened[0])
 
 
-def cases(names: list[str]):
+def cases(names: list[str], crops: int = 1):
     """(name, model, inputs) for each case asked for."""
     data = np.load(MODELS / "japanese_vowels" / "test.npz")
     utterances = [data["x"][k, :n] for k, n in enumerate(data["lengths"])]
@@ -94,9 +121,9 @@ def cases(names: list[str]):
         if name.startswith("jv-"):
             yield name, str(MODELS / "japanese_vowels" / f"{name[3:]}.onnx"), utterances
         elif name == "mobilenet_v2":
-            yield name, mobilenet(), photographs()
+            yield name, mobilenet(), photographs(crops=crops)
         else:
-            yield name, resnet(name, 224)[0], photographs()
+            yield name, resnet(name, 224)[0], photographs(crops=crops)
 
 
 def main() -> None:
@@ -104,17 +131,29 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["jv-vanilla", "jv-roll_lam0.2_C1", "jv-roll_lam0.4_C1",
                                                         "resnet18", "mobilenet_v2", "resnet50"])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each way (the fastest counts)")
+    parser.add_argument("--crops", type=int, default=1, choices=range(1, 6),
+                        help="squares of each photograph: the centre one, then up to four corner ones")
+    parser.add_argument("--flags-only", action="store_true",
+                        help="one judged run per model: the flags both ways (the screen's counted in it), no timing")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     rows = []
-    for name, model, x in cases(args.models):
+    for name, model, x in cases(args.models, args.crops):
+        if args.flags_only:
+            after, seconds, _, spent, recomputed, before = run(model, x, judged=True)
+            rows.append({"model": name, "inputs": len(x), "flagged_a_priori": before, "flagged_judged": after,
+                         "seconds_judged": round(seconds, 2), "judging_share": round(spent / seconds, 4),
+                         "faces_recomputed": recomputed})
+            print(f"{name:>20}: {len(x):4d} inputs, flagged {before:4d} a priori → {after:4d} judged "
+                  f"({recomputed} faces recomputed; judging {spent / seconds:.1%} of {seconds:.0f} s)", flush=True)
+            continue
         if args.repeats > 1:
             run(model, x, judged=True)  # (a warm-up: the model's first read and conversion)
         flagged, times, radii, judging = {}, {False: [], True: []}, {}, []
         for repeat in range(args.repeats):
             for judged in ((True, False) if repeat % 2 else (False, True)):  # (alternating which goes first)
-                flagged[judged], seconds, radii[judged], spent = run(model, x, judged)
+                flagged[judged], seconds, radii[judged], spent, recomputed, _ = run(model, x, judged)
                 times[judged].append(seconds)
                 if judged:
                     judging.append(spent / seconds)
@@ -122,9 +161,11 @@ def main() -> None:
         before, after, t_before, t_after = flagged[False], flagged[True], min(times[False]), min(times[True])
         rows.append({"model": name, "inputs": len(x), "flagged_a_priori": before, "flagged_judged": after,
                      "seconds_a_priori": round(t_before, 2), "seconds_judged": round(t_after, 2),
-                     "time_ratio": round(t_after / t_before, 3), "judging_share": round(max(judging), 4)})
+                     "time_ratio": round(t_after / t_before, 3), "judging_share": round(max(judging), 4),
+                     "faces_recomputed": recomputed})
         print(f"{name:>20}: {len(x):4d} inputs, flagged {before:4d} a priori → {after:4d} judged; "
-              f"{t_before:7.1f} s → {t_after:7.1f} s (× {t_after / t_before:.2f}; judging: {max(judging):.1%} of the run)",
+              f"{t_before:7.1f} s → {t_after:7.1f} s (× {t_after / t_before:.2f}; judging: {max(judging):.1%} of the run, "
+              f"{recomputed} faces recomputed)",
               flush=True)
     if args.json:
         args.json.write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}, indent=1) + "\n")

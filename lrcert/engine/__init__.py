@@ -17,8 +17,9 @@ For a batch of inputs the engine
 4. adds the prediction radius (:mod:`.prediction`) and assembles each batch's results as batched
    tensors on the device, moved to the host together, once per batch (:mod:`.results`): on a
    GPU there is no synchronisation per input. A binding face within rounding reach of 0 a priori
-   is judged again by a bound on the rounding actually done (:mod:`.roundoff`) before it is
-   flagged.
+   is judged again by a bound on the rounding actually done (:mod:`.roundoff`) and, where that
+   cannot clear it, by its exact value recomputed with a rigorous bound (:mod:`.compensated`)
+   before it is flagged.
 
 Rows of different lengths (sequences, for a recurrent network) are certified each with the
 network unrolled to its own length, one engine per length (:mod:`.lengths`).

@@ -17,6 +17,7 @@ from torch import Tensor
 from ..errors import LrcertError
 from ..network import ir
 from ..runtime import devices
+from . import compensated
 from .roundoff import PRECISION_MARGIN, face_bounds
 
 
@@ -199,21 +200,47 @@ class Outcome:
     def _judged_again(self, host: dict[str, np.ndarray]) -> np.ndarray:
         """Per input, whether a binding face stays flagged. In float64, the faces the a-priori
         screen flags are judged by the bound on the rounding the computation actually did
-        (:mod:`.roundoff`) and stay flagged only where |ẑ| ≤ PRECISION_MARGIN · E and E > 0 (a
-        value computed without rounding is exact, 0 included): each (input, face) once, whatever
-        the norms it binds for, a value and a reverse pass each, on the device, and no wait at all
-        where nothing is flagged. In float32 the screen's flag stands (rerun with auto)."""
+        (:mod:`.roundoff`): cleared where |ẑ| > PRECISION_MARGIN · E, or E = 0 (a value computed
+        without rounding is exact, 0 included); each (input, face) once, whatever the norms it
+        binds for, a value and a reverse pass each, on the device, and no wait at all where
+        nothing is flagged. Faces that bound cannot clear get their exact value recomputed
+        (:meth:`_recomputed`). In float32 the screen's flag stands (rerun with auto)."""
         flagged = self._screened(host)
         if self.dtype != torch.float64 or not flagged.any():
             return flagged
         order = torch.arange(self.batch, device=self.x.device)
-        keys = torch.cat([torch.stack([t[self.tensors[f"{p}.imprecise"]] for t in (order, self.tensors[f"{p}.layer"],
-                                                                                   self.tensors[f"{p}.unit"])], dim=1)
-                          for p in self.norms]).unique(dim=0)  # (input, layer, unit), each once
+        chosen = [self.tensors[f"{p}.imprecise"] for p in self.norms]
+        rows = torch.cat([torch.stack([t[c] for t in (order, self.tensors[f"{p}.layer"], self.tensors[f"{p}.unit"])], dim=1)
+                          for p, c in zip(self.norms, chosen)])
+        keys, where = rows.unique(dim=0, return_inverse=True)  # (input, layer, unit), each once
+        reported = torch.empty(len(keys), dtype=torch.float64, device=self.x.device).index_copy_(
+            0, where, torch.cat([self.tensors[f"{p}.z"][c] for p, c in zip(self.norms, chosen)]))
         inputs, layers, units = keys.unbind(dim=1)
         value, bound = face_bounds(self.engine, self.x.index_select(0, inputs), layers, units)
-        still = (bound > 0) & (value.abs() <= PRECISION_MARGIN * bound)
-        return (torch.zeros(self.batch, dtype=torch.long, device=self.x.device).index_add_(0, inputs, still.long()) > 0).cpu().numpy()
+        still = ((bound > 0) & (value.abs() <= PRECISION_MARGIN * bound)).cpu()
+        if still.any():
+            still = self._recomputed(keys.cpu(), reported.cpu(), still)
+        return (torch.zeros(self.batch, dtype=torch.long, device="cpu").index_add_(0, inputs.cpu(), still.long()) > 0).numpy()
+
+    def _recomputed(self, keys: Tensor, reported: Tensor, still: Tensor) -> Tensor:
+        """``still`` cleared where a face's exact value, computed to 80 bits or more
+        (:mod:`.compensated`) at the pattern this batch found, proves the reported ẑ within
+        1/PRECISION_MARGIN of it: |ẑ − z̃| + err ≤ |ẑ| / PRECISION_MARGIN. One input at a time,
+        for the few faces the running bound leaves undecided."""
+        still = still.clone()
+        for k in still.nonzero()[:, 0].tolist():
+            i, layer, unit = keys[k].tolist()
+            try:
+                face = compensated.face_value(self.network, self.x[i : i + 1], layer, unit)
+            except compensated.Unsupported:
+                continue
+            pattern = pattern_bytes(face.pieces, 1, self.x.device)[0] if face.pieces else None
+            same = pattern is None or torch.equal(pattern, self.tensors["pattern"][i, : len(pattern)])
+            z = float(reported[k])
+            step = z - face.hi
+            gap = abs(step - face.lo) * (1 + 2 * compensated.U) + 2 * compensated.U * abs(step)  # ≥ |z − hi − lo|
+            still[k] = not (same and (gap + face.err) * (1 + 4 * compensated.U) <= abs(z) / PRECISION_MARGIN)
+        return still
 
     def _predictions(self, host: dict[str, np.ndarray], out: list[InputResult]) -> None:
         radius = {p: host[f"{p}.predicted"].tolist() for p in self.norms}

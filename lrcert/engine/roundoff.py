@@ -17,7 +17,8 @@ network) by exactly Σ_l J_l · δ_l, J_l = ∂z/∂y_l, hence
 
 J_l comes from one reverse pass per input (autograd, in the value dtype); its own rounding is of
 second order (γ² relative) and is covered by a factor 2. A face stays flagged only where
-|ẑ| ≤ PRECISION_MARGIN · E (E > 0): where even this bound does not put it well away from 0.
+|ẑ| ≤ PRECISION_MARGIN · E (E > 0): where even this bound does not put it well away from 0;
+those few get their exact value recomputed (:mod:`.compensated`).
 
 Cost: one value pass and one backward pass per flagged input, flagged inputs only.
 """
