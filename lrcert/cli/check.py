@@ -83,6 +83,7 @@ def _update(outcomes, code: int) -> None:
         return
     for outcome in outcomes:
         if outcome.check.baseline is not None:
+            outcome.check.baseline.parent.mkdir(parents=True, exist_ok=True)  # (a first baseline: its folder too)
             with written_atomically(outcome.check.baseline) as tmp:
                 Path(tmp).write_text(outcome.document, encoding="utf-8")
             say(f"baseline {outcome.check.baseline} updated ({outcome.check.name})")

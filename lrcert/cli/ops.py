@@ -14,13 +14,18 @@ FACES = {"Relu": "z = 0", "LeakyRelu": "z = 0", "PRelu": "z = 0", "Abs": "z = 0"
          "MaxPool": "winner = each other element", "ReduceMax": "winner = each other element",
          "ReduceMin": "winner = each other element",
          "RNN": "every unit at every step (Relu, LeakyRelu, HardSigmoid or Affine activations)"}
+#: The ``kind`` each nonlinearity's faces carry in the results (a binding face's ``kind``).
+KINDS = {"Relu": "relu", "LeakyRelu": "leaky_relu", "PRelu": "prelu", "Abs": "abs", "Clip": "clip", "HardSigmoid": "clip",
+         "Max": "max (two tensors), clip (a constant)", "Min": "min (two tensors), clip (a constant)", "MaxPool": "maxpool",
+         "ReduceMax": "maxpool (a window over the reduced axes)", "ReduceMin": "maxpool (a window over the reduced axes)",
+         "RNN": "each step's units: relu, leaky_relu or clip"}
 
 
 def table() -> list[dict]:
     """Every ONNX op lrcert reads or refuses by name: (op, how, condition), grouped."""
     from ..models.load import ONNX_FINAL_ONLY, ONNX_LINEAR, ONNX_PRODUCTS, ONNX_SHAPE_ONLY, ONNX_SMOOTH
 
-    rows = [{"op": op, "read_as": "nonlinearity", "faces": faces} for op, faces in sorted(FACES.items())]
+    rows = [{"op": op, "read_as": "nonlinearity", "faces": faces, "kind": KINDS[op]} for op, faces in sorted(FACES.items())]
     for op, constant in sorted(ONNX_LINEAR.items()):
         if op not in FACES:
             needs = f"operands {', '.join(map(str, constant))} constant" if constant else ""
