@@ -222,7 +222,7 @@ def _accumulate(terms: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
 
 def _scale_shift(layer: ir.ElementwiseAffine, v: Value) -> Value:
     plain = layer.apply([v.plain])
-    out = v.each(lambda t: ir._align(t, len(layer.in_shapes[0]), len(layer.shape)))
+    out = v.each(lambda t: ir.align(t, len(layer.in_shapes[0]), len(layer.shape)))
     if layer.scale is not None:
         out = times(out, layer.scale, plain)
     if layer.shift is not None:
@@ -234,7 +234,7 @@ def _sum(layer: ir.Sum, ins: list[Value]) -> Value:
     plain = layer.apply([v.plain for v in ins])
     total = None
     for v, shape, c in zip(ins, layer.in_shapes, layer.coefficients):
-        term = v.each(lambda t: ir._align(t, len(shape), len(layer.shape)))
+        term = v.each(lambda t: ir.align(t, len(shape), len(layer.shape)))
         if c != 1:
             term = times(term, torch.tensor(c, dtype=plain.dtype, device=plain.device), plain)
         total = term if total is None else add(total, term, plain)
@@ -280,7 +280,7 @@ def face(layer: ir.Nonlinearity, ins: list[Value], unit: int) -> Value:
         return difference(Value(*(w[plane, winner, place, None] for w in windows)),
                           Value(*(w[plane, element, place, None] for w in windows)))
     if isinstance(layer, ir.Maximum):
-        a, b = (v.each(lambda t, k=k: ir._align(t, len(layer.in_shapes[k]), len(layer.shape)).expand(1, *layer.shape)
+        a, b = (v.each(lambda t, k=k: ir.align(t, len(layer.in_shapes[k]), len(layer.shape)).expand(1, *layer.shape)
                        .reshape(-1)[unit, None]) for k, v in enumerate(ins))
         return difference(a, b)
     kink = layer.kinks()[unit // layer.size]
