@@ -63,7 +63,7 @@ def command(name: str) -> str:
         panel = getattr(param, "rich_help_panel", None) or ("Arguments" if param.param_type_name == "argument" else "Options")
         panels.setdefault(panel, []).append(f"| `{_cell(record[0])}` | {_cell(record[1])} |")
     for panel, rows in panels.items():
-        parts += ["", f"**{panel}**", "", "| option | meaning |", "| --- | --- |", *rows]
+        parts += ["", f"**{panel}**", "", "| name | meaning |", "| --- | --- |", *rows]
     if cmd.epilog:
         parts += ["", _plain(cmd.epilog)]
     return "\n".join(parts)

@@ -105,7 +105,7 @@ def find(start: Path) -> Path:
         if pyproject.is_file() and "lrcert" in (_read(pyproject).get("tool") or {}):
             return pyproject
     raise LrcertError(f"no lrcert.toml, and no pyproject.toml with a [tool.lrcert] table, in {start} or above",
-                      fix="add [tool.lrcert.checks.NAME] tables to pyproject.toml (see README, 'In CI'), or give --config")
+                      fix="add [tool.lrcert.checks.NAME] tables to pyproject.toml (see docs/guides/ci.md), or give --config")
 
 
 def load(path: Path) -> list[Check]:

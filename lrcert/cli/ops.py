@@ -8,7 +8,7 @@ import typer
 
 from .common import EXIT_OK, TableOrJson, app, reports_errors
 
-#: Ops that are the network's nonlinearities: each contributes faces (README, "What is supported").
+#: Ops that are the network's nonlinearities: each contributes faces (docs/reference/supported.md).
 FACES = {"Relu": "z = 0", "LeakyRelu": "z = 0", "PRelu": "z = 0", "Abs": "z = 0", "Clip": "z = low, z = high",
          "HardSigmoid": "its two kinks", "Max": "a = b (or the constant)", "Min": "a = b (or the constant)",
          "MaxPool": "winner = each other element", "ReduceMax": "winner = each other element",

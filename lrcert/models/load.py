@@ -58,7 +58,7 @@ ONNX_SMOOTH = {
     "Sigmoid", "Tanh", "Exp", "Log", "Softplus", "Softsign", "Elu", "Selu", "Celu", "Gelu", "Erf", "Sqrt",
     "Pow", "Reciprocal", "HardSwish", "Mish", "Sin", "Cos", "Softmax", "LogSoftmax",
 }
-#: Every op lrcert reads where it may meet an input-dependent tensor (README's table).
+#: Every op lrcert reads where it may meet an input-dependent tensor (the docs' table: docs/reference/supported.md).
 READ_OPS = sorted(set(ONNX_LINEAR) | set(ONNX_PRODUCTS) | ONNX_SHAPE_ONLY | ONNX_FINAL_ONLY | {"RNN"})
 #: Old models are brought to this opset first when onnx2torch lacks one of their op versions.
 OLD_OPSET_TARGET = 17
