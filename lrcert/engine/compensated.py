@@ -271,14 +271,7 @@ def _parts(v: Value) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 def face(layer: ir.Nonlinearity, ins: list[Value], unit: int) -> Value:
     """Face ``unit`` of a nonlinear layer (``faces``'s layout) from its inputs, as a one-entry value."""
     if isinstance(layer, ir.MaxPool2d):
-        size = layer.window_size
-        windows = [layer.windows(t, 0.0).reshape(-1, size, layer.windows(t, 0.0).shape[-1]) for t in _parts(ins[0])]
-        places = windows[0].shape[-1]  # (each: (planes, window, places), flat as ``faces`` lays them out)
-        arg = layer.windows(ins[0].plain, float("-inf")).max(dim=-2).indices.reshape(-1, places)  # as the engine picks
-        plane, element, place = unit // (size * places), (unit // places) % size, unit % places
-        winner = int(arg[plane, place])
-        return difference(Value(*(w[plane, winner, place, None] for w in windows)),
-                          Value(*(w[plane, element, place, None] for w in windows)))
+        return _window_face(layer, ins[0], unit)
     if isinstance(layer, ir.Maximum):
         a, b = (v.each(lambda t, k=k: ir.align(t, len(layer.in_shapes[k]), len(layer.shape)).expand(1, *layer.shape)
                        .reshape(-1)[unit, None]) for k, v in enumerate(ins))
@@ -288,6 +281,19 @@ def face(layer: ir.Nonlinearity, ins: list[Value], unit: int) -> Value:
         torch.tensor([kink], dtype=ins[0].hi.dtype, device=ins[0].hi.device)
     z = ins[0].each(lambda t: t.reshape(-1)[unit % layer.size, None])
     return difference(z, Value.exact(kink))
+
+
+def _window_face(layer: ir.MaxPool2d, v: Value, unit: int) -> Value:
+    """A max-pool face: its window's plain winner minus the face's element (``unit`` flat over
+    (plane, element, place), as ``MaxPool2d.faces`` lays them out)."""
+    size = layer.window_size
+    windows = [w.reshape(-1, size, w.shape[-1]) for w in (layer.windows(t, 0.0) for t in _parts(v))]
+    places = windows[0].shape[-1]
+    arg = layer.windows(v.plain, float("-inf")).max(dim=-2).indices.reshape(-1, places)  # (as the engine picks)
+    plane, element, place = unit // (size * places), (unit // places) % size, unit % places
+    winner = int(arg[plane, place])
+    return difference(Value(*(w[plane, winner, place, None] for w in windows)),
+                      Value(*(w[plane, element, place, None] for w in windows)))
 
 
 @dataclass
