@@ -3,9 +3,9 @@ against the a-priori screen alone (lrcert before it), and what judging them agai
 one process, the same models and inputs, the default options (``lrcert certify``'s: dtype auto,
 the prediction radius, sketching where it pays). The cost is given two ways: the whole runs'
 times (the fastest of ``--repeats``, alternating which way goes first: on a shared 2-core machine
-they move by ±15 % between runs), and the share of the judged run spent judging (timed inside
-``roundoff.face_bounds`` and ``compensated.face_value``; the largest over the repeats), which such
-noise does not move; and how many faces the recomputation (``compensated``) cleared.
+they move by ±15 % between runs), and the share of the judged run spent judging (all of
+``Outcome._judged_again``: both stages and their bookkeeping; the largest over the repeats), which
+such noise does not move; and how many faces the recomputation (``compensated``) cleared.
 
     python3 benchmarks/precision_flags.py --json benchmarks/precision-flags-cpu.json
     python3 benchmarks/precision_flags.py --models resnet18 mobilenet_v2 --repeats 1   # ImageNet size only
@@ -72,43 +72,39 @@ def mobilenet() -> torch.nn.Module:
 
 def run(model, x, judged: bool) -> tuple[int, float, list, float, int, int]:
     """Certify with the default options; the a-priori screen alone where not ``judged``. Also the
-    seconds spent judging flagged faces again (inside :func:`roundoff.face_bounds` and
-    :func:`compensated.face_value`), how many faces were recomputed, and how many inputs the
-    screen flagged (either way)."""
+    seconds spent judging flagged faces again (all of ``Outcome._judged_again``, its bookkeeping
+    included), how many faces were recomputed (:func:`compensated.face_value`), and how many
+    inputs the screen flagged (either way)."""
     original_judge, original_screen = outcomes.Outcome._judged_again, outcomes.Outcome._screened
-    screened = [0]
+    original_recompute = compensated.face_value
+    screened, judging, recomputed = [0], [0.0], [0]
 
     def counted(self, host):
         flags = original_screen(self, host)
         screened[0] += int(flags.sum())
         return flags
 
-    originals = {(outcomes, "face_bounds"): outcomes.face_bounds, (compensated, "face_value"): compensated.face_value}
-    judging, recomputed = [0.0], [0]
+    def timed_judge(self, host):
+        start = time.perf_counter()
+        try:
+            return original_judge(self, host)
+        finally:
+            judging[0] += time.perf_counter() - start
 
-    def timed(original):
-        def call(*args):
-            start = time.perf_counter()
-            try:
-                return original(*args)
-            finally:
-                judging[0] += time.perf_counter() - start
-                recomputed[0] += original is originals[(compensated, "face_value")]
-        return call
+    def counted_recompute(*args):
+        recomputed[0] += 1
+        return original_recompute(*args)
 
-    for (module, name), original in originals.items():
-        setattr(module, name, timed(original))
+    compensated.face_value = counted_recompute
     outcomes.Outcome._screened = counted
-    if not judged:
-        outcomes.Outcome._judged_again = counted
+    outcomes.Outcome._judged_again = timed_judge if judged else counted
     try:
         start = time.perf_counter()
         results = lrcert.certify(model, x)
         seconds = time.perf_counter() - start
     finally:
         outcomes.Outcome._judged_again, outcomes.Outcome._screened = original_judge, original_screen
-        for (module, name), original in originals.items():
-            setattr(module, name, original)
+        compensated.face_value = original_recompute
     return (sum(r.precision_warning for r in results), seconds, [r.radius for r in results], judging[0], recomputed[0],
             screened[0])
 
