@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from ..network import ir
-from . import precision
+from . import precision, roundoff
 
 #: Slices of a dense layer's or convolution's input and weights in its exact products (their
 #: product: the products per layer). Four of the input's cover 80 bits or more below its largest
@@ -310,11 +310,12 @@ class Face:
 def face_value(network: ir.Network, x: Tensor, layer: int, unit: int) -> Face:
     """Face (``layer``, ``unit``) of one float64 input ``x`` (shape ``(1, *sample_shape)``)."""
     pieces: list[Tensor] = []
-    steps: list[tuple[Tensor, Tensor]] = []  # each layer's plain output and err
+    outputs, errors = [], []  # each layer's plain output and err
     found: list[Value] = []
 
     def settled(out: Value) -> Value:
-        steps.append((out.plain, out.err))
+        outputs.append(out.plain)
+        errors.append(out.err)
         return Value(out.plain, out.hi, out.lo, torch.zeros_like(out.err))
 
     def record(i: int, layer_i: ir.Nonlinearity, *ins: Value) -> Value:
@@ -330,8 +331,7 @@ def face_value(network: ir.Network, x: Tensor, layer: int, unit: int) -> Face:
         network.run(point, nonlinear=record, until=layer,
                     affine=lambda i, layer_i, ins: settled(affine(layer_i, [_value(v) for v in ins])))
         z = found[0]
-        gradients = torch.autograd.grad(z.plain.sum(), [plain for plain, _ in steps], allow_unused=True)
-    bound = float(z.err.sum()) + sum(float((g.abs() * err).sum()) for g, (_, err) in zip(gradients, steps) if g is not None)
+        bound = float(z.err.sum()) + float(roundoff.propagated(z.plain, outputs, errors).sum())
     return Face(float(z.hi), float(z.lo), 2 * bound, pieces[:-1])
 
 

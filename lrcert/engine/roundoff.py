@@ -74,13 +74,21 @@ def _bounds(engine, x: Tensor, layer: Tensor, unit: Tensor) -> tuple[Tensor, Ten
     last = max(i for i, layer_i in enumerate(network.layers) if isinstance(layer_i, ir.Nonlinearity))
     with torch.enable_grad():
         network.run(points, nonlinear=record, affine=affine, until=last)  # (no face lies beyond the last)
-        gradients = torch.autograd.grad(total.sum(), outputs, allow_unused=True) if outputs else []
-    bound = torch.zeros(len(x), dtype=torch.float64, device=x.device)
-    for gradient, error in zip(gradients, errors):
-        if gradient is not None:
-            bound = bound + (gradient.abs() * error).reshape(len(x), -1).sum(dim=1, dtype=torch.float64)
+        bound = propagated(total, outputs, errors)
     value = total.detach().double()
     return value, 2 * bound + u * value.abs()
+
+
+def propagated(total: Tensor, outputs: list[Tensor], errors: list[Tensor]) -> Tensor:
+    """Σ_l |∂z/∂y_l| · Δ_l for each row of ``total`` (each row's face value z, in autograd's graph),
+    ``outputs`` the layers' outputs y_l and ``errors`` their local errors Δ_l: one reverse pass
+    (float64 sums)."""
+    gradients = torch.autograd.grad(total.sum(), outputs, allow_unused=True) if outputs else []
+    bound = torch.zeros(len(total), dtype=torch.float64, device=total.device)
+    for gradient, error in zip(gradients, errors):
+        if gradient is not None:
+            bound = bound + (gradient.abs() * error).reshape(len(total), -1).sum(dim=1, dtype=torch.float64)
+    return bound
 
 
 def _activation_error(layer: ir.Nonlinearity, z: Tensor, u: float) -> Tensor:
