@@ -306,6 +306,14 @@ class Face:
     err: float
     pieces: list[Tensor]
 
+    def proves(self, reported: float, margin: float) -> bool:
+        """Whether ``reported`` (the engine's value of this face) is proven within 1/``margin`` of
+        the exact value: |reported − (hi + lo)| + err ≤ |reported| / margin, with this test's own
+        float rounding covered."""
+        step = reported - self.hi
+        gap = abs(step - self.lo) * (1 + 2 * U) + 2 * U * abs(step)  # ≥ |reported − hi − lo|
+        return (gap + self.err) * (1 + 4 * U) <= abs(reported) / margin
+
 
 def face_value(network: ir.Network, x: Tensor, layer: int, unit: int) -> Face:
     """Face (``layer``, ``unit``) of one float64 input ``x`` (shape ``(1, *sample_shape)``)."""

@@ -236,10 +236,7 @@ class Outcome:
                 continue
             pattern = pattern_bytes(face.pieces, 1, self.x.device)[0] if face.pieces else None
             same = pattern is None or torch.equal(pattern, self.tensors["pattern"][i, : len(pattern)])
-            z = float(reported[k])
-            step = z - face.hi
-            gap = abs(step - face.lo) * (1 + 2 * compensated.U) + 2 * compensated.U * abs(step)  # ≥ |z − hi − lo|
-            still[k] = not (same and (gap + face.err) * (1 + 4 * compensated.U) <= abs(z) / PRECISION_MARGIN)
+            still[k] = not (same and face.proves(float(reported[k]), PRECISION_MARGIN))
         return still
 
     def _predictions(self, host: dict[str, np.ndarray], out: list[InputResult]) -> None:
