@@ -415,7 +415,7 @@ def _fixed_batch_network(module: torch.nn.Module, batch: int, sample_shape: tupl
         network = to_network(module, sample_shape, source=name, op_types=op_types)
         with torch.no_grad():
             got = network.run(rows.double()).reshape(batch, -1)
-        if got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-4, atol=1e-5 * (float(expected.abs().max()) + 1e-6)):
+        if got.shape == expected.shape and _same_values(got, expected):
             note = (f"the model's input fixes its batch to {batch}{moved}; it computes each row on its own, "
                     "so lrcert certifies rows in batches of any size")
             return replace(network, notes=(*network.notes, note))
@@ -435,11 +435,17 @@ def _output_batch_axis(module: torch.nn.Module, rows: torch.Tensor, out) -> int 
         rolled = module(rows.roll(1, dims=0))
     if not isinstance(out, torch.Tensor) or not isinstance(rolled, torch.Tensor) or out.shape != rolled.shape:
         return None
-    scale = float(out.abs().max()) if out.numel() else 0.0
     for axis, size in enumerate(out.shape):
-        if size == rows.shape[0] and torch.allclose(rolled, out.roll(1, dims=axis), rtol=1e-4, atol=1e-5 * (scale + 1e-6)):
+        if size == rows.shape[0] and _same_values(rolled, out.roll(1, dims=axis)):
             return axis
     return None
+
+
+def _same_values(got: torch.Tensor, expected: torch.Tensor) -> bool:
+    """The model's own outputs agree, up to its dtype's rounding (relative 10⁻⁴, absolute 10⁻⁵ of
+    the largest expected magnitude)."""
+    scale = float(expected.abs().max()) if expected.numel() else 0.0
+    return torch.allclose(got, expected, rtol=1e-4, atol=1e-5 * (scale + 1e-6))
 
 
 class _FirstRowOfBatch(torch.nn.Module):
