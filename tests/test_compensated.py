@@ -121,7 +121,7 @@ def _residual_faces(model: _Residual, x: np.ndarray) -> list[np.ndarray]:
     with torch.no_grad():
         t = torch.from_numpy(x)[None]
         z1 = model.norm(model.conv1(t))[0]
-        z2 = (model.conv2(torch.relu(model.norm(model.conv1(t)))) + model.skip(t))[0]
+        z2 = (model.conv2(torch.relu(z1)[None]) + model.skip(t))[0]
         h2 = torch.clamp(z2, 0.0, 6.0)
         z3 = model.head(torch.flatten(nn.functional.max_pool2d(h2[None], 2), 1))[0]
     n = model.norm
