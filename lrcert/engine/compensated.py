@@ -247,8 +247,8 @@ def nonlinear(layer: ir.Nonlinearity, ins: list[Value]) -> tuple[Value, Tensor]:
         windows = layer.windows(ins[0].plain, float("-inf"))
         best, arg = windows.max(dim=-2, keepdim=True)
         pick = lambda t: layer.windows(t, 0.0).gather(-2, arg).reshape(len(t), *layer.shape)  # noqa: E731
-        out = ins[0].each(pick)
-        return Value(best.reshape(out.hi.shape), out.hi, out.lo, out.err), arg
+        v = ins[0]
+        return Value(best.reshape(len(v.hi), *layer.shape), pick(v.hi), pick(v.lo), pick(v.err)), arg
     if isinstance(layer, ir.Maximum):
         a, b = ins
         first = layer.first_wins(a.plain, b.plain)
